@@ -1,0 +1,5 @@
+"""Allow ``python -m clipsearch``."""
+
+from clipsearch.cli import main
+
+main()

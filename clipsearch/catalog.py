@@ -1,0 +1,285 @@
+"""SQLite catalog: files, their content hashes, skip reasons, pending vectors, and index metadata.
+
+Tables (schema version 1):
+
+- ``meta(key, value)``: model, pretrained, weights_sha256, dim, store_kind, schema_version,
+  ``gen`` (last committed batch) and ``vectors_gen`` (generation of the saved FAISS file).
+- ``roots(path)``: folders the user indexed; a sync without roots re-syncs these.
+- ``contents(id, hash, width, height)``: one row per distinct file content. ``id`` is the FAISS id;
+  AUTOINCREMENT so an id is never reused for other content.
+- ``files(path, size, mtime_ns, content_id, error)``: path -> content. ``content_id`` is NULL and
+  ``error`` set for files that were skipped.
+- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint.
+- ``tombstones(content_id, gen)``: contents deleted since the last FAISS checkpoint.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.errors import IndexCorruptError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS contents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL UNIQUE,
+    width INTEGER,
+    height INTEGER
+);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content_id INTEGER REFERENCES contents(id),
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
+CREATE TABLE IF NOT EXISTS pending (
+    content_id INTEGER PRIMARY KEY,
+    gen INTEGER NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tombstones (content_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """What an index records about the model that produced its vectors."""
+
+    model: str
+    pretrained: str
+    weights_sha256: str
+    dim: int
+    store_kind: str = "flat"
+    schema_version: int = SCHEMA_VERSION
+
+
+class FileState(NamedTuple):
+    """A file row as the planner needs it."""
+
+    size: int
+    mtime_ns: int
+    content_id: int | None
+    error: str | None
+
+
+class NewFile(NamedTuple):
+    """A file row to write: ``content_id`` None means skipped with ``error``."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_id: int | None
+    error: str | None
+
+
+def under(root: str) -> tuple[str, str]:
+    """SQL range bounds selecting every path strictly below directory ``root``."""
+    prefix = root.rstrip("/") + "/"
+    return prefix, prefix[:-1] + "0"  # '0' sorts right after '/'
+
+
+class Catalog:
+    """One SQLite connection in WAL mode; every write goes through :meth:`transaction`."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+            self.conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
+            )
+            self.conn.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = FULL")
+                self.conn.executescript(_SCHEMA)
+            version = self.get("schema_version")
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorruptError(
+                f"{path} is not a clipsearch catalog ({exc}). Move it away, or choose another --index."
+            ) from exc
+        if version is not None and int(version) != SCHEMA_VERSION:
+            raise IndexCorruptError(
+                f"{path} has catalog schema version {version}; this clipsearch reads version "
+                f"{SCHEMA_VERSION}. Re-create the index with --rebuild."
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same committed state."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set(self, key: str, value: object) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+
+    def get_int(self, key: str) -> int:
+        value = self.get(key)
+        return int(value) if value is not None else 0
+
+    def meta(self) -> IndexMeta | None:
+        values = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        if "model" not in values:
+            return None
+        kwargs: dict[str, object] = {}
+        for f in fields(IndexMeta):
+            if f.name in values:
+                kwargs[f.name] = int(values[f.name]) if f.type in ("int", int) else values[f.name]
+        return IndexMeta(**kwargs)  # type: ignore[arg-type]
+
+    def write_meta(self, meta: IndexMeta) -> None:
+        with self.transaction():
+            for key, value in asdict(meta).items():
+                self.set(key, value)
+
+    # -- roots and files ----------------------------------------------------------------------
+
+    def roots(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
+
+    def add_roots(self, roots: Iterable[str]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO roots(path) VALUES (?)", [(r,) for r in roots])
+
+    def files_under(self, root: str) -> dict[str, FileState]:
+        """Every catalogued file at or below ``root``."""
+        low, high = under(root)
+        rows = self.conn.execute(
+            "SELECT path, size, mtime_ns, content_id, error FROM files "
+            "WHERE path = ? OR (path >= ? AND path < ?)",
+            (root, low, high),
+        )
+        return {r[0]: FileState(r[1], r[2], r[3], r[4]) for r in rows}
+
+    def file(self, path: str) -> FileState | None:
+        row = self.conn.execute(
+            "SELECT size, mtime_ns, content_id, error FROM files WHERE path = ?", (path,)
+        ).fetchone()
+        return None if row is None else FileState(*row)
+
+    def content_id(self, digest: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def paths_of(self, content_ids: Sequence[int]) -> dict[int, list[str]]:
+        """content id -> its paths (sorted), for the ids given."""
+        out: dict[int, list[str]] = {}
+        for start in range(0, len(content_ids), 500):
+            chunk = [int(c) for c in content_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT content_id, path FROM files WHERE content_id IN ({marks}) ORDER BY path", chunk
+            )
+            for cid, path in rows:
+                out.setdefault(int(cid), []).append(path)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        one = self.conn.execute
+        return {
+            "files": one("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0],
+            "vectors": one("SELECT count(*) FROM contents").fetchone()[0],
+            "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
+        }
+
+    def skipped(self) -> list[tuple[str, str]]:
+        return list(self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path"))
+
+    # -- writes (call inside transaction()) ---------------------------------------------------
+
+    def next_gen(self) -> int:
+        gen = self.get_int("gen") + 1
+        self.set("gen", gen)
+        return gen
+
+    def insert_content(self, digest: str, width: int, height: int) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO contents(hash, width, height) VALUES (?, ?, ?)", (digest, width, height)
+        )
+        return int(cur.lastrowid or 0)
+
+    def add_pending(self, gen: int, ids: Sequence[int], vectors: npt.NDArray[np.float32]) -> None:
+        self.conn.executemany(
+            "INSERT INTO pending(content_id, gen, vector) VALUES (?, ?, ?)",
+            [(int(i), gen, np.asarray(v, dtype="<f4").tobytes()) for i, v in zip(ids, vectors, strict=True)],
+        )
+
+    def upsert_files(self, rows: Iterable[NewFile]) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO files(path, size, mtime_ns, content_id, error) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def delete_files(self, paths: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+
+    def drop_orphan_contents(self, gen: int) -> int:
+        """Delete contents no file points to; tombstone their ids for the vector store."""
+        orphans = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT id FROM contents"
+                " WHERE NOT EXISTS (SELECT 1 FROM files WHERE content_id = contents.id)"
+            )
+        ]
+        self.conn.executemany("DELETE FROM contents WHERE id = ?", [(i,) for i in orphans])
+        self.conn.executemany("DELETE FROM pending WHERE content_id = ?", [(i,) for i in orphans])
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO tombstones(content_id, gen) VALUES (?, ?)", [(i, gen) for i in orphans]
+        )
+        return len(orphans)
+
+    # -- vector log ---------------------------------------------------------------------------
+
+    def pending_after(self, gen: int, dim: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        rows = self.conn.execute(
+            "SELECT content_id, vector FROM pending WHERE gen > ? ORDER BY content_id", (gen,)
+        ).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").astype(np.float32)
+        return ids, vectors.reshape(len(rows), dim)
+
+    def tombstones_after(self, gen: int) -> npt.NDArray[np.int64]:
+        rows = self.conn.execute("SELECT content_id FROM tombstones WHERE gen > ?", (gen,)).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def forget_log_through(self, gen: int) -> None:
+        """After a checkpoint at ``gen``: its pending vectors and tombstones live in the FAISS file."""
+        self.conn.execute("DELETE FROM pending WHERE gen <= ?", (gen,))
+        self.conn.execute("DELETE FROM tombstones WHERE gen <= ?", (gen,))

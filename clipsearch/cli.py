@@ -1,0 +1,292 @@
+"""The typer app: thin wrappers that parse, call the library, format output, map errors to exit codes.
+
+Heavy modules (torch, open_clip, faiss) are imported inside the commands, so ``--help`` stays fast.
+stdout carries results only; progress, warnings and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from clipsearch.errors import ClipsearchError
+
+app = typer.Typer(
+    name="clipsearch",
+    help="Search your photos by text, by image, or both, with CLIP models, fully offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_index_path() -> Path:
+    """``$CLIPSEARCH_INDEX``, else the per-user data folder."""
+    env = os.environ.get("CLIPSEARCH_INDEX")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("clipsearch")) / "index"
+
+
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--index",
+        help="Index folder. Default: $CLIPSEARCH_INDEX, else the user data folder (see `clipsearch info`).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output: one JSON object per line.")]
+
+
+def err(message: str) -> None:
+    """A line for the user on stderr."""
+    typer.echo(message, err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library exceptions into a message on stderr and the right exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ClipsearchError as exc:
+            report = getattr(exc, "report", None)
+            if report is not None and kwargs.get("as_json"):
+                typer.echo(json.dumps(report.to_dict()))
+            err(f"Error: {exc}" if exc.exit_code != 130 else str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err("Interrupted.")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class StderrProgress:
+    """A progress bar with images/s and ETA on stderr; silent when stderr is not a terminal."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._progress: Any = None
+        self._task: Any = None
+
+    def start(self, total: int) -> None:
+        if not sys.stderr.isatty() or total == 0:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self.description, total=total, rate="")
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            task = self._progress.tasks[0]
+            rate = f"{task.speed:.1f} img/s" if task.speed else ""
+            self._progress.update(self._task, advance=n, rate=rate)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+@app.command()
+@handle_errors
+def index(
+    roots: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Folders (or files) to index. Default: re-sync every folder indexed before."),
+    ] = None,
+    index_path: IndexOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="open_clip model name (ViT-B-32, ...), hf-hub:org/repo, local-dir:/path, or 'shapes' "
+            "(the bundled offline demo model). Default: the index's model, else ViT-B-32.",
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--pretrained",
+            help="open_clip pretrained tag (default laion2b_s34b_b79k for ViT-B-32) or a weights file path.",
+            show_default=False,
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Delete the index's contents and re-index from scratch.")
+    ] = False,
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also index hidden files and folders (dot-names).")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, max=1024, help="Images per encoder batch.")
+    ] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, max=64, help="Decoding threads. Default: the number of CPU cores (max 4)."
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels", min=1, help="Skip images with more pixels than this (decompression-bomb guard)."
+        ),
+    ] = 100_000_000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build or update an index: add new photos, re-encode changed ones, forget deleted ones."""
+    from clipsearch.index import Index
+    from clipsearch.ingest import SyncOptions
+    from clipsearch.models import load_spec
+
+    path = (index_path or default_index_path()).expanduser().absolute()
+    spec = _spec_for_index(path, model, pretrained, rebuild)
+    err(f"Loading model {spec.label()} ...")
+    encoder = load_spec(spec)
+    options = SyncOptions(
+        include_hidden=include_hidden,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        **({"workers": workers} if workers else {}),
+    )
+    err(f"Writing index {path}")
+    with Index.open_for_write(path, encoder, rebuild=rebuild) as idx:
+        progress = None if quiet else StderrProgress("Indexing")
+        report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    for root in report.missing_roots:
+        err(f"Warning: {root} is missing (unmounted?); its entries were kept.")
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.skip_reasons.items()))
+    typer.echo(
+        f"Indexed in {report.seconds:.1f}s: {report.added} added, {report.updated} updated, "
+        f"{report.reused} reused, {report.removed} removed, {report.unchanged} unchanged, "
+        f"{report.skipped} skipped{f' ({reasons})' if reasons else ''}.\nIndex: {report.index}"
+    )
+    if report.skipped:
+        err("See which files were skipped and why with: clipsearch info --skipped")
+
+
+def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebuild: bool) -> Any:
+    """The model to index with: as asked, else the one the existing index records, else the default."""
+    from clipsearch.index import CATALOG_FILE, Index, check_index_model
+    from clipsearch.models import ModelSpec
+
+    if model is None and pretrained is None and not rebuild and (path / CATALOG_FILE).is_file():
+        with Index.open(path) as existing:
+            return existing.spec
+    spec = ModelSpec.parse(model, pretrained)
+    if not rebuild:
+        check_index_model(path, spec)
+    return spec
+
+
+@app.command()
+@handle_errors
+def search(
+    text: Annotated[
+        str | None, typer.Argument(help="What to look for, in words.", show_default=False)
+    ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="Find images similar to this image file (indexed or not).",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=100_000, help="How many results.")] = 10,
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the index by text or by image; best matches first."""
+    from clipsearch.errors import UsageError
+    from clipsearch.index import Index
+
+    if (text is None) == (image is None):
+        raise UsageError("Give either a text query or --image PATH (one of them).")
+    path = (index_path or default_index_path()).expanduser().absolute()
+    with Index.open(path) as idx:
+        hits = idx.search_text(text, top) if text is not None else idx.search_image(str(image), top)
+    if as_json:
+        for rank_no, hit in enumerate(hits, 1):
+            typer.echo(json.dumps({"rank": rank_no, **hit.to_dict()}))
+    elif sys.stdout.isatty():
+        for rank_no, hit in enumerate(hits, 1):
+            typer.echo(f"{rank_no:>4}  {hit.score:6.3f}  {hit.path}")
+    else:
+        for hit in hits:
+            typer.echo(hit.path)
+    if not hits:
+        err(f"No results: the index at {path} is empty. Add photos with: clipsearch index FOLDER")
+
+
+@app.command()
+@handle_errors
+def info(
+    index_path: IndexOpt = None,
+    skipped: Annotated[
+        bool, typer.Option("--skipped", help="List each skipped file with its reason.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what is in the index, which model built it, and where it lives."""
+    from clipsearch.index import Index
+
+    path = (index_path or default_index_path()).expanduser().absolute()
+    with Index.open(path) as idx:
+        data = idx.info()
+        skipped_files = idx.catalog.skipped() if skipped else []
+    if skipped:
+        for file_path, reason in skipped_files:
+            if as_json:
+                typer.echo(json.dumps({"path": file_path, "reason": reason}))
+            else:
+                typer.echo(f"{file_path}\t{reason}")
+        return
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
+    typer.echo(
+        f"Index:    {data['index']}\n"
+        f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
+        f"Images:   {data['count']} files, {data['vectors']} distinct vectors, {data['skipped']} skipped\n"
+        f"Roots:    {', '.join(data['roots']) or '-'}\n"
+        f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,351 @@
+"""Index: the one object that owns an index directory (SQLite catalog + FAISS vectors) on disk.
+
+Readers see the last committed state: the FAISS checkpoint file named in the catalog, plus the
+vectors committed since (``pending``), minus contents deleted since (``tombstones``). The commit
+protocol is described in ``indexes/README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.catalog import Catalog, IndexMeta
+from clipsearch.errors import (
+    IndexBusyError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    ModelMismatchError,
+)
+from clipsearch.vectors import VectorStore, create_store, load_store
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipsearch.encoder import Encoder
+    from clipsearch.ingest import Progress, SyncOptions, SyncReport
+    from clipsearch.models import ModelSpec
+    from clipsearch.search import Hit
+
+CATALOG_FILE = "catalog.sqlite"
+LOCK_FILE = "write.lock"
+_OWN_FILES = (CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm", LOCK_FILE)
+
+
+def vectors_file(gen: int) -> str:
+    """Name of the FAISS checkpoint holding every vector committed up to ``gen``."""
+    return f"vectors-{gen:010d}.faiss"
+
+
+class Index:
+    """An index directory. Open with :meth:`open` (read) or :meth:`open_for_write` (create/sync)."""
+
+    def __init__(self, path: Path, catalog: Catalog, meta: IndexMeta, *, lock_fd: int | None = None) -> None:
+        self.path = path
+        self.catalog = catalog
+        self.meta = meta
+        self._lock_fd = lock_fd
+        self._store: VectorStore | None = None
+        self._store_gen = -1
+        self._encoder: Encoder | None = None
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, encoder: Encoder | None = None) -> Index:
+        """Open an existing index for searching.
+
+        Raises:
+            IndexNotFoundError: nothing is there.
+            IndexCorruptError: something is there but it is not a clipsearch index.
+        """
+        root = Path(path).expanduser().absolute()
+        catalog_path = root / CATALOG_FILE
+        if root.exists() and not root.is_dir():
+            raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
+        if not catalog_path.is_file():
+            raise IndexNotFoundError(
+                f"No index at {root}. Create one with: clipsearch index PHOTO_FOLDER --index {root}"
+            )
+        catalog = Catalog(catalog_path)
+        meta = catalog.meta()
+        if meta is None:
+            catalog.close()
+            raise IndexCorruptError(f"{catalog_path} holds no index metadata. Re-create it with --rebuild.")
+        index = cls(root, catalog, meta)
+        index._encoder = encoder
+        return index
+
+    @classmethod
+    def open_for_write(cls, path: str | Path, encoder: Encoder, *, rebuild: bool = False) -> Index:
+        """Open (creating if needed) an index to sync with ``encoder``'s model, holding the writer lock.
+
+        Raises:
+            IndexBusyError: another process is writing to this index.
+            ModelMismatchError: the index was built with another model (use ``rebuild=True``).
+        """
+        root = Path(path).expanduser().absolute()
+        if root.exists() and not root.is_dir():
+            raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
+        root.mkdir(parents=True, exist_ok=True)
+        lock_fd = _acquire_lock(root)
+        try:
+            if rebuild:
+                _remove_index_files(root)
+            catalog = Catalog(root / CATALOG_FILE)
+            meta = catalog.meta()
+            wanted = _meta_for(encoder)
+            if meta is None:
+                catalog.write_meta(wanted)
+                meta = wanted
+            else:
+                _check_same_model(root, meta, wanted)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        index = cls(root, catalog, meta, lock_fd=lock_fd)
+        index._encoder = encoder
+        index._sweep_stale_vector_files()
+        return index
+
+    def close(self) -> None:
+        self.catalog.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- model --------------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> ModelSpec:
+        from clipsearch.models import ModelSpec
+
+        return ModelSpec(self.meta.model, self.meta.pretrained)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model this index was built with, loaded on first use and checked against the index."""
+        if self._encoder is None:
+            from clipsearch.models import load_spec
+
+            encoder = load_spec(self.spec)
+            _check_same_model(self.path, self.meta, _meta_for(encoder))
+            self._encoder = encoder
+        return self._encoder
+
+    # -- vectors ------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> VectorStore:
+        """The vector store as of the last committed batch (refreshed if the catalog moved on)."""
+        gen = self.catalog.get_int("gen")
+        if self._store is None or gen != self._store_gen:
+            self._refresh_store()
+        assert self._store is not None
+        return self._store
+
+    def _refresh_store(self) -> None:
+        for _ in range(10):  # a checkpoint may replace the file between our snapshot and opening it
+            with self.catalog.snapshot():
+                gen = self.catalog.get_int("gen")
+                vgen = self.catalog.get_int("vectors_gen")
+                incremental = self._store is not None and vgen <= self._store_gen
+                since = self._store_gen if incremental else vgen
+                ids, vectors = self.catalog.pending_after(since, self.meta.dim)
+                dead = self.catalog.tombstones_after(since)
+            try:
+                store = (
+                    self._store if incremental and self._store is not None else self._load_checkpoint(vgen)
+                )
+            except FileNotFoundError:
+                continue
+            store.remove(dead)
+            store.add(ids, vectors)
+            self._store, self._store_gen = store, gen
+            return
+        raise IndexCorruptError(
+            f"The vectors file {self.path / vectors_file(vgen)} named by the catalog is missing. "
+            "Re-create the index with: clipsearch index --rebuild"
+        )
+
+    def _load_checkpoint(self, vgen: int) -> VectorStore:
+        if vgen == 0:
+            return create_store(self.meta.store_kind, self.meta.dim)
+        try:
+            return load_store(self.meta.store_kind, self.path / vectors_file(vgen))
+        except FileNotFoundError:
+            raise
+        except RuntimeError as exc:  # faiss raises RuntimeError on unreadable files
+            raise IndexCorruptError(
+                f"{self.path / vectors_file(vgen)} cannot be read ({str(exc).splitlines()[0]}). "
+                "Re-create the index with: clipsearch index --rebuild"
+            ) from exc
+
+    def checkpoint(self) -> None:
+        """Fold the pending vectors into a new FAISS file (written first), then point the catalog at it."""
+        gen = self.catalog.get_int("gen")
+        old = self.catalog.get_int("vectors_gen")
+        if gen == old:
+            return
+        store = self.store
+        store.save(self.path / vectors_file(self._store_gen))
+        with self.catalog.transaction():
+            self.catalog.set("vectors_gen", self._store_gen)
+            self.catalog.forget_log_through(self._store_gen)
+        self._sweep_stale_vector_files()
+
+    def _sweep_stale_vector_files(self) -> None:
+        keep = vectors_file(self.catalog.get_int("vectors_gen"))
+        for entry in self.path.glob("vectors-*.faiss*"):
+            if entry.name != keep:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+    def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
+        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        state = self.catalog.file(path)
+        if state is None or state.content_id is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns):
+            return None
+        store = self.store
+        return store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+
+    # -- the public API -----------------------------------------------------------------------
+
+    def sync(
+        self,
+        roots: list[str] | None = None,
+        *,
+        options: SyncOptions | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Bring the index in line with ``roots`` (default: every root indexed before)."""
+        from clipsearch.ingest import SyncOptions, sync
+
+        return sync(self, roots, options or SyncOptions(), progress)
+
+    def search_vectors(self, queries: npt.NDArray[np.float32], k: int = 10) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension)."""
+        from clipsearch.search import rank
+
+        return rank(self.store, self.catalog, np.atleast_2d(queries), k)
+
+    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        """Images best matching a text."""
+        from clipsearch.query import text_vector
+
+        return self.search_vectors(text_vector(self, text), k)[0]
+
+    def search_image(self, image: str | Path | Image.Image, k: int = 10) -> list[Hit]:
+        """Images most similar to an image: a file path (indexed or not) or a PIL image."""
+        from clipsearch.query import image_vector
+
+        return self.search_vectors(image_vector(self, image), k)[0]
+
+    def info(self) -> dict[str, Any]:
+        """What is in the index, which model, where it lives."""
+        counts = self.catalog.counts()
+        size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        return {
+            "index": str(self.path),
+            "model": self.meta.model,
+            "pretrained": self.meta.pretrained,
+            "weights_sha256": self.meta.weights_sha256,
+            "dim": self.meta.dim,
+            "store": self.meta.store_kind,
+            "schema_version": self.meta.schema_version,
+            "count": counts["files"],
+            "vectors": counts["vectors"],
+            "skipped": counts["skipped"],
+            "roots": self.catalog.roots(),
+            "size_bytes": size,
+        }
+
+
+def _meta_for(encoder: Encoder) -> IndexMeta:
+    return IndexMeta(
+        model=encoder.spec.name,
+        pretrained=encoder.spec.pretrained,
+        weights_sha256=encoder.weights_sha256,
+        dim=encoder.dim,
+    )
+
+
+def _label(model: str, pretrained: str) -> str:
+    return f"{model} ({pretrained})" if pretrained else model
+
+
+def _mismatch(root: Path, have: str, want: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"The index at {root} was built with model {have}, but the model now in use is {want}. "
+        "Vectors of two models cannot be mixed. Re-run with --rebuild to re-index everything with "
+        "the new model, or use --index to write a separate index."
+    )
+
+
+def _check_same_model(root: Path, have: IndexMeta, want: IndexMeta) -> None:
+    have_label, want_label = _label(have.model, have.pretrained), _label(want.model, want.pretrained)
+    if have_label != want_label:
+        raise _mismatch(root, have_label, want_label)
+    if (have.weights_sha256, have.dim) != (want.weights_sha256, want.dim):
+        raise _mismatch(
+            root,
+            f"{have_label} with weights sha256 {have.weights_sha256[:12]}",
+            f"{want_label} with weights sha256 {want.weights_sha256[:12]}",
+        )
+
+
+def check_index_model(path: str | Path, spec: ModelSpec) -> None:
+    """Before loading any weights: fail if the index at ``path`` records another model than ``spec``."""
+    root = Path(path).expanduser().absolute()
+    if not (root / CATALOG_FILE).is_file():
+        return
+    with Index.open(root) as existing:
+        have = _label(existing.meta.model, existing.meta.pretrained)
+    if have != _label(spec.name, spec.pretrained):
+        raise _mismatch(root, have, _label(spec.name, spec.pretrained))
+
+
+def _acquire_lock(root: Path) -> int:
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise IndexBusyError(
+            f"Another clipsearch process (pid {holder}) is writing to the index at {root}. "
+            "Wait for it to finish, then run this command again. Searching works meanwhile."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _remove_index_files(root: Path) -> None:
+    for name in _OWN_FILES[:-1]:
+        with contextlib.suppress(FileNotFoundError):
+            (root / name).unlink()
+    for entry in root.glob("vectors-*.faiss*"):
+        entry.unlink()
+    thumbs = root / "thumbnails"
+    if thumbs.is_dir():
+        shutil.rmtree(thumbs)

@@ -1,0 +1,378 @@
+"""Sync roots with an index: scan -> plan -> prepare (read, hash, decode) -> encode -> commit.
+
+Each stage is a plain function over plain records, so another engine (processes, Ray) can run
+them. Ordering follows STYLE.md: stat (size, mtime_ns) decides what to open; the content hash
+decides what to encode (a moved or copied file reuses its vector); what disappeared is swept last.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.catalog import Catalog, FileState, NewFile
+from clipsearch.errors import ClipsearchError, ImageError, UsageError
+from clipsearch.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.scan import FileRecord, scan
+
+if TYPE_CHECKING:
+    from clipsearch.encoder import Encoder
+    from clipsearch.index import Index
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How to run a sync.
+
+    Args:
+        include_hidden: also index dot-files and files in dot-folders.
+        batch_size: images per encoder call.
+        workers: threads reading and decoding files ahead of the encoder.
+        max_pixels: images larger than this are skipped (decompression-bomb guard).
+        commit_every: most catalog rows held in memory before a commit.
+        checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
+    """
+
+    include_hidden: bool = False
+    batch_size: int = 32
+    workers: int = max(1, min(4, os.cpu_count() or 1))
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    commit_every: int = 512
+    checkpoint_every: int = 20_000
+
+
+class Progress(Protocol):
+    """Receives progress; the CLI draws it, the library never prints."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class SyncReport:
+    """What a sync did. ``skip_reasons`` counts skipped files per reason code."""
+
+    index: str
+    added: int = 0
+    updated: int = 0
+    reused: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    missing_roots: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class SyncInterrupted(ClipsearchError):
+    """Ctrl-C during a sync: what was committed is kept; running the sync again resumes."""
+
+    exit_code = 130
+
+    def __init__(self, report: SyncReport) -> None:
+        super().__init__(
+            f"Interrupted. The batches already done are saved in {report.index}; "
+            "run the same command again to resume."
+        )
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Result of comparing a scan with the catalog."""
+
+    todo: list[tuple[FileRecord, FileState | None]]
+    unchanged: int
+    gone: list[str]
+    bad_names: int
+
+
+class Prepared(NamedTuple):
+    """A file after the worker stage: pixels to encode, or a known hash, or an error."""
+
+    record: FileRecord
+    digest: str | None
+    pixels: npt.NDArray[np.float32] | None
+    width: int
+    height: int
+    error: ImageError | None
+
+
+def plan_sync(catalog: Catalog, roots: list[str], records: Iterable[FileRecord]) -> Plan:
+    """Split scanned files into to-do (new or changed) and unchanged; list catalogued files gone."""
+    known: dict[str, FileState] = {}
+    for root in roots:
+        known.update(catalog.files_under(root))
+    todo: list[tuple[FileRecord, FileState | None]] = []
+    unchanged = bad_names = 0
+    for record in records:
+        try:
+            record.path.encode("utf-8")
+        except UnicodeEncodeError:
+            bad_names += 1  # not representable in the catalog; reported, not indexed
+            continue
+        state = known.pop(record.path, None)
+        if state is not None and (state.size, state.mtime_ns) == (record.size, record.mtime_ns):
+            unchanged += 1
+        else:
+            todo.append((record, state))
+    return Plan(todo, unchanged, sorted(known), bad_names)
+
+
+def file_digest(data: bytes) -> str:
+    """Content hash used to recognise the same file under another name."""
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def prepare(
+    record: FileRecord,
+    *,
+    is_known: Callable[[str], bool],
+    preprocess: Callable[[object], object],
+    min_side: int,
+    max_pixels: int,
+) -> Prepared:
+    """Read, hash and (unless the content is already indexed) decode and preprocess one file."""
+    try:
+        with open(record.path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return Prepared(record, None, None, 0, 0, ImageError("missing", "vanished before it could be read"))
+    except OSError as exc:
+        return Prepared(record, None, None, 0, 0, ImageError("unreadable", exc.strerror or str(exc)))
+    digest = file_digest(data)
+    if is_known(digest):
+        return Prepared(record, digest, None, 0, 0, None)
+    try:
+        image = open_image(data, max_pixels=max_pixels, min_side=min_side)
+    except ImageError as exc:
+        return Prepared(record, digest, None, 0, 0, exc)
+    width, height = image.size
+    pixels = np.asarray(preprocess(image), dtype=np.float32)
+    return Prepared(record, digest, pixels, width, height, None)
+
+
+class _KnownHashes:
+    """Thread-safe 'is this content already indexed?' via one read connection per thread."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._path = catalog.path
+        self._local = threading.local()
+        self._conns: list[Catalog] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, digest: str) -> bool:
+        conn: Catalog | None = getattr(self._local, "catalog", None)
+        if conn is None:
+            conn = Catalog(self._path, readonly=True)
+            self._local.catalog = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn.content_id(digest) is not None
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+
+
+def bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[R]:
+    """``pool.map`` in order, but with at most ``window`` items in flight (flat memory)."""
+    queue: deque[Future[R]] = deque()
+    iterator = iter(items)
+    for item in iterator:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= window:
+            break
+    while queue:
+        result = queue.popleft().result()
+        for item in iterator:
+            queue.append(pool.submit(fn, item))
+            break
+        yield result
+
+
+class _Committer:
+    """Accumulates prepared files and commits them in transactions: vectors and rows together."""
+
+    def __init__(self, index: Index, report: SyncReport, options: SyncOptions) -> None:
+        self.index = index
+        self.catalog = index.catalog
+        self.report = report
+        self.options = options
+        self.queue: dict[str, Prepared] = {}  # digest -> first file with that new content
+        self.rows: list[tuple[FileRecord, str | None, str | None]] = []  # record, digest, error
+        self.since_checkpoint = 0
+        self.reasons: Counter[str] = Counter()
+
+    def take(self, prep: Prepared, old: FileState | None) -> None:
+        record, report = prep.record, self.report
+        if prep.error is not None:
+            report.skipped += 1
+            self.reasons[prep.error.reason] += 1
+            self.rows.append((record, None, f"{prep.error.reason}: {prep.error.detail}"))
+        elif prep.pixels is None or prep.digest in self.queue:
+            assert prep.digest is not None
+            if (
+                old is not None
+                and old.content_id is not None
+                and old.content_id == self.catalog.content_id(prep.digest)
+            ):
+                report.unchanged += 1  # touched, same bytes
+            else:
+                report.reused += 1
+            self.rows.append((record, prep.digest, None))
+        else:
+            assert prep.digest is not None
+            if old is None or old.content_id is None:
+                report.added += 1
+            else:
+                report.updated += 1
+            self.queue[prep.digest] = prep
+            self.rows.append((record, prep.digest, None))
+        if len(self.queue) >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
+            self.commit()
+
+    def commit(self, *, encode: bool = True) -> None:
+        """Encode the queued contents and commit them with every accumulated file row."""
+        new = list(self.queue.values()) if encode else []
+        rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in self.queue]
+        if not new and not rows:
+            return
+        vectors = self.index.encoder.encode_pixels(np.stack([p.pixels for p in new])) if new else None
+        with self.catalog.transaction():
+            gen = self.catalog.next_gen()
+            ids = {
+                p.digest: self.catalog.insert_content(p.digest, p.width, p.height) for p in new if p.digest
+            }
+            if vectors is not None:
+                self.catalog.add_pending(gen, list(ids.values()), vectors)
+            self.catalog.upsert_files(self._file_rows(rows, ids))
+        self.queue.clear() if encode else None
+        self.rows = [] if encode else [r for r in self.rows if r not in rows]
+        self.since_checkpoint += len(new)
+        if self.since_checkpoint >= self.options.checkpoint_every:
+            self.index.checkpoint()
+            self.since_checkpoint = 0
+
+    def _file_rows(
+        self, rows: list[tuple[FileRecord, str | None, str | None]], new_ids: dict[str, int]
+    ) -> Iterator[NewFile]:
+        for record, digest, error in rows:
+            content_id = None
+            if digest is not None and error is None:
+                content_id = new_ids.get(digest) or self.catalog.content_id(digest)
+            yield NewFile(record.path, record.size, record.mtime_ns, content_id, error)
+
+    def sweep(self, gone: list[str]) -> None:
+        """Forget files that disappeared, and the vectors no file uses any more."""
+        with self.catalog.transaction():
+            gen = self.catalog.next_gen()
+            self.catalog.delete_files(gone)
+            self.catalog.drop_orphan_contents(gen)
+        self.report.removed = len(gone)
+
+
+def draft_side(encoder: Encoder) -> int:
+    """Shortest side JPEGs are decoded at (``draft``): twice the model's input, so resizing stays sharp."""
+    return 2 * min(encoder.image_size)
+
+
+def normalize_roots(roots: Iterable[str]) -> list[str]:
+    """Absolute, de-duplicated roots, dropping any root nested inside another."""
+    absolute = sorted({os.path.abspath(os.path.expanduser(r)) for r in roots})
+    kept: list[str] = []
+    for root in absolute:
+        if not any(root == k or root.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(root)
+    return kept
+
+
+def sync(
+    index: Index, roots: list[str] | None, options: SyncOptions, progress: Progress | None
+) -> SyncReport:
+    """Bring ``index`` in line with the image files under ``roots``; see :meth:`Index.sync`."""
+    started = time.monotonic()
+    catalog = index.catalog
+    report = SyncReport(index=str(index.path))
+    if roots:
+        roots = normalize_roots(roots)
+        missing = [r for r in roots if not os.path.exists(r)]
+        if missing:
+            raise UsageError(f"No such file or folder: {', '.join(missing)}")
+    else:
+        roots = catalog.roots()
+        if not roots:
+            raise UsageError("No folders to index. Give one or more: clipsearch index ~/Photos")
+        report.missing_roots = [r for r in roots if not os.path.exists(r)]
+        roots = [r for r in roots if os.path.exists(r)]  # e.g. an unplugged drive: keep its entries
+    with catalog.transaction():
+        catalog.add_roots(roots)
+    plan = plan_sync(catalog, roots, scan(roots, include_hidden=options.include_hidden))
+    report.unchanged = plan.unchanged
+    if plan.bad_names:
+        report.skip_reasons["bad-filename"] = plan.bad_names
+        report.skipped += plan.bad_names
+    committer = _Committer(index, report, options)
+    known = _KnownHashes(catalog)
+    encoder = index.encoder
+    min_side = draft_side(encoder)
+
+    def work(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
+        prep = prepare(
+            item[0],
+            is_known=known,
+            preprocess=encoder.preprocess,
+            min_side=min_side,
+            max_pixels=options.max_pixels,
+        )
+        return prep, item[1]
+
+    if progress:
+        progress.start(len(plan.todo))
+    pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="clipsearch-decode")
+    try:
+        window = max(2 * options.batch_size, 4 * options.workers)
+        for prep, old in bounded_map(pool, work, plan.todo, window):
+            committer.take(prep, old)
+            if progress:
+                progress.advance()
+        committer.commit()
+        committer.sweep(plan.gone)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        committer.commit(encode=False)
+        report.interrupted = True
+        raise SyncInterrupted(report) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        known.close()
+        for reason, count in committer.reasons.items():
+            report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
+        index.checkpoint()
+        report.seconds = round(time.monotonic() - started, 3)
+        if progress:
+            progress.finish()
+    return report

@@ -1,0 +1,313 @@
+"""Resolve a model spec (open_clip name + pretrained tag | local weights | bundled model) to an Encoder.
+
+Weights are always obtained through open_clip's own mechanism (which caches downloads in the
+Hugging Face cache). We resolve the checkpoint file *before* building the model so that a missing
+file becomes one clear :class:`ModelUnavailableError` instead of open_clip silently falling back to
+random weights (it does that for ``hf-hub:`` names whose weights cannot be fetched).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipsearch.errors import ModelUnavailableError, UsageError
+
+if TYPE_CHECKING:
+    from clipsearch.encoder import Encoder
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+#: Models that ship inside the package, loaded as open_clip ``local-dir:`` folders.
+BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for, exactly as an index records it.
+
+    Args:
+        name: an open_clip model name (``ViT-B-32``), ``hf-hub:org/repo``, ``local-dir:/path`` or a
+            bundled model name (``shapes``).
+        pretrained: an open_clip pretrained tag, a path to a weights file, or ``""`` where the name
+            carries its own weights (``hf-hub:``, ``local-dir:``, bundled).
+    """
+
+    name: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+
+    @classmethod
+    def parse(cls, name: str | None, pretrained: str | None) -> ModelSpec:
+        """Normalise CLI/API input: default tag only for plain names, absolute weights paths."""
+        name = (name or DEFAULT_MODEL).strip()
+        if not name:
+            raise UsageError("The model name is empty. Use e.g. --model ViT-B-32 or --model shapes.")
+        if name in BUNDLED_MODELS or name.startswith(("hf-hub:", "local-dir:")):
+            if pretrained:
+                raise UsageError(
+                    f"--pretrained cannot be combined with --model {name}: "
+                    "that model carries its own weights."
+                )
+            return cls(name, "")
+        if pretrained is None:
+            pretrained = DEFAULT_PRETRAINED if name == DEFAULT_MODEL else ""
+        if pretrained and _looks_like_path(pretrained):
+            pretrained = os.path.abspath(os.path.expanduser(pretrained))  # keep symlink names
+        if not pretrained:
+            raise UsageError(
+                f"Model {name} needs weights: pass --pretrained TAG (one of: {_tags_hint(name)}) "
+                "or --pretrained /path/to/weights.safetensors."
+            )
+        return cls(name, pretrained)
+
+    def label(self) -> str:
+        """Human-readable form, e.g. ``ViT-B-32 (laion2b_s34b_b79k)``."""
+        return f"{self.name} ({self.pretrained})" if self.pretrained else self.name
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where the weights of a spec live on this machine, and what open_clip should be called with."""
+
+    open_clip_name: str
+    open_clip_pretrained: str | None
+    checkpoint: Path
+    sha256: str
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        os.sep in value
+        or value.startswith((".", "~"))
+        or Path(value).suffix in {".safetensors", ".bin", ".pt", ".pth", ".npz"}
+    )
+
+
+def _tags_hint(name: str) -> str:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    return ", ".join(tags) if tags else "none known to open_clip"
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _unavailable(spec: ModelSpec, tried: str, error: BaseException, how: list[str]) -> ModelUnavailableError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [
+        f"Cannot load the weights of model {spec.label()}.",
+        f"Tried: {tried}",
+        f"  in the Hugging Face cache {_hf_cache_dir()} (set HF_HUB_CACHE to use another cache folder);",
+        f"  it failed with: {reason}",
+        "The weights are not cached here and the model hub could not be reached. To fix it, either:",
+        *[f"  - {h}" for h in how],
+        "  - or try the bundled offline model: --model shapes",
+    ]
+    return ModelUnavailableError("\n".join(lines))
+
+
+def _hf_how(repo: str, filename: str, name: str) -> list[str]:
+    return [
+        "connect to the internet once and re-run (the weights are then cached for offline use), or",
+        f"on a machine with internet, download {filename} from https://huggingface.co/{repo} and pass it "
+        f"with: --model {name} --pretrained /path/to/{filename}, or",
+        f"copy a Hugging Face cache that holds {repo} to this machine and point HF_HUB_CACHE at it",
+    ]
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub use its cache only (no network round trip) inside the block."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (offline mode, no route), or None; answers within seconds."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set, so nothing is downloaded"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        return f"cannot connect to {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
+def _download(fetch: Callable[[], str]) -> str:
+    """Run an open_clip download function: from the cache if it is there, else from the hub."""
+    try:
+        with _hub_offline():
+            return fetch()
+    except Exception as cached_error:
+        reason = _hub_unreachable()
+        if reason is not None:
+            raise ConnectionError(f"not in the cache, and {reason}") from cached_error
+    return fetch()
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a weights file; free for Hugging Face cache blobs, which are named by it."""
+    real = path.resolve()
+    if _SHA256.match(real.name) and real.parent.name == "blobs":
+        return real.name
+    digest = hashlib.sha256()
+    with real.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(spec: ModelSpec) -> ResolvedWeights:
+    """Find (downloading through open_clip if needed) the checkpoint file for ``spec``."""
+    import open_clip
+
+    if spec.name in BUNDLED_MODELS:
+        return _resolve_local_dir(spec, BUNDLED_MODELS[spec.name])
+    if spec.name.startswith("local-dir:"):
+        return _resolve_local_dir(spec, Path(spec.name[len("local-dir:") :]).expanduser())
+    if spec.name.startswith("hf-hub:"):
+        return _resolve_hf_hub(spec)
+    if spec.name not in open_clip.list_models():
+        raise UsageError(
+            f"Unknown model {spec.name!r}. Known open_clip models include: "
+            f"{', '.join(m for m in open_clip.list_models() if m.startswith(spec.name[:3]))[:400] or '-'}; "
+            "see `python -c 'import open_clip; print(open_clip.list_models())'`, or use hf-hub:org/repo, "
+            "local-dir:/path, or the bundled model 'shapes'."
+        )
+    if _looks_like_path(spec.pretrained) or Path(spec.pretrained).is_file():
+        path = Path(spec.pretrained)
+        if not path.is_file():
+            raise ModelUnavailableError(
+                f"Weights file {path} for model {spec.name} does not exist. Pass an existing file with "
+                "--pretrained /path/to/weights.safetensors, or an open_clip tag "
+                f"({_tags_hint(spec.name)})."
+            )
+        return ResolvedWeights(spec.name, str(path), path, _file_sha256(path))
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    if not cfg:
+        raise UsageError(
+            f"Unknown pretrained tag {spec.pretrained!r} for model {spec.name}. "
+            f"Known tags: {_tags_hint(spec.name)}; or pass a weights file path."
+        )
+    return _resolve_tag(spec, cfg)
+
+
+def _resolve_tag(spec: ModelSpec, cfg: dict[str, object]) -> ResolvedWeights:
+    from open_clip.pretrained import download_pretrained
+
+    hub = str(cfg.get("hf_hub", ""))
+    repo, filename = os.path.split(hub)
+    fallback = filename or "open_clip_pytorch_model.bin"
+    where = f"Hugging Face repo {repo} (open_clip_model.safetensors, then {fallback})"
+    if not hub:
+        where = f"URL {cfg.get('url', '?')}"
+    try:
+        checkpoint = _download(lambda: download_pretrained(cfg))
+    except Exception as exc:  # the hub client raises many types for "offline / not found"
+        raise _unavailable(spec, where, exc, _hf_how(repo, "open_clip_model.safetensors", spec.name)) from exc
+    if not checkpoint:
+        raise ModelUnavailableError(f"open_clip knows no download location for {spec.label()}.")
+    path = Path(checkpoint)
+    return ResolvedWeights(spec.name, spec.pretrained, path, _file_sha256(path))
+
+
+def _resolve_hf_hub(spec: ModelSpec) -> ResolvedWeights:
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    repo = spec.name[len("hf-hub:") :]
+    try:
+        _download(lambda: download_pretrained_from_hf(repo, filename="open_clip_config.json"))
+        checkpoint = _download(lambda: download_pretrained_from_hf(repo))
+    except Exception as exc:
+        where = f"Hugging Face repo {repo} (open_clip_config.json, open_clip_model.safetensors)"
+        raise _unavailable(spec, where, exc, _hf_how(repo, "open_clip_model.safetensors", spec.name)) from exc
+    path = Path(checkpoint)
+    return ResolvedWeights(spec.name, None, path, _file_sha256(path))
+
+
+def _resolve_local_dir(spec: ModelSpec, folder: Path) -> ResolvedWeights:
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    config = folder / "open_clip_config.json"
+    if not config.is_file():
+        raise ModelUnavailableError(
+            f"Model {spec.name}: no open_clip_config.json in {folder}. A local model folder needs "
+            "open_clip_config.json (model_cfg + preprocess_cfg) and a weights file such as "
+            "open_clip_model.safetensors."
+        )
+    checkpoint = _find_checkpoint_in_dir(folder)
+    if checkpoint is None:
+        raise ModelUnavailableError(
+            f"Model {spec.name}: {folder} holds a config but no weights (*.safetensors, *.bin, *.pth)."
+        )
+    path = Path(checkpoint)
+    return ResolvedWeights(f"local-dir:{folder.resolve()}", None, path, _file_sha256(path))
+
+
+def load_encoder(
+    name: str | None = DEFAULT_MODEL,
+    pretrained: str | None = None,
+    *,
+    device: str = "cpu",
+) -> Encoder:
+    """Load a CLIP model as an :class:`~clipsearch.encoder.Encoder`.
+
+    Args:
+        name: open_clip model name, ``hf-hub:org/repo``, ``local-dir:/path``, or ``shapes``.
+        pretrained: open_clip pretrained tag or weights file (defaults to ``laion2b_s34b_b79k``
+            for ViT-B-32).
+        device: torch device string.
+
+    Raises:
+        UsageError: unknown model name or tag.
+        ModelUnavailableError: weights missing and not downloadable; the message says how to fix it.
+    """
+    return load_spec(ModelSpec.parse(name, pretrained), device=device)
+
+
+def load_spec(spec: ModelSpec, *, device: str = "cpu") -> Encoder:
+    """Build the encoder for an already-normalised spec (e.g. one read from an index)."""
+    import open_clip
+
+    from clipsearch.encoder import Encoder
+
+    weights = resolve_weights(spec)
+    try:
+        with _hub_offline():  # resolve_weights put everything in the cache; open_clip looks again
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                weights.open_clip_name, pretrained=weights.open_clip_pretrained, device=device
+            )
+            tokenizer = open_clip.get_tokenizer(weights.open_clip_name)
+    except Exception as exc:  # open_clip/torch raise many types for a bad checkpoint
+        raise ModelUnavailableError(
+            f"Model {spec.label()}: the weights file {weights.checkpoint} could not be loaded ({exc}). "
+            "It may be truncated or belong to another architecture; delete it and download it again, "
+            "or pass the right file with --pretrained."
+        ) from exc
+    return Encoder(model, preprocess, tokenizer, spec=spec, weights_sha256=weights.sha256, device=device)

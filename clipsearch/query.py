@@ -1,0 +1,43 @@
+"""Turn a query (text or image) into one unit vector in the model's embedding space."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.errors import ImageError, UsageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipsearch.index import Index
+
+
+def text_vector(index: Index, text: str) -> npt.NDArray[np.float32]:
+    """Encode a text query."""
+    if not text.strip():
+        raise UsageError("The search text is empty. Give some words, e.g. clipsearch search 'a red car'.")
+    return index.encoder.encode_texts([text])[0]
+
+
+def image_vector(index: Index, image: str | Path | Image.Image) -> npt.NDArray[np.float32]:
+    """Encode an image query; an indexed, unchanged file reuses its stored vector."""
+    if not isinstance(image, (str, Path)):
+        return index.encoder.encode_images([image.convert("RGB")])[0]
+    path = os.path.abspath(os.path.expanduser(str(image)))
+    stored = index.stored_vector(path)
+    if stored is not None:
+        return stored
+    from clipsearch.images import open_image
+
+    if not os.path.exists(path):
+        raise UsageError(f"Query image {path} does not exist.")
+    try:
+        img = open_image(path)
+    except ImageError as exc:
+        raise UsageError(f"Query image {path} cannot be used: {exc.detail}.") from exc
+    return index.encoder.encode_images([img])[0]

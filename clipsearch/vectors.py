@@ -1,0 +1,138 @@
+"""The FAISS side: one VectorStore interface, implementations chosen by a ``kind`` string.
+
+Ids are int64 content ids from the catalog. Scores are inner products of unit vectors (cosine).
+Later index types (HNSW, IVF-PQ) implement the same protocol and register under a new kind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Ids = npt.NDArray[np.int64]
+Vectors = npt.NDArray[np.float32]
+
+
+class VectorStore(Protocol):
+    """What the rest of clipsearch may ask of a vector index."""
+
+    kind: str
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        """Add vectors under the given (new, unique) ids."""
+
+    def remove(self, ids: Ids) -> int:
+        """Remove ids that are present; return how many were removed."""
+
+    def search(
+        self, queries: Vectors, k: int, *, allowed: Ids | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Top-k by inner product per query row; missing slots have id -1. ``allowed`` filters first."""
+
+    def reconstruct(self, ids: Ids) -> Vectors:
+        """The stored vectors of ``ids``."""
+
+    def ids(self) -> Ids:
+        """Every id in the store."""
+
+    def save(self, path: Path) -> None:
+        """Write atomically (temp file + rename)."""
+
+
+class FlatStore:
+    """Exact inner-product search: ``IndexIDMap2(IndexFlatIP)``, 4 bytes per dimension."""
+
+    kind = "flat"
+
+    def __init__(self, dim: int, index: object | None = None) -> None:
+        import faiss
+
+        self.dim = dim
+        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # faiss only uses BLAS (much faster than its scalar loop) from 20 queries on by default
+        faiss.cvar.distance_compute_blas_threshold = 1
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids):
+            self._index.add_with_ids(vectors, ids)
+
+    def remove(self, ids: Ids) -> int:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        return int(self._index.remove_ids(ids)) if len(ids) else 0
+
+    def search(
+        self, queries: Vectors, k: int, *, allowed: Ids | None = None
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        import faiss
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = max(1, min(k, len(self)))
+        if len(self) == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        params = None
+        if allowed is not None:
+            allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        scores, ids = self._index.search(queries, k, params=params)
+        return scores, ids
+
+    def reconstruct(self, ids: Ids) -> Vectors:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not len(ids):
+            return np.zeros((0, self.dim), np.float32)
+        return np.asarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+
+    def ids(self) -> Ids:
+        import faiss
+
+        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self._index, str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+
+    @classmethod
+    def load(cls, path: Path) -> FlatStore:
+        import faiss
+
+        index = faiss.read_index(str(path))
+        return cls(index.d, index)
+
+
+STORE_KINDS: dict[str, type[FlatStore]] = {"flat": FlatStore}
+
+
+def create_store(kind: str, dim: int) -> VectorStore:
+    """A new empty store of the given kind."""
+    return STORE_KINDS[kind](dim)
+
+
+def load_store(kind: str, path: Path) -> VectorStore:
+    """Read a store written by :meth:`VectorStore.save`."""
+    return STORE_KINDS[kind].load(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk (a directory fsync makes a rename durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,87 @@
+"""Shared fixtures. Every data dir points at tmp; the Hugging Face cache is a session folder we fill."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# huggingface_hub reads these when first imported, so they are set before anything imports it.
+HF_CACHE = Path(tempfile.mkdtemp(prefix="clipsearch-test-hf-"))
+os.environ["HF_HUB_CACHE"] = str(HF_CACHE)
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from hfcache import TINY_REPO, add_tiny_model, add_vit_b_32  # noqa: E402
+
+TINY_MODEL = f"hf-hub:{TINY_REPO}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    shutil.rmtree(HF_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's real data folders."""
+    monkeypatch.setenv("CLIPSEARCH_INDEX", str(tmp_path / "default-index"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+@pytest.fixture(scope="session")
+def hf_cache() -> Path:
+    return HF_CACHE
+
+
+@pytest.fixture(scope="session")
+def tiny_model(hf_cache: Path) -> str:
+    """A tiny random open_clip model in the offline Hugging Face cache, as ``hf-hub:`` name."""
+    add_tiny_model(hf_cache)
+    return TINY_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model: str):  # type: ignore[no-untyped-def]
+    from clipsearch.models import load_encoder
+
+    return load_encoder(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def vit_b_32_cache(hf_cache: Path) -> Path:
+    """Random weights of the real ViT-B-32 architecture where laion2b_s34b_b79k's weights would be."""
+    add_vit_b_32(hf_cache)
+    return hf_cache
+
+
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
+
+
+def write_photos(folder: Path) -> dict[str, Path]:
+    """scikit-image's real photos as JPEG/PNG files; returns name -> path."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, name in enumerate(SKIMAGE_PHOTOS):
+        array = np.asarray(getattr(skimage.data, name)())
+        path = folder / f"{name}.{'jpg' if i % 2 == 0 else 'png'}"
+        Image.fromarray(array).save(path)
+        out[name] = path
+    return out
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> dict[str, Path]:
+    return write_photos(tmp_path / "photos")
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "index"

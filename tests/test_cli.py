@@ -1,0 +1,123 @@
+"""Tier 2: the CLI end to end (typer's CliRunner and real subprocesses), output contracts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsearch.cli import app
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_index_search_info_json_contracts(tmp_path, photos, tiny_model) -> None:
+    folder, idx = photos["coffee"].parent, tmp_path / "idx"
+    result = cli("index", folder, "--index", idx, "--model", tiny_model, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("added", "updated", "reused", "removed", "unchanged", "skipped"):
+        assert isinstance(report[key], int)
+    assert report["added"] == len(photos) and report["index"] == str(idx)
+    assert f"Writing index {idx}" in result.stderr
+
+    result = cli("search", "a rocket", "--index", idx, "--json", "-k", "3")
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 3
+    assert all(os.path.isabs(h["path"]) and isinstance(h["score"], float) for h in lines)
+    assert [h["score"] for h in lines] == sorted((h["score"] for h in lines), reverse=True)
+
+    result = cli("search", "--image", photos["chelsea"], "--index", idx, "--json", "--top", "1")
+    assert json.loads(result.stdout)["path"] == str(photos["chelsea"])
+
+    result = cli("info", "--index", idx, "--json")
+    info = json.loads(result.stdout)
+    assert (info["index"], info["model"], info["pretrained"], info["count"]) == (str(idx), tiny_model, "", 6)
+    assert info["dim"] == 32
+
+
+def test_plain_output_and_default_index_location(photos, tiny_model) -> None:
+    default = Path(os.environ["CLIPSEARCH_INDEX"])
+    result = cli("index", photos["coffee"].parent, "--model", tiny_model)
+    assert result.exit_code == 0, result.stderr
+    assert "6 added" in result.stdout and str(default) in result.stdout
+    result = cli("search", "coins")  # piped: one path per line, nothing else on stdout
+    assert result.exit_code == 0
+    assert sorted(result.stdout.split()) == sorted(str(p) for p in photos.values())
+    result = cli("info")
+    assert f"Index:    {default}" in result.stdout and "6 files" in result.stdout
+
+
+def test_reindex_uses_recorded_model_and_reports_changes(tmp_path, photos, tiny_model) -> None:
+    idx = tmp_path / "idx"
+    cli("index", photos["coffee"].parent, "--index", idx, "--model", tiny_model)
+    photos["coins"].unlink()
+    (photos["coffee"].parent / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = cli("index", "--index", idx, "--json")  # no --model: the index's own
+    report = json.loads(result.stdout)
+    assert (report["removed"], report["skipped"], report["unchanged"]) == (1, 1, 5)
+    result = cli("info", "--index", idx, "--skipped", "--json")
+    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [
+        str(photos["coffee"].parent / "broken.jpg")
+    ]
+
+
+def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -> None:
+    idx = tmp_path / "idx"
+    missing = cli("search", "x", "--index", tmp_path / "none")
+    assert missing.exit_code == 1 and "No index at" in missing.stderr
+    both = cli("search", "x", "--image", photos["coins"], "--index", idx)
+    assert both.exit_code == 2 and "either" in both.stderr
+    assert cli("search", "x", "-k", "0").exit_code == 2
+    assert cli("index", tmp_path / "no-such-folder", "--index", idx, "--model", tiny_model).exit_code == 2
+    cli("index", photos["coffee"].parent, "--index", idx, "--model", tiny_model)
+    other = cli("index", photos["coffee"].parent, "--index", idx, "--model", "ViT-B-32")
+    assert other.exit_code == 1 and "--rebuild" in other.stderr and tiny_model in other.stderr
+    bad_query_image = cli("search", "--image", tmp_path / "nope.jpg", "--index", idx)
+    assert bad_query_image.exit_code == 2 and "does not exist" in bad_query_image.stderr
+    (tmp_path / "file-not-dir").write_text("x")
+    assert cli("info", "--index", tmp_path / "file-not-dir").exit_code == 1
+    for result in (missing, both, other, bad_query_image):
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_every_command_and_option_has_help() -> None:
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = group.commands  # type: ignore[attr-defined]
+    assert {"index", "search", "info"} <= set(commands)
+    for name, command in commands.items():
+        assert command.help, name
+        assert cli(name, "--help").exit_code == 0
+        for param in command.params:
+            if param.name != "help":
+                assert getattr(param, "help", None), f"{name} {param.name} has no help text"
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\nsys.argv = ['clipsearch', '--help']\nfrom clipsearch.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "NO-TORCH" in result.stderr and "search" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["index", "search", "info"])
+def test_console_script_runs(command: str) -> None:
+    exe = Path(sys.executable).parent / "clipsearch"
+    args = [str(exe)] if exe.exists() else [sys.executable, "-m", "clipsearch"]
+    result = subprocess.run([*args, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--index" in result.stdout

@@ -1,0 +1,72 @@
+"""Tier 1: decoding files safely (orientation, modes, broken input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.errors import ImageError
+from clipsearch.images import open_image
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    upright = Image.new("RGB", (60, 30), "white")
+    upright.paste((255, 0, 0), (0, 0, 30, 30))  # red on the left half
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # 30x60 on disk
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewer must rotate 90° clockwise
+    stored.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    img = open_image(tmp_path / "r.jpg")
+    assert img.size == (60, 30)
+    left, right = np.asarray(img)[15, 5], np.asarray(img)[15, 55]
+    assert left[0] > 200 and left[1] < 60 and right.min() > 200
+
+
+def test_transparency_becomes_white_and_16_bit_is_scaled(tmp_path: Path) -> None:
+    Image.new("RGBA", (8, 8), (0, 0, 255, 0)).save(tmp_path / "t.png")
+    assert open_image(tmp_path / "t.png").getpixel((3, 3)) == (255, 255, 255)
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
+    img = open_image(tmp_path / "g16.png")
+    assert img.mode == "RGB" and img.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_jpeg_draft_keeps_at_least_min_side(tmp_path: Path) -> None:
+    Image.new("RGB", (4000, 3000), "green").save(tmp_path / "big.jpg")
+    img = open_image(tmp_path / "big.jpg", min_side=448)
+    assert 448 <= min(img.size) < 3000
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "empty"), (b"this is not an image", "not-an-image")],
+)
+def test_bad_bytes_are_typed_errors(tmp_path: Path, content: bytes, reason: str) -> None:
+    (tmp_path / "f.jpg").write_bytes(content)
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "f.jpg")
+    assert info.value.reason == reason
+
+
+def test_truncated_file_is_corrupt(tmp_path: Path) -> None:
+    Image.effect_noise((200, 200), 50).convert("RGB").save(tmp_path / "n.png")
+    data = (tmp_path / "n.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "cut.png")
+    assert info.value.reason == "corrupt"
+
+
+def test_pixel_limit_checked_before_decoding(tmp_path: Path) -> None:
+    Image.new("RGB", (100, 100)).save(tmp_path / "p.png")
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "p.png", max_pixels=5000)
+    assert info.value.reason == "too-large"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "gone.jpg")
+    assert info.value.reason == "missing"

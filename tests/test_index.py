@@ -1,0 +1,170 @@
+"""Tier 2: the library on real image files, a real SQLite catalog and a real FAISS index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
+from clipsearch.images import open_image
+from clipsearch.index import Index
+from clipsearch.ingest import draft_side
+from clipsearch.models import load_encoder
+from hfcache import add_tiny_model
+
+
+def sync(index_dir: Path, encoder, *roots: Path):
+    with Index.open_for_write(index_dir, encoder) as idx:
+        return idx.sync([str(r) for r in roots] if roots else None)
+
+
+def all_paths(index_dir: Path) -> set[str]:
+    with Index.open(index_dir) as idx:
+        rows = idx.catalog.conn.execute("SELECT path FROM files WHERE content_id IS NOT NULL")
+        return {row[0] for row in rows}
+
+
+def test_sync_stores_the_right_vector_for_each_path(index_dir, photos, tiny_encoder) -> None:
+    report = sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    assert (report.added, report.skipped, report.removed) == (len(photos), 0, 0)
+    with Index.open(index_dir) as idx:
+        assert idx.info()["count"] == len(photos)
+        for path in photos.values():
+            stored = idx.stored_vector(str(path))
+            fresh = tiny_encoder.encode_images([open_image(path, min_side=draft_side(tiny_encoder))])[0]
+            np.testing.assert_allclose(stored, fresh, atol=1e-5)
+
+
+def test_search_matches_brute_force_and_image_finds_itself(index_dir, photos, tiny_encoder) -> None:
+    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    with Index.open(index_dir, encoder=tiny_encoder) as idx:
+        paths = sorted(str(p) for p in photos.values())
+        matrix = np.stack([idx.stored_vector(p) for p in paths])
+        query = tiny_encoder.encode_texts(["a cup of coffee"])[0]
+        expected = [paths[i] for i in np.argsort(-(matrix @ query), kind="stable")[:4]]
+        hits = idx.search_text("a cup of coffee", k=4)
+        assert [h.path for h in hits] == expected
+        np.testing.assert_allclose([h.score for h in hits], np.sort(matrix @ query)[::-1][:4], atol=1e-5)
+        for path in paths:
+            first = idx.search_image(path, k=3)[0]
+            assert first.path == path and first.score == pytest.approx(1.0, abs=1e-4)
+        # an image that is not indexed: encoded on the fly, a PIL image works too
+        outside = idx.search_image(Image.open(photos["rocket"]).rotate(3), k=1)
+        assert outside[0].path == str(photos["rocket"])
+
+
+def test_incremental_sync(index_dir, photos, tiny_encoder, tmp_path) -> None:
+    folder = photos["coffee"].parent
+    sync(index_dir, tiny_encoder, folder)
+    again = sync(index_dir, tiny_encoder)  # no roots: re-sync the recorded ones
+    assert again.unchanged == len(photos)
+    assert (again.added, again.updated, again.reused, again.removed) == (0, 0, 0, 0)
+
+    with Index.open(index_dir) as idx:
+        vectors_before = idx.info()["vectors"]
+        coffee_vec = idx.stored_vector(str(photos["coffee"]))
+    moved = folder / "sub" / "renamed coffee.jpg"
+    moved.parent.mkdir()
+    os.rename(photos["coffee"], moved)
+    shutil.copy(photos["rocket"], folder / "rocket copy.jpg")
+    report = sync(index_dir, tiny_encoder)
+    assert (report.reused, report.removed, report.added, report.updated) == (2, 1, 0, 0)
+    with Index.open(index_dir) as idx:
+        assert idx.info()["vectors"] == vectors_before  # reused by hash, nothing re-encoded
+        np.testing.assert_array_equal(idx.stored_vector(str(moved)), coffee_vec)
+
+    Image.new("RGB", (300, 200), "purple").save(photos["astronaut"])  # changed content, same name
+    os.remove(photos["camera"])
+    Image.new("RGB", (120, 90), "orange").save(folder / "new.png")
+    report = sync(index_dir, tiny_encoder)
+    assert (report.updated, report.removed, report.added, report.reused) == (1, 1, 1, 0)
+    assert str(photos["camera"]) not in all_paths(index_dir)
+    with Index.open(index_dir, encoder=tiny_encoder) as idx:
+        hit_paths = [h.path for h in idx.search_text("anything", k=100)]
+        assert str(photos["camera"]) not in hit_paths
+        assert len(hit_paths) == len(set(hit_paths)) == len(photos) + 1
+        assert idx.search_image(str(photos["astronaut"]), k=1)[0].path == str(photos["astronaut"])
+        # the rewritten vectors file holds exactly the live contents
+        assert idx.info()["vectors"] == len(idx.store) == len(photos)
+        assert idx.catalog.conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+    assert len(list(index_dir.glob("vectors-*.faiss"))) == 1
+
+
+def test_unchanged_files_are_not_opened(index_dir, photos, tiny_encoder) -> None:
+    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    target = photos["rocket"]
+    st = target.stat()
+    target.write_bytes(b"\0" * st.st_size)  # would be skipped as not-an-image if it were read
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    report = sync(index_dir, tiny_encoder)
+    assert (report.unchanged, report.skipped) == (len(photos), 0)
+
+
+def test_roots_are_synced_independently(index_dir, tmp_path, tiny_encoder) -> None:
+    from conftest import write_photos
+
+    a = write_photos(tmp_path / "a")
+    b = write_photos(tmp_path / "b")
+    sync(index_dir, tiny_encoder, tmp_path / "a")
+    sync(index_dir, tiny_encoder, tmp_path / "b")
+    os.remove(a["coins"])
+    report = sync(index_dir, tiny_encoder, tmp_path / "a")  # only a is re-scanned; b stays
+    assert report.removed == 1
+    assert {str(p) for p in b.values()} <= all_paths(index_dir)
+    with Index.open(index_dir) as idx:
+        assert idx.catalog.roots() == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_bad_files_are_skipped_with_reason(index_dir, photos, tiny_encoder) -> None:
+    folder = photos["coffee"].parent
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("hello")
+    report = sync(index_dir, tiny_encoder, folder)
+    assert report.skipped == 2 and report.skip_reasons == {"empty": 1, "not-an-image": 1}
+    with Index.open(index_dir) as idx:
+        assert [(Path(p).name, r.split(":")[0]) for p, r in idx.catalog.skipped()] == [
+            ("empty.jpg", "empty"),
+            ("notes.png", "not-an-image"),
+        ]
+    assert sync(index_dir, tiny_encoder).skipped == 0  # retried only when they change
+
+
+def test_reader_sees_later_commits(index_dir, photos, tiny_encoder) -> None:
+    folder = photos["coffee"].parent
+    sync(index_dir, tiny_encoder, folder)
+    with Index.open(index_dir, encoder=tiny_encoder) as reader:
+        assert len(reader.search_text("x", k=50)) == len(photos)
+        Image.new("RGB", (64, 64), "yellow").save(folder / "late.png")
+        sync(index_dir, tiny_encoder)
+        assert len(reader.search_text("x", k=50)) == len(photos) + 1
+
+
+def test_other_model_is_refused_and_rebuild_replaces(index_dir, photos, tiny_encoder, hf_cache) -> None:
+    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    add_tiny_model(hf_cache, repo="clipsearch-test/tiny-clip-other", seed=1)
+    other = load_encoder("hf-hub:clipsearch-test/tiny-clip-other")
+    with pytest.raises(ModelMismatchError, match="tiny-clip-other") as info:
+        Index.open_for_write(index_dir, other)
+    message = str(info.value)
+    assert "built with model hf-hub:clipsearch-test/tiny-clip," in message and "--rebuild" in message
+    with Index.open_for_write(index_dir, other, rebuild=True) as idx:
+        report = idx.sync([str(photos["coffee"].parent)])
+    assert report.added == len(photos)
+    with Index.open(index_dir) as idx:
+        assert idx.meta.model == "hf-hub:clipsearch-test/tiny-clip-other"
+
+
+def test_one_writer_at_a_time(index_dir, tiny_encoder) -> None:
+    with Index.open_for_write(index_dir, tiny_encoder), pytest.raises(IndexBusyError, match="Wait for it"):
+        Index.open_for_write(index_dir, tiny_encoder)
+    Index.open_for_write(index_dir, tiny_encoder).close()  # released
+
+
+def test_open_missing_index(tmp_path) -> None:
+    with pytest.raises(IndexNotFoundError, match="clipsearch index PHOTO_FOLDER"):
+        Index.open(tmp_path / "nothing")

@@ -1,0 +1,97 @@
+"""Model resolution and loading through open_clip, offline, from a pre-populated Hugging Face cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.errors import ModelUnavailableError, UsageError
+from clipsearch.models import ModelSpec, load_encoder, resolve_weights
+
+
+def test_spec_defaults_and_normalisation(tmp_path: Path) -> None:
+    assert ModelSpec.parse(None, None) == ModelSpec("ViT-B-32", "laion2b_s34b_b79k")
+    assert ModelSpec.parse("shapes", None) == ModelSpec("shapes", "")
+    weights = tmp_path / "w.safetensors"
+    assert ModelSpec.parse("ViT-B-32", str(weights)).pretrained == str(weights)
+    with pytest.raises(UsageError, match="carries its own weights"):
+        ModelSpec.parse("hf-hub:org/repo", "laion2b_s34b_b79k")
+    with pytest.raises(UsageError, match="needs weights"):
+        ModelSpec.parse("RN50", "")
+
+
+def test_unknown_model_and_tag_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="Unknown model 'ViT-Q-99'"):
+        resolve_weights(ModelSpec("ViT-Q-99", "x"))
+    with pytest.raises(UsageError, match="laion2b_s34b_b79k"):
+        resolve_weights(ModelSpec("ViT-B-32", "no_such_tag"))
+
+
+def test_missing_local_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        load_encoder("ViT-B-32", str(tmp_path / "missing.safetensors"))
+
+
+def test_tiny_hf_hub_model_encodes_unit_float32_rows(tiny_encoder) -> None:
+    images = [Image.new("RGB", (50, 40), c) for c in ("red", "blue", "green")]
+    vecs = tiny_encoder.encode_images(images, batch_size=2)
+    assert vecs.shape == (3, tiny_encoder.dim) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    again = tiny_encoder.encode_images(images[:1])
+    np.testing.assert_allclose(again[0], vecs[0], atol=1e-6)  # eval mode: deterministic
+    texts = tiny_encoder.encode_texts(["a cat", "a dog"])
+    assert texts.shape == (2, tiny_encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    assert tiny_encoder.encode_images([]).shape == (0, tiny_encoder.dim)
+    assert not tiny_encoder.model.training
+
+
+def test_hf_hub_weights_checksum_is_the_blob_sha256(tiny_model: str, hf_cache: Path) -> None:
+    weights = resolve_weights(ModelSpec.parse(tiny_model, None))
+    assert weights.checkpoint.resolve().parent.name == "blobs"
+    assert weights.sha256 == weights.checkpoint.resolve().name
+
+
+def test_vit_b_32_loads_offline_from_cache_and_from_a_file(vit_b_32_cache: Path) -> None:
+    encoder = load_encoder("ViT-B-32", "laion2b_s34b_b79k")
+    assert encoder.dim == 512 and encoder.image_size == (224, 224)
+    # preprocessing comes from the pretrained tag's config (OpenAI mean/std, bicubic, 224 px)
+    pixels = encoder.preprocess(Image.new("RGB", (640, 480), (128, 128, 128)))
+    assert tuple(pixels.shape) == (3, 224, 224)
+    image_vec = encoder.encode_images([Image.new("RGB", (300, 200), "red")])
+    np.testing.assert_allclose(np.linalg.norm(image_vec), 1.0, atol=1e-5)
+    # the same weights passed as a local file load too, with the same checksum
+    snapshot_file = resolve_weights(encoder.spec).checkpoint  # snapshots/<commit>/open_clip_model.safetensors
+    from_file = load_encoder("ViT-B-32", str(snapshot_file))
+    assert from_file.weights_sha256 == encoder.weights_sha256
+    red = from_file.encode_images([Image.new("RGB", (300, 200), "red")])
+    np.testing.assert_allclose(red, image_vec, atol=1e-5)
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clipsearch", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_missing_weights_offline_gives_one_clear_message(tmp_path: Path, photos: dict[str, Path]) -> None:
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    result = run_cli(["index", str(photos["coffee"].parent), "--index", str(tmp_path / "idx")], env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    message = result.stderr
+    for needle in (
+        "ViT-B-32 (laion2b_s34b_b79k)",  # which model
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",  # what was tried
+        str(tmp_path / "empty-cache"),  # where it looked
+        "--pretrained /path/to/open_clip_model.safetensors",  # how to provide a file
+        "HF_HUB_CACHE",  # or a cache
+    ):
+        assert needle in message, needle
+    assert not (tmp_path / "idx").exists() or not any((tmp_path / "idx").iterdir())

@@ -1,0 +1,57 @@
+"""Tier 1: walking folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clipsearch.ingest import normalize_roots
+from clipsearch.scan import scan
+
+
+def touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def names(records) -> list[str]:
+    return sorted(os.path.basename(r.path) for r in records)
+
+
+def test_finds_images_recursively_and_ignores_other_files(tmp_path: Path) -> None:
+    touch(tmp_path / "a.jpg")
+    touch(tmp_path / "sub" / "deeper" / "b.PNG")
+    touch(tmp_path / "notes.txt")
+    touch(tmp_path / "with space.webp")
+    records = list(scan([str(tmp_path)]))
+    assert names(records) == ["a.jpg", "b.PNG", "with space.webp"]
+    assert all(os.path.isabs(r.path) for r in records)
+    rec = next(r for r in records if r.path.endswith("a.jpg"))
+    st = os.stat(rec.path)
+    assert (rec.size, rec.mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+def test_hidden_skipped_unless_asked(tmp_path: Path) -> None:
+    touch(tmp_path / ".hidden.jpg")
+    touch(tmp_path / ".cache" / "c.jpg")
+    touch(tmp_path / "v.jpg")
+    assert names(scan([str(tmp_path)])) == ["v.jpg"]
+    assert names(scan([str(tmp_path)], include_hidden=True)) == [".hidden.jpg", "c.jpg", "v.jpg"]
+
+
+def test_symlink_loop_terminates_and_broken_link_ignored(tmp_path: Path) -> None:
+    touch(tmp_path / "d" / "x.jpg")
+    os.symlink(tmp_path, tmp_path / "d" / "loop")
+    os.symlink(tmp_path / "nowhere.jpg", tmp_path / "broken.jpg")
+    assert names(scan([str(tmp_path)])) == ["x.jpg"]
+
+
+def test_single_file_root_and_missing_root(tmp_path: Path) -> None:
+    photo = touch(tmp_path / "one.jpg")
+    assert names(scan([str(photo), str(tmp_path / "missing")])) == ["one.jpg"]
+
+
+def test_normalize_roots_drops_nested_and_duplicates(tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "ab")
+    assert normalize_roots([a, a + "/x/y", b, a + "/"]) == [a, b]

@@ -287,6 +287,64 @@ def info(
     )
 
 
+@app.command()
+@handle_errors
+def demo(
+    folder: Annotated[
+        Path, typer.Argument(help="Folder for the generated demo images (created; reused when it exists).")
+    ] = Path("clipsearch-demo"),
+    index_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--index",
+            help="Index folder for the demo. Default: FOLDER/../<FOLDER name>-index.",
+            show_default=False,
+        ),
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", min=20, max=100_000, help="How many images to generate.")
+    ] = 300,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the generated images.")] = 2026,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, max=100, help="Results shown per query.")] = 5,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate shape images, index them with the bundled 'shapes' model, and run checked queries."""
+    from clipsearch.demo import run_demo
+
+    folder = folder.expanduser().absolute()
+    path = (index_path or folder.with_name(folder.name + "-index")).expanduser().absolute()
+    report, results = run_demo(
+        folder,
+        path,
+        n=count,
+        seed=seed,
+        k=top,
+        progress=None if quiet else StderrProgress("Indexing"),
+        say=err,
+    )
+    if as_json:
+        for result in results:
+            typer.echo(json.dumps(result.to_dict()))
+        return
+    typer.echo(
+        f"Indexed {folder}: {report.added} added, {report.reused} reused, {report.unchanged} unchanged "
+        f"in {report.seconds:.1f}s.\nIndex: {report.index}\n"
+    )
+    for result in results:
+        typer.echo(
+            f"{result.query.kind:>7} {result.query.description}: {sum(result.right)}/{len(result.hits)} right"
+        )
+        for rank_no, (hit, ok) in enumerate(zip(result.hits, result.right, strict=True), 1):
+            typer.echo(
+                f"   {rank_no:>2}  {hit.score:6.3f}  {'right' if ok else 'WRONG'}  {Path(hit.path).name}"
+            )
+    right = sum(sum(r.right) for r in results)
+    total = sum(len(r.hits) for r in results)
+    typer.echo(f"\nOverall {right}/{total} results right. Try your own query:")
+    typer.echo(f'  clipsearch search "a small purple cross" --index {path}')
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -41,3 +41,18 @@ def image_vector(index: Index, image: str | Path | Image.Image) -> npt.NDArray[n
     except ImageError as exc:
         raise UsageError(f"Query image {path} cannot be used: {exc.detail}.") from exc
     return index.encoder.encode_images([img])[0]
+
+
+def combine(terms: list[tuple[float, npt.NDArray[np.float32]]]) -> npt.NDArray[np.float32]:
+    """Weighted sum of unit vectors, re-normalised: the "semantic algebra" of the shared space.
+
+    ``combine([(1, img), (-1, text("red")), (1, text("blue"))])`` moves an image of a red
+    circle towards blue circles.
+    """
+    if not terms:
+        raise UsageError("A query needs at least one term.")
+    total = np.sum([weight * vector for weight, vector in terms], axis=0).astype(np.float32)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise UsageError("The query's terms cancel out exactly; there is nothing left to search for.")
+    return total / norm

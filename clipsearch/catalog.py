@@ -7,7 +7,8 @@ Tables (schema version 1):
 - ``roots(path)``: folders the user indexed; a sync without roots re-syncs these.
 - ``contents(id, hash, width, height)``: one row per distinct file content. ``id`` is the FAISS id;
   AUTOINCREMENT so an id is never reused for other content.
-- ``files(path, size, mtime_ns, content_id, error)``: path -> content. ``content_id`` is NULL and
+- ``files(path, size, mtime_ns, content_id, error)``: path (the file system's bytes, so names that
+  are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
   ``error`` set for files that were skipped.
 - ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint.
 - ``tombstones(content_id, gen)``: contents deleted since the last FAISS checkpoint.
@@ -15,6 +16,7 @@ Tables (schema version 1):
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,7 +33,7 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS roots (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash TEXT NOT NULL UNIQUE,
@@ -39,7 +41,7 @@ CREATE TABLE IF NOT EXISTS contents (
     height INTEGER
 );
 CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
+    path BLOB PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     content_id INTEGER REFERENCES contents(id),
@@ -86,10 +88,10 @@ class NewFile(NamedTuple):
     error: str | None
 
 
-def under(root: str) -> tuple[str, str]:
+def under(root: str) -> tuple[bytes, bytes]:
     """SQL range bounds selecting every path strictly below directory ``root``."""
-    prefix = root.rstrip("/") + "/"
-    return prefix, prefix[:-1] + "0"  # '0' sorts right after '/'
+    prefix = os.fsencode(root).rstrip(b"/") + b"/"
+    return prefix, prefix[:-1] + b"0"  # '0' sorts right after '/'
 
 
 class Catalog:
@@ -172,10 +174,12 @@ class Catalog:
     # -- roots and files ----------------------------------------------------------------------
 
     def roots(self) -> list[str]:
-        return [r[0] for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
+        return [os.fsdecode(r[0]) for r in self.conn.execute("SELECT path FROM roots ORDER BY path")]
 
     def add_roots(self, roots: Iterable[str]) -> None:
-        self.conn.executemany("INSERT OR IGNORE INTO roots(path) VALUES (?)", [(r,) for r in roots])
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO roots(path) VALUES (?)", [(os.fsencode(r),) for r in roots]
+        )
 
     def files_under(self, root: str) -> dict[str, FileState]:
         """Every catalogued file at or below ``root``."""
@@ -183,13 +187,13 @@ class Catalog:
         rows = self.conn.execute(
             "SELECT path, size, mtime_ns, content_id, error FROM files "
             "WHERE path = ? OR (path >= ? AND path < ?)",
-            (root, low, high),
+            (os.fsencode(root), low, high),
         )
-        return {r[0]: FileState(r[1], r[2], r[3], r[4]) for r in rows}
+        return {os.fsdecode(r[0]): FileState(r[1], r[2], r[3], r[4]) for r in rows}
 
     def file(self, path: str) -> FileState | None:
         row = self.conn.execute(
-            "SELECT size, mtime_ns, content_id, error FROM files WHERE path = ?", (path,)
+            "SELECT size, mtime_ns, content_id, error FROM files WHERE path = ?", (os.fsencode(path),)
         ).fetchone()
         return None if row is None else FileState(*row)
 
@@ -207,7 +211,7 @@ class Catalog:
                 f"SELECT content_id, path FROM files WHERE content_id IN ({marks}) ORDER BY path", chunk
             )
             for cid, path in rows:
-                out.setdefault(int(cid), []).append(path)
+                out.setdefault(int(cid), []).append(os.fsdecode(path))
         return out
 
     def counts(self) -> dict[str, int]:
@@ -219,7 +223,8 @@ class Catalog:
         }
 
     def skipped(self) -> list[tuple[str, str]]:
-        return list(self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path"))
+        rows = self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path")
+        return [(os.fsdecode(path), error) for path, error in rows]
 
     # -- writes (call inside transaction()) ---------------------------------------------------
 
@@ -243,11 +248,11 @@ class Catalog:
     def upsert_files(self, rows: Iterable[NewFile]) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO files(path, size, mtime_ns, content_id, error) VALUES (?, ?, ?, ?, ?)",
-            rows,
+            [(os.fsencode(r.path), r.size, r.mtime_ns, r.content_id, r.error) for r in rows],
         )
 
     def delete_files(self, paths: Iterable[str]) -> None:
-        self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in paths])
+        self.conn.executemany("DELETE FROM files WHERE path = ?", [(os.fsencode(p),) for p in paths])
 
     def drop_orphan_contents(self, gen: int) -> int:
         """Delete contents no file points to; tombstone their ids for the vector store."""

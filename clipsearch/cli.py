@@ -55,6 +55,11 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def echo_path(path: str, *, prefix: str = "") -> None:
+    """Print a path exactly as the file system spells it, even when it is not valid UTF-8."""
+    typer.echo(prefix.encode() + os.fsencode(path))
+
+
 def handle_errors(fn: F) -> F:
     """Turn library exceptions into a message on stderr and the right exit code, never a traceback."""
 
@@ -243,10 +248,10 @@ def search(
             typer.echo(json.dumps({"rank": rank_no, **hit.to_dict()}))
     elif sys.stdout.isatty():
         for rank_no, hit in enumerate(hits, 1):
-            typer.echo(f"{rank_no:>4}  {hit.score:6.3f}  {hit.path}")
+            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ")
     else:
         for hit in hits:
-            typer.echo(hit.path)
+            echo_path(hit.path)
     if not hits:
         err(f"No results: the index at {path} is empty. Add photos with: clipsearch index FOLDER")
 
@@ -272,7 +277,7 @@ def info(
             if as_json:
                 typer.echo(json.dumps({"path": file_path, "reason": reason}))
             else:
-                typer.echo(f"{file_path}\t{reason}")
+                echo_path(file_path, prefix=f"{reason}\t")
         return
     if as_json:
         typer.echo(json.dumps(data))

@@ -103,7 +103,6 @@ class Plan:
     todo: list[tuple[FileRecord, FileState | None]]
     unchanged: int
     gone: list[str]
-    bad_names: int
 
 
 class Prepared(NamedTuple):
@@ -123,19 +122,14 @@ def plan_sync(catalog: Catalog, roots: list[str], records: Iterable[FileRecord])
     for root in roots:
         known.update(catalog.files_under(root))
     todo: list[tuple[FileRecord, FileState | None]] = []
-    unchanged = bad_names = 0
+    unchanged = 0
     for record in records:
-        try:
-            record.path.encode("utf-8")
-        except UnicodeEncodeError:
-            bad_names += 1  # not representable in the catalog; reported, not indexed
-            continue
         state = known.pop(record.path, None)
         if state is not None and (state.size, state.mtime_ns) == (record.size, record.mtime_ns):
             unchanged += 1
         else:
             todo.append((record, state))
-    return Plan(todo, unchanged, sorted(known), bad_names)
+    return Plan(todo, unchanged, sorted(known))
 
 
 def file_digest(data: bytes) -> str:
@@ -332,9 +326,6 @@ def sync(
         catalog.add_roots(roots)
     plan = plan_sync(catalog, roots, scan(roots, include_hidden=options.include_hidden))
     report.unchanged = plan.unchanged
-    if plan.bad_names:
-        report.skip_reasons["bad-filename"] = plan.bad_names
-        report.skipped += plan.bad_names
     committer = _Committer(index, report, options)
     known = _KnownHashes(catalog)
     encoder = index.encoder

@@ -67,9 +67,30 @@ def test_reindex_uses_recorded_model_and_reports_changes(tmp_path, photos, tiny_
     report = json.loads(result.stdout)
     assert (report["removed"], report["skipped"], report["unchanged"]) == (1, 1, 5)
     result = cli("info", "--index", idx, "--skipped", "--json")
-    assert [json.loads(line)["path"] for line in result.stdout.splitlines()] == [
-        str(photos["coffee"].parent / "broken.jpg")
-    ]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["path"] for row in rows] == [str(photos["coffee"].parent / "broken.jpg")]
+    assert rows[0]["reason"].startswith("not-an-image: ")
+    result = cli("info", "--index", idx, "--skipped")
+    assert result.stdout == f"{rows[0]['reason']}\t{rows[0]['path']}\n"
+
+
+def test_odd_file_names_round_trip(tmp_path, tiny_model) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = os.fsdecode(os.fsencode(str(folder)) + b"/caf\xe9 latin-1.png")  # not valid UTF-8
+    newline = folder / "two\nlines.png"
+    Image.new("RGB", (40, 40), "red").save(odd)
+    Image.new("RGB", (40, 40), "blue").save(newline)
+    idx = tmp_path / "idx"
+    assert (
+        json.loads(cli("index", folder, "--index", idx, "--model", tiny_model, "--json").stdout)["added"] == 2
+    )
+    hits = [json.loads(line) for line in cli("search", "x", "--index", idx, "--json").stdout.splitlines()]
+    assert sorted(h["path"] for h in hits) == sorted([odd, str(newline)])
+    plain = runner.invoke(app, ["search", "--image", odd, "--index", str(idx), "-k", "1"])
+    assert plain.stdout_bytes == os.fsencode(odd) + b"\n"
 
 
 def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -> None:

@@ -26,7 +26,7 @@ def sync(index_dir: Path, encoder, *roots: Path):
 def all_paths(index_dir: Path) -> set[str]:
     with Index.open(index_dir) as idx:
         rows = idx.catalog.conn.execute("SELECT path FROM files WHERE content_id IS NOT NULL")
-        return {row[0] for row in rows}
+        return {os.fsdecode(row[0]) for row in rows}
 
 
 def test_sync_stores_the_right_vector_for_each_path(index_dir, photos, tiny_encoder) -> None:

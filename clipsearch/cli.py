@@ -149,6 +149,15 @@ def index(
     include_hidden: Annotated[
         bool, typer.Option("--include-hidden", help="Also index hidden files and folders (dot-names).")
     ] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Leave out files/folders matching this gitignore-style pattern (repeatable). "
+            "Folders may also hold a .clipsearchignore file.",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, max=1024, help="Images per encoder batch.")
     ] = 32,
@@ -161,9 +170,12 @@ def index(
     max_pixels: Annotated[
         int,
         typer.Option(
-            "--max-pixels", min=1, help="Skip images with more pixels than this (decompression-bomb guard)."
+            "--max-pixels",
+            min=1,
+            help="Skip images that would decode to more pixels than this (decompression-bomb guard; "
+            "JPEGs count at their reduced decoding size).",
         ),
-    ] = 100_000_000,
+    ] = 50_000_000,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -178,6 +190,7 @@ def index(
     encoder = load_spec(spec)
     options = SyncOptions(
         include_hidden=include_hidden,
+        exclude=tuple(exclude or ()),
         batch_size=batch_size,
         max_pixels=max_pixels,
         **({"workers": workers} if workers else {}),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Images above this many pixels are refused before decoding (decompression-bomb guard).
-DEFAULT_MAX_PIXELS = 100_000_000
+#: Images that would decode to more pixels than this are refused before decoding (decompression-bomb
+#: guard). JPEGs count at their reduced ``draft`` size, so a 100-megapixel JPEG is fine, a PNG is not.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 _heif_registered = False
 
@@ -37,7 +38,7 @@ def open_image(
 
     Args:
         source: file path, or the file's content already read into memory.
-        max_pixels: refuse images whose header declares more pixels than this.
+        max_pixels: refuse images that would decode to more pixels than this (read from the header).
         min_side: if given, JPEGs are decoded at a reduced scale (``draft``) that keeps the
             shorter side at least this large; the model resizes further anyway.
 
@@ -56,14 +57,14 @@ def open_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             width, height = img.size
-            if width * height > max_pixels:
+            if min_side and img.format == "JPEG":
+                scale = min(width, height) / min_side
+                if scale >= 2:  # decode at 1/2, 1/4 or 1/8 scale straight from the DCT coefficients
+                    img.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+            if img.size[0] * img.size[1] > max_pixels:  # checked on the header, before decoding
                 raise ImageError(
                     "too-large", f"{width}x{height} pixels exceeds the limit of {max_pixels:,} pixels"
                 )
-            if min_side and img.format == "JPEG":
-                scale = min(width, height) / min_side
-                if scale >= 2:
-                    img.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
             img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:

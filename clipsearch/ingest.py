@@ -38,6 +38,7 @@ class SyncOptions:
 
     Args:
         include_hidden: also index dot-files and files in dot-folders.
+        exclude: gitignore-style patterns (relative to each root) of files and folders to leave out.
         batch_size: images per encoder call.
         workers: threads reading and decoding files ahead of the encoder.
         max_pixels: images larger than this are skipped (decompression-bomb guard).
@@ -46,6 +47,7 @@ class SyncOptions:
     """
 
     include_hidden: bool = False
+    exclude: tuple[str, ...] = ()
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -324,7 +326,9 @@ def sync(
         roots = [r for r in roots if os.path.exists(r)]  # e.g. an unplugged drive: keep its entries
     with catalog.transaction():
         catalog.add_roots(roots)
-    plan = plan_sync(catalog, roots, scan(roots, include_hidden=options.include_hidden))
+    plan = plan_sync(
+        catalog, roots, scan(roots, include_hidden=options.include_hidden, exclude=options.exclude)
+    )
     report.unchanged = plan.unchanged
     committer = _Committer(index, report, options)
     known = _KnownHashes(catalog)

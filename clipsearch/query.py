@@ -36,8 +36,10 @@ def image_vector(index: Index, image: str | Path | Image.Image) -> npt.NDArray[n
 
     if not os.path.exists(path):
         raise UsageError(f"Query image {path} does not exist.")
+    from clipsearch.ingest import draft_side
+
     try:
-        img = open_image(path)
+        img = open_image(path, min_side=draft_side(index.encoder))  # decoded as indexing would
     except ImageError as exc:
         raise UsageError(f"Query image {path} cannot be used: {exc.detail}.") from exc
     return index.encoder.encode_images([img])[0]

@@ -55,3 +55,17 @@ def test_single_file_root_and_missing_root(tmp_path: Path) -> None:
 def test_normalize_roots_drops_nested_and_duplicates(tmp_path: Path) -> None:
     a, b = str(tmp_path / "a"), str(tmp_path / "ab")
     assert normalize_roots([a, a + "/x/y", b, a + "/"]) == [a, b]
+
+
+def test_ignore_files_and_exclude_patterns(tmp_path: Path) -> None:
+    touch(tmp_path / "keep.jpg")
+    touch(tmp_path / "raw" / "a.jpg")
+    touch(tmp_path / "trip" / "b.png")
+    touch(tmp_path / "trip" / "b.tmp.png")
+    touch(tmp_path / "trip" / "thumbs" / "t.jpg")
+    touch(tmp_path / "trip" / "keep.tmp.png")
+    (tmp_path / ".clipsearchignore").write_text("raw/\n# a comment\n")
+    (tmp_path / "trip" / ".clipsearchignore").write_text("*.tmp.png\n!keep.tmp.png\n")
+    assert names(scan([str(tmp_path)])) == ["b.png", "keep.jpg", "keep.tmp.png", "t.jpg"]
+    assert names(scan([str(tmp_path)], exclude=["thumbs/", "keep.*"])) == ["b.png"]
+    assert names(scan([str(tmp_path)], exclude=["/b.png"])) == ["b.png", "keep.jpg", "keep.tmp.png", "t.jpg"]

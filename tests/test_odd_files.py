@@ -1,0 +1,147 @@
+"""Real photo folders: a corpus of odd files written by Pillow, with the expected outcome per file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from clipsearch.errors import ImageError
+from clipsearch.images import open_image
+from clipsearch.index import Index
+from clipsearch.ingest import prepare
+from clipsearch.scan import FileRecord
+
+
+def scene(size: tuple[int, int] = (96, 64)) -> Image.Image:
+    img = Image.new("RGB", size, (30, 120, 200))
+    ImageDraw.Draw(img).ellipse((10, 10, 50, 50), fill=(250, 200, 0))
+    return img
+
+
+def write_corpus(folder: Path) -> dict[str, str | None]:
+    """Write every odd file; return file name -> expected skip reason (None: indexed)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    folder.mkdir(parents=True)
+    expected: dict[str, str | None] = {}
+    base = scene()
+
+    def ok(name: str) -> Path:
+        expected[name] = None
+        return folder / name
+
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        base.save(ok(f"exif-{orientation}.jpg"), exif=exif)
+    base.save(ok("progressive.jpg"), progressive=True)
+    base.convert("CMYK").save(ok("cmyk.jpg"))
+    base.convert("P").save(ok("palette.png"))
+    palette = base.convert("P")
+    palette.info["transparency"] = 0
+    palette.save(ok("palette-transparent.png"), transparency=0)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(ok("rgba.png"))
+    Image.fromarray((np.arange(96 * 64).reshape(64, 96) * 10).astype(np.uint16)).save(ok("sixteen-bit.png"))
+    base.convert("L").save(ok("gray.png"))
+    base.convert("LA").save(ok("gray-alpha.png"))
+    frames = [scene(), Image.new("RGB", (96, 64), "red")]
+    frames[0].save(ok("animated.gif"), save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(ok("animated.webp"), save_all=True, append_images=frames[1:], duration=100)
+    base.save(ok("still.webp"))
+    frames[0].save(ok("multipage.tif"), save_all=True, append_images=frames[1:])
+    Image.fromarray((np.arange(96 * 64).reshape(64, 96) * 10).astype(np.uint16)).save(ok("sixteen-bit.tif"))
+    base.convert("CMYK").save(ok("cmyk.tif"))
+    base.save(ok("plain.bmp"))
+    base.save(ok("phone.heic"))
+    base.save(ok("modern.avif"))
+    (folder / "name with spaces.png").write_bytes((folder / "gray.png").read_bytes())
+    expected["name with spaces.png"] = None
+
+    def bad(name: str, reason: str) -> Path:
+        expected[name] = reason
+        return folder / name
+
+    full = (folder / "progressive.jpg").read_bytes()
+    Image.effect_noise((300, 300), 60).convert("RGB").save(folder / "noise.jpg", quality=95)
+    noise = (folder / "noise.jpg").read_bytes()
+    (folder / "noise.jpg").unlink()
+    bad("truncated.jpg", "corrupt").write_bytes(noise[: len(noise) // 3])
+    png = bytearray((folder / "rgba.png").read_bytes())
+    png[60:120] = b"\0" * 60
+    bad("damaged.png", "corrupt").write_bytes(bytes(png))
+    bad("empty.jpg", "empty").write_bytes(b"")
+    bad("notes.png", "not-an-image").write_text("just text with an image extension")
+    bad("page.jpg", "not-an-image").write_bytes(b"%PDF-1.4\n" + full[:50])
+    Image.new("L", (8000, 7000)).save(bad("bomb.png", "too-large"))  # 56 MP, compresses to ~50 KB
+    return expected
+
+
+def test_every_odd_file_is_indexed_or_skipped_with_its_reason(tmp_path, tiny_encoder) -> None:
+    folder = tmp_path / "odd"
+    expected = write_corpus(folder)
+    started = time.monotonic()
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        report = idx.sync([str(folder)])
+        skipped = {Path(p).name: reason.split(":")[0] for p, reason in idx.catalog.skipped()}
+        indexed = {Path(p).name for p in idx.catalog.files_under(str(folder)) if Path(p).name not in skipped}
+    assert time.monotonic() - started < 60  # the 56-megapixel PNG is refused from its header
+    assert skipped == {name: reason for name, reason in expected.items() if reason}
+    assert indexed == {name for name, reason in expected.items() if reason is None}
+    assert report.skip_reasons == {"corrupt": 2, "empty": 1, "not-an-image": 2, "too-large": 1}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_decodes_upright(tmp_path: Path, orientation: int) -> None:
+    upright = scene((90, 60))
+    transpose = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
+    stored = upright.transpose(transpose[orientation]) if orientation in transpose else upright
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "o.png", exif=exif)  # PNG: lossless, so pixels compare exactly
+    decoded = open_image(tmp_path / "o.png")
+    assert decoded.size == upright.size
+    assert np.array_equal(np.asarray(decoded), np.asarray(upright))
+
+
+def test_file_vanishing_between_scan_and_decode(tmp_path: Path) -> None:
+    path = tmp_path / "gone.jpg"
+    scene().save(path)
+    st = path.stat()
+    record = FileRecord(str(path), st.st_size, st.st_mtime_ns)
+    path.unlink()
+    prep = prepare(record, is_known=lambda _: False, preprocess=lambda im: im, min_side=64, max_pixels=10**8)
+    assert isinstance(prep.error, ImageError) and prep.error.reason == "missing"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "secret.jpg"
+    scene().save(path)
+    path.chmod(0)
+    with pytest.raises(ImageError) as info:
+        open_image(path)
+    assert info.value.reason == "unreadable"
+
+
+def test_big_jpeg_is_decoded_reduced_not_refused(tmp_path: Path) -> None:
+    Image.new("RGB", (9000, 6000), "green").save(tmp_path / "panorama.jpg", quality=50)  # 54 MP
+    img = open_image(tmp_path / "panorama.jpg", min_side=448)
+    assert 448 <= min(img.size) <= 1000
+    with pytest.raises(ImageError):
+        open_image(tmp_path / "panorama.jpg")  # without draft it would decode all 54 MP: refused

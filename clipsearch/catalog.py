@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.errors import IndexCorruptError
+from clipsearch.errors import IndexAccessError, IndexCorruptError
 
 SCHEMA_VERSION = 1
 
@@ -88,6 +88,10 @@ class NewFile(NamedTuple):
     error: str | None
 
 
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    return "not a database" in str(exc) or "malformed" in str(exc)
+
+
 def under(root: str) -> tuple[bytes, bytes]:
     """SQL range bounds selecting every path strictly below directory ``root``."""
     prefix = os.fsencode(root).rstrip(b"/") + b"/"
@@ -97,20 +101,25 @@ def under(root: str) -> tuple[bytes, bytes]:
 class Catalog:
     """One SQLite connection in WAL mode; every write goes through :meth:`transaction`."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, writer: bool = False) -> None:
+        """Open ``path``; only a ``writer`` creates tables or changes settings.
+
+        Readers never write, so an index on read-only media can still be searched.
+        """
         self.path = path
         try:
-            uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-            self.conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
-            )
-            self.conn.execute("PRAGMA busy_timeout = 30000")
-            if not readonly:
+            self.conn = self._connect(path, writer)
+            if writer:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = FULL")
                 self.conn.executescript(_SCHEMA)
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+                raise IndexAccessError(
+                    f"Cannot open the index catalog {path}: {exc}. Check that the folder exists and "
+                    "is readable (and writable, to index), then run the command again."
+                ) from exc
             raise IndexCorruptError(
                 f"{path} is not a clipsearch catalog ({exc}). Move it away, or choose another --index."
             ) from exc
@@ -119,6 +128,23 @@ class Catalog:
                 f"{path} has catalog schema version {version}; this clipsearch reads version "
                 f"{SCHEMA_VERSION}. Re-create the index with --rebuild."
             )
+
+    @staticmethod
+    def _connect(path: Path, writer: bool) -> sqlite3.Connection:
+        def connect(uri: str) -> sqlite3.Connection:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fail here, not later
+            return conn
+
+        try:
+            return connect(f"file:{path}")
+        except sqlite3.OperationalError:
+            if writer or os.access(path.parent, os.W_OK):
+                raise
+        # a read-only folder: SQLite cannot create its WAL index (-shm) there; nobody can write
+        # there either, so the database file alone is the whole, final state
+        return connect(f"file:{path}?mode=ro&immutable=1")
 
     def close(self) -> None:
         self.conn.close()

@@ -31,6 +31,10 @@ class IndexCorruptError(ClipsearchError):
     """Something exists at the index location but it is not a readable clipsearch index."""
 
 
+class IndexAccessError(ClipsearchError):
+    """The index folder cannot be read or written (permissions, full disk, removed folder...)."""
+
+
 class IndexBusyError(ClipsearchError):
     """Another process holds the index's writer lock."""
 

@@ -19,12 +19,13 @@ import numpy.typing as npt
 
 from clipsearch.catalog import Catalog, IndexMeta
 from clipsearch.errors import (
+    IndexAccessError,
     IndexBusyError,
     IndexCorruptError,
     IndexNotFoundError,
     ModelMismatchError,
 )
-from clipsearch.vectors import VectorStore, create_store, load_store
+from clipsearch.vectors import VectorStore, create_store, fsync_path, load_store
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -94,19 +95,28 @@ class Index:
         root = Path(path).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
-        root.mkdir(parents=True, exist_ok=True)
-        lock_fd = _acquire_lock(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock_fd = _acquire_lock(root)
+        except OSError as exc:
+            raise IndexAccessError(
+                f"Cannot write to the index folder {root}: {exc.strerror or exc}. "
+                "Choose a writable place with --index, or fix the folder's permissions."
+            ) from exc
         try:
             if rebuild:
                 _remove_index_files(root)
-            catalog = Catalog(root / CATALOG_FILE)
-            meta = catalog.meta()
             wanted = _meta_for(encoder)
+            if not (root / CATALOG_FILE).exists():
+                _create_catalog(root / CATALOG_FILE, wanted)
+            catalog = Catalog(root / CATALOG_FILE, writer=True)
+            meta = catalog.meta()
             if meta is None:
-                catalog.write_meta(wanted)
-                meta = wanted
-            else:
-                _check_same_model(root, meta, wanted)
+                catalog.close()
+                raise IndexCorruptError(
+                    f"{root / CATALOG_FILE} holds no index metadata. Re-create the index with --rebuild."
+                )
+            _check_same_model(root, meta, wanted)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -184,13 +194,14 @@ class Index:
     def _load_checkpoint(self, vgen: int) -> VectorStore:
         if vgen == 0:
             return create_store(self.meta.store_kind, self.meta.dim)
+        path = self.path / vectors_file(vgen)
         try:
-            return load_store(self.meta.store_kind, self.path / vectors_file(vgen))
-        except FileNotFoundError:
-            raise
+            return load_store(self.meta.store_kind, path)
         except RuntimeError as exc:  # faiss raises RuntimeError on unreadable files
+            if not path.exists():  # replaced by a newer checkpoint since our snapshot: retry
+                raise FileNotFoundError(path) from exc
             raise IndexCorruptError(
-                f"{self.path / vectors_file(vgen)} cannot be read ({str(exc).splitlines()[0]}). "
+                f"{path} cannot be read ({str(exc).splitlines()[0]}). "
                 "Re-create the index with: clipsearch index --rebuild"
             ) from exc
 
@@ -322,6 +333,21 @@ def check_index_model(path: str | Path, spec: ModelSpec) -> None:
         have = _label(existing.meta.model, existing.meta.pretrained)
     if have != _label(spec.name, spec.pretrained):
         raise _mismatch(root, have, _label(spec.name, spec.pretrained))
+
+
+def _create_catalog(path: Path, meta: IndexMeta) -> None:
+    """Create a catalog with its metadata under a temporary name, then rename it into place.
+
+    A reader therefore never sees a catalog without tables or metadata.
+    """
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    catalog = Catalog(tmp, writer=True)
+    catalog.write_meta(meta)
+    catalog.close()
+    os.replace(tmp, path)
+    fsync_path(path.parent)
 
 
 def _acquire_lock(root: Path) -> int:

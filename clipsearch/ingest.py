@@ -8,6 +8,7 @@ decides what to encode (a moved or copied file reuses its vector); what disappea
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.catalog import Catalog, FileState, NewFile
-from clipsearch.errors import ClipsearchError, ImageError, UsageError
+from clipsearch.errors import ClipsearchError, ImageError, IndexAccessError, UsageError
 from clipsearch.images import DEFAULT_MAX_PIXELS, open_image
 from clipsearch.scan import FileRecord, scan
 
@@ -181,7 +182,7 @@ class _KnownHashes:
     def __call__(self, digest: str) -> bool:
         conn: Catalog | None = getattr(self._local, "catalog", None)
         if conn is None:
-            conn = Catalog(self._path, readonly=True)
+            conn = Catalog(self._path)
             self._local.catalog = conn
             with self._lock:
                 self._conns.append(conn)
@@ -309,7 +310,26 @@ def normalize_roots(roots: Iterable[str]) -> list[str]:
 def sync(
     index: Index, roots: list[str] | None, options: SyncOptions, progress: Progress | None
 ) -> SyncReport:
-    """Bring ``index`` in line with the image files under ``roots``; see :meth:`Index.sync`."""
+    """Bring ``index`` in line with the image files under ``roots``; see :meth:`Index.sync`.
+
+    Raises:
+        UsageError: a root does not exist, or there is no root at all.
+        IndexAccessError: the index could not be written (full disk, permissions, folder removed);
+            what was committed before stays intact.
+        SyncInterrupted: Ctrl-C; committed batches are kept.
+    """
+    try:
+        return _sync(index, roots, options, progress)
+    except (sqlite3.Error, OSError) as exc:
+        raise IndexAccessError(
+            f"Writing the index at {index.path} failed: {exc}. Everything committed before is intact; "
+            "fix the cause (free disk space, permissions, the folder) and run the same command again."
+        ) from exc
+
+
+def _sync(
+    index: Index, roots: list[str] | None, options: SyncOptions, progress: Progress | None
+) -> SyncReport:
     started = time.monotonic()
     catalog = index.catalog
     report = SyncReport(index=str(index.path))

@@ -103,10 +103,13 @@ class FlatStore:
         import faiss
 
         tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self._index, str(tmp))
-        _fsync(tmp)
+        try:
+            faiss.write_index(self._index, str(tmp))
+        except RuntimeError as exc:  # faiss reports I/O failures (full disk, no folder) this way
+            raise OSError(f"cannot write {tmp}: {str(exc).strip().splitlines()[-1]}") from exc
+        fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
 
     @classmethod
     def load(cls, path: Path) -> FlatStore:
@@ -129,7 +132,7 @@ def load_store(kind: str, path: Path) -> VectorStore:
     return STORE_KINDS[kind].load(path)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's or a directory's entries to disk (a directory fsync makes a rename durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -1,0 +1,185 @@
+"""Crashes and concurrency: kill -9 at random moments, searching while indexing, broken index folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch.errors import IndexAccessError, IndexCorruptError
+from clipsearch.index import Index
+
+KILL_SEED = int(os.environ.get("CLIPSEARCH_KILL_SEED", "20261125"))
+
+
+def write_corpus(folder: Path, count: int, seed: int) -> None:
+    """``count`` small distinct images (noise + a coloured block), half JPEG, half PNG."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = rng.integers(0, 255, size=(48 + i % 32, 64, 3), dtype=np.uint8)
+        pixels[8:24, 8:40] = rng.integers(0, 255, size=3)
+        Image.fromarray(pixels).save(folder / f"img_{i:04d}.{'jpg' if i % 2 else 'png'}")
+
+
+def index_cmd(folder: Path, index: Path, model: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "clipsearch", "index", str(folder), "--index", str(index),
+            "--model", model, "--quiet", "--json", *extra]  # fmt: skip
+
+
+def check_exact(index_dir: Path, folder: Path, encoder) -> None:
+    """Every file once, catalog and FAISS ids one-to-one, and each file's vector its own."""
+    files = sorted(str(p) for p in folder.iterdir())
+    with Index.open(index_dir, encoder=encoder) as idx:
+        catalog = idx.catalog
+        rows = catalog.files_under(str(folder))
+        assert sorted(rows) == files
+        assert all(state.content_id is not None and state.error is None for state in rows.values())
+        content_ids = {r[0] for r in catalog.conn.execute("SELECT id FROM contents")}
+        assert {state.content_id for state in rows.values()} == content_ids  # no orphan contents
+        store_ids = idx.store.ids()
+        assert len(store_ids) == len(set(store_ids.tolist()))  # no duplicate vectors
+        assert set(store_ids.tolist()) == content_ids  # no orphan or missing vectors
+        for path in random.Random(0).sample(files, 15):
+            first = idx.search_image(path, k=1)[0]
+            assert first.path == path and first.score > 0.999
+    assert [p.name for p in index_dir.glob("vectors-*")] == [
+        p.name for p in index_dir.glob("vectors-*.faiss")
+    ]
+
+
+def test_kill_9_at_random_moments_then_resume(tmp_path, tiny_model, tiny_encoder) -> None:
+    folder, index_dir = tmp_path / "photos", tmp_path / "idx"
+    write_corpus(folder, 300, seed=1)
+    rng = random.Random(KILL_SEED)
+    kills = 0
+    for attempt in range(40):
+        if kills >= 10:
+            break
+        proc = subprocess.Popen(index_cmd(folder, index_dir, tiny_model, "--batch-size", "8"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        time.sleep(rng.uniform(1.0, 5.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate()
+        if attempt % 4 == 3:  # now and then add and remove files between crashes
+            write_corpus(folder / "more", 10, seed=attempt)
+            for extra in sorted((folder / "more").iterdir())[: rng.randint(0, 5)]:
+                extra.unlink()
+    assert kills >= 10, f"only {kills} kills landed during a run (seed {KILL_SEED})"
+    final = subprocess.run(
+        index_cmd(folder, index_dir, tiny_model), capture_output=True, text=True, timeout=300
+    )
+    assert final.returncode == 0, final.stderr
+    (folder / "more").exists() and shutil.move(str(folder / "more"), str(tmp_path / "more"))
+    subprocess.run(index_cmd(folder, index_dir, tiny_model), capture_output=True, check=True, timeout=300)
+    check_exact(index_dir, folder, tiny_encoder)
+
+
+def test_search_and_info_while_indexing(tmp_path, tiny_model) -> None:
+    folder, index_dir = tmp_path / "photos", tmp_path / "idx"
+    write_corpus(folder, 400, seed=2)
+    write_corpus(tmp_path / "first", 5, seed=3)
+    subprocess.run(index_cmd(tmp_path / "first", index_dir, tiny_model), check=True, capture_output=True)
+    writer = subprocess.Popen(index_cmd(folder, index_dir, tiny_model, "--batch-size", "4"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    counts = []
+    second = None
+    while writer.poll() is None:
+        with Index.open(index_dir) as idx:
+            counts.append(idx.info()["count"])
+            assert len(idx.search_vectors(np.ones(32, dtype=np.float32) / 32**0.5, k=3)[0]) == 3
+        if second is None and counts[-1] > 5:
+            second = subprocess.run(index_cmd(folder, index_dir, tiny_model), capture_output=True, text=True)
+    out, err = writer.communicate()
+    assert writer.returncode == 0, err
+    assert json.loads(out)["added"] == 400
+    assert counts == sorted(counts) and len(set(counts)) > 2  # saw commits land, never went back
+    assert second is not None and second.returncode == 1 and "is writing to the index" in second.stderr
+    with Index.open(index_dir) as idx:
+        assert idx.info()["count"] == 405
+
+
+def test_corrupt_or_foreign_file_where_the_index_should_be(tmp_path) -> None:
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    (index_dir / "catalog.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(IndexCorruptError, match=r"catalog\.sqlite"):
+        Index.open(index_dir)
+    result = subprocess.run([sys.executable, "-m", "clipsearch", "info", "--index", str(index_dir)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 1 and "is not a clipsearch catalog" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (index_dir / "catalog.sqlite").read_bytes() == b"this is not sqlite" * 100  # left alone
+
+
+def test_index_folder_removed_mid_run(tmp_path, tiny_encoder) -> None:
+    write_corpus(tmp_path / "photos", 20, seed=4)
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        shutil.rmtree(tmp_path / "idx")
+        with pytest.raises(IndexAccessError) as info:
+            idx.sync([str(tmp_path / "photos")])
+    assert str(tmp_path / "idx") in str(info.value)
+
+
+def _limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_full_disk_keeps_the_existing_index(tmp_path, tiny_model) -> None:
+    folder, index_dir = tmp_path / "photos", tmp_path / "idx"
+    write_corpus(folder, 30, seed=5)
+    subprocess.run(index_cmd(folder, index_dir, tiny_model), check=True, capture_output=True)
+    write_corpus(folder / "big", 400, seed=6)
+    result = subprocess.run(index_cmd(folder, index_dir, tiny_model), capture_output=True, text=True,
+                            preexec_fn=_limit_file_size)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(index_dir) in result.stderr
+    with Index.open(index_dir) as idx:
+        assert idx.info()["count"] >= 30
+    done = subprocess.run(index_cmd(folder, index_dir, tiny_model), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with Index.open(index_dir) as idx:
+        assert idx.info()["count"] == 430
+
+
+def test_ctrl_c_stops_fast_keeps_work_and_says_how_to_resume(tmp_path, tiny_model, tiny_encoder) -> None:
+    folder, index_dir = tmp_path / "photos", tmp_path / "idx"
+    write_corpus(folder, 300, seed=7)
+    proc = subprocess.Popen(index_cmd(folder, index_dir, tiny_model, "--batch-size", "4"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until some batches are committed
+        time.sleep(0.2)
+        if (index_dir / "catalog.sqlite").exists():
+            with Index.open(index_dir) as idx:
+                if idx.info()["count"] >= 20:
+                    break
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 3
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    report = json.loads(out)
+    assert report["interrupted"] is True
+    with Index.open(index_dir) as idx:
+        kept = idx.info()["count"]
+    assert kept >= 20
+    resumed = subprocess.run(index_cmd(folder, index_dir, tiny_model), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["unchanged"] >= kept
+    check_exact(index_dir, folder, tiny_encoder)

@@ -5,7 +5,8 @@ Tables (schema version 1):
 - ``meta(key, value)``: model, pretrained, weights_sha256, dim, store_kind, schema_version,
   ``gen`` (last committed batch) and ``vectors_gen`` (generation of the saved FAISS file).
 - ``roots(path)``: folders the user indexed; a sync without roots re-syncs these.
-- ``contents(id, hash, width, height)``: one row per distinct file content. ``id`` is the FAISS id;
+- ``contents(id, hash, width, height, taken)``: one row per distinct file content (``taken``: EXIF
+  DateTimeOriginal as a POSIX time, if the file has one). ``id`` is the FAISS id;
   AUTOINCREMENT so an id is never reused for other content.
 - ``files(path, size, mtime_ns, content_id, error)``: path (the file system's bytes, so names that
   are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash TEXT NOT NULL UNIQUE,
     width INTEGER,
-    height INTEGER
+    height INTEGER,
+    taken REAL
 );
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY,
@@ -227,19 +229,6 @@ class Catalog:
         row = self.conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
         return None if row is None else int(row[0])
 
-    def paths_of(self, content_ids: Sequence[int]) -> dict[int, list[str]]:
-        """content id -> its paths (sorted), for the ids given."""
-        out: dict[int, list[str]] = {}
-        for start in range(0, len(content_ids), 500):
-            chunk = [int(c) for c in content_ids[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(
-                f"SELECT content_id, path FROM files WHERE content_id IN ({marks}) ORDER BY path", chunk
-            )
-            for cid, path in rows:
-                out.setdefault(int(cid), []).append(os.fsdecode(path))
-        return out
-
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
         return {
@@ -259,9 +248,10 @@ class Catalog:
         self.set("gen", gen)
         return gen
 
-    def insert_content(self, digest: str, width: int, height: int) -> int:
+    def insert_content(self, digest: str, width: int, height: int, taken: float | None) -> int:
         cur = self.conn.execute(
-            "INSERT INTO contents(hash, width, height) VALUES (?, ?, ?)", (digest, width, height)
+            "INSERT INTO contents(hash, width, height, taken) VALUES (?, ?, ?, ?)",
+            (digest, width, height, taken),
         )
         return int(cur.lastrowid or 0)
 

@@ -228,45 +228,176 @@ def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebui
     return spec
 
 
-@app.command()
+SEARCH_HELP = """Search the index by text, by image, or by both; best matches first.
+
+Filters (--in, --after, --before, --type, --min-side) apply before the top-k cut.
+
+{grammar}
+
+Examples:
+  clipsearch search "a red car at night"
+  clipsearch search --image ./cat.jpg -k 20
+  clipsearch search "a beach at sunset" --add dog --sub people --image ./ref.jpg
+  clipsearch search "beach + dog:0.5 - people" --in ~/Photos/2019 --after 2019-06 --json
+"""
+
+
+def _search_help() -> str:
+    from clipsearch.grammar import GRAMMAR
+
+    return SEARCH_HELP.format(grammar=GRAMMAR)
+
+
+@app.command(help=_search_help())
 @handle_errors
 def search(
-    text: Annotated[
-        str | None, typer.Argument(help="What to look for, in words.", show_default=False)
+    query: Annotated[
+        str | None,
+        typer.Argument(help="The query: text, image paths, + and - (grammar below).", show_default=False),
     ] = None,
     image: Annotated[
-        Path | None,
+        list[str] | None,
         typer.Option(
             "--image",
             "-i",
-            help="Find images similar to this image file (indexed or not).",
+            help="Add an image file's look (indexed or not; repeatable; PATH:0.5 weights).",
             show_default=False,
         ),
     ] = None,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, max=100_000, help="How many results.")] = 10,
+    add: Annotated[
+        list[str] | None,
+        typer.Option("--add", help="Add a text term (repeatable; 'dog:0.5' weights it).", show_default=False),
+    ] = None,
+    sub: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sub", help="Subtract a text term (repeatable; weights as --add).", show_default=False
+        ),
+    ] = None,
+    sub_image: Annotated[
+        list[str] | None,
+        typer.Option("--sub-image", help="Subtract an image's look (repeatable).", show_default=False),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top",
+            "-k",
+            min=1,
+            max=100_000,
+            help="How many results (default 10; the cap for --cutoff auto, default 100).",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Only results scoring at least this (cosine, -1..1).", show_default=False
+        ),
+    ] = None,
+    cutoff: Annotated[
+        str | None,
+        typer.Option(
+            "--cutoff",
+            help="'auto': keep the results above where this query's scores break off.",
+            show_default=False,
+        ),
+    ] = None,
+    in_folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--in", help="Only files under this folder (inside an indexed folder).", show_default=False
+        ),
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            "--after",
+            help="Only files dated on or after this day: YYYY[-MM[-DD]] (EXIF date, else mtime).",
+            show_default=False,
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before", help="Only files dated before this day: YYYY[-MM[-DD]].", show_default=False
+        ),
+    ] = None,
+    types: Annotated[
+        str | None,
+        typer.Option(
+            "--type", help="Only these file types, comma-separated: jpg,png,heic...", show_default=False
+        ),
+    ] = None,
+    min_side: Annotated[
+        int | None,
+        typer.Option(
+            "--min-side",
+            min=1,
+            help="Only images whose shorter side has at least this many pixels.",
+            show_default=False,
+        ),
+    ] = None,
+    sort: Annotated[
+        str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
+    ] = "score",
     index_path: IndexOpt = None,
     as_json: JsonOpt = False,
+    paths: Annotated[
+        bool, typer.Option("--paths", help="Print only paths, one per line (also on a terminal).")
+    ] = False,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="Print only paths, each ended by a NUL byte (for xargs -0).")
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write a self-contained HTML gallery of the results to this file.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Search the index by text or by image; best matches first."""
-    from clipsearch.errors import UsageError
+    from clipsearch.grammar import build_terms, describe
     from clipsearch.index import Index
+    from clipsearch.search import Filters, SearchOptions, finish, parse_date
 
-    if (text is None) == (image is None):
-        raise UsageError("Give either a text query or --image PATH (one of them).")
+    terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
+    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
+    filters = Filters(
+        folder=str(in_folder.expanduser().absolute()) if in_folder else None,
+        after=parse_date(after, option="--after") if after else None,
+        before=parse_date(before, option="--before") if before else None,
+        types=tuple(t.strip().lower().lstrip(".") for t in types.split(",") if t.strip()) if types else (),
+        min_side=min_side,
+    )
     path = (index_path or default_index_path()).expanduser().absolute()
     with Index.open(path) as idx:
-        hits = idx.search_text(text, top) if text is not None else idx.search_image(str(image), top)
+        hits = finish(idx.search(terms, options.candidates, filters=filters), options)
+        empty = idx.info()["count"] == 0
+    if html is not None:
+        from clipsearch.gallery import write_gallery
+
+        write_gallery(html, describe(terms), hits)
+        err(f"Wrote gallery {html.absolute()}")
     if as_json:
         for rank_no, hit in enumerate(hits, 1):
             typer.echo(json.dumps({"rank": rank_no, **hit.to_dict()}))
-    elif sys.stdout.isatty():
+    elif null:
+        for hit in hits:
+            typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
+    elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
             echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ")
     else:
         for hit in hits:
             echo_path(hit.path)
     if not hits:
-        err(f"No results: the index at {path} is empty. Add photos with: clipsearch index FOLDER")
+        err(
+            f"No results: the index at {path} is empty. Add photos with: clipsearch index FOLDER"
+            if empty
+            else "No results match the filters or the threshold."
+        )
 
 
 @app.command()
@@ -303,6 +434,40 @@ def info(
         f"Roots:    {', '.join(data['roots']) or '-'}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
+
+
+@app.command()
+@handle_errors
+def duplicates(
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            min=0.0,
+            max=1.0,
+            help="Cosine similarity from which two different files count as near-duplicates.",
+        ),
+    ] = 0.95,
+    exact_only: Annotated[bool, typer.Option("--exact", help="Only files with identical bytes.")] = False,
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List groups of duplicate photos: identical files, and near-duplicates above --threshold."""
+    from clipsearch.duplicates import find_duplicates
+    from clipsearch.index import Index
+
+    path = (index_path or default_index_path()).expanduser().absolute()
+    with Index.open(path) as idx:
+        groups = find_duplicates(idx, threshold=threshold, near=not exact_only)
+    for group in groups:
+        if as_json:
+            typer.echo(json.dumps(group.to_dict()))
+            continue
+        typer.echo(f"{group.kind} ({len(group.paths)} files, similarity >= {group.min_score:.3f}):")
+        for file_path in group.paths:
+            echo_path(file_path, prefix="  ")
+    if not groups:
+        err("No duplicates found.")
 
 
 @app.command()

@@ -110,3 +110,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         scaled = (arr * (255.0 / peak) if peak > 255 else arr).clip(0, 255).astype("uint8")
         return Image.fromarray(scaled, "L").convert("RGB")
     return img.convert("RGB")
+
+
+def exif_time(data: bytes) -> float | None:
+    """EXIF DateTimeOriginal (else DateTime) of an image file's bytes, as a POSIX time, or None.
+
+    EXIF times carry no time zone; they are read as UTC, so date filters may be off by the
+    camera's UTC offset at a day's edges.
+    """
+    from datetime import datetime, timezone
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            exif = img.getexif()
+            value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+    except Exception:  # no or broken EXIF: fall back to the file's mtime
+        return None
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=timezone.utc).timestamp()

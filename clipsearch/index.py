@@ -24,6 +24,7 @@ from clipsearch.errors import (
     IndexCorruptError,
     IndexNotFoundError,
     ModelMismatchError,
+    UsageError,
 )
 from clipsearch.vectors import VectorStore, create_store, fsync_path, load_store
 
@@ -31,9 +32,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from clipsearch.encoder import Encoder
+    from clipsearch.grammar import Term
     from clipsearch.ingest import Progress, SyncOptions, SyncReport
     from clipsearch.models import ModelSpec
-    from clipsearch.search import Hit
+    from clipsearch.search import Filters, Hit
 
 CATALOG_FILE = "catalog.sqlite"
 LOCK_FILE = "write.lock"
@@ -253,11 +255,38 @@ class Index:
 
         return sync(self, roots, options or SyncOptions(), progress)
 
-    def search_vectors(self, queries: npt.NDArray[np.float32], k: int = 10) -> list[list[Hit]]:
-        """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension)."""
+    def search_vectors(
+        self, queries: npt.NDArray[np.float32], k: int = 10, *, filters: Filters | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension).
+
+        Args:
+            queries: ``(d,)`` or ``(n, d)`` unit vectors.
+            k: most files returned per query.
+            filters: restrict the candidates (folder, dates, types, size) before the top-k cut.
+        """
         from clipsearch.search import rank
 
-        return rank(self.store, self.catalog, np.atleast_2d(queries), k)
+        if filters is not None and filters.folder is not None:
+            self._check_folder(filters.folder)
+        return rank(self.store, self.catalog, np.atleast_2d(queries), k, filters=filters)
+
+    def _check_folder(self, folder: str) -> None:
+        roots = self.catalog.roots()
+        if not any(
+            folder == r or folder.startswith(r.rstrip("/") + "/") or r.startswith(folder) for r in roots
+        ):
+            raise UsageError(
+                f"--in {folder} is not inside an indexed folder ({', '.join(roots) or 'none yet'})."
+            )
+
+    def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+        """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""
+        from clipsearch.grammar import parse_query
+        from clipsearch.query import query_vector
+
+        terms = parse_query(query) if isinstance(query, str) else query
+        return self.search_vectors(query_vector(self, terms), k, filters=filters)[0]
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         """Images best matching a text."""

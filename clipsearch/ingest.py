@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from clipsearch.catalog import Catalog, FileState, NewFile
 from clipsearch.errors import ClipsearchError, ImageError, IndexAccessError, UsageError
-from clipsearch.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.images import DEFAULT_MAX_PIXELS, exif_time, open_image
 from clipsearch.scan import FileRecord, scan
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ class Prepared(NamedTuple):
     pixels: npt.NDArray[np.float32] | None
     width: int
     height: int
+    taken: float | None
     error: ImageError | None
 
 
@@ -155,19 +156,21 @@ def prepare(
         with open(record.path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        return Prepared(record, None, None, 0, 0, ImageError("missing", "vanished before it could be read"))
+        return Prepared(
+            record, None, None, 0, 0, None, ImageError("missing", "vanished before it could be read")
+        )
     except OSError as exc:
-        return Prepared(record, None, None, 0, 0, ImageError("unreadable", exc.strerror or str(exc)))
+        return Prepared(record, None, None, 0, 0, None, ImageError("unreadable", exc.strerror or str(exc)))
     digest = file_digest(data)
     if is_known(digest):
-        return Prepared(record, digest, None, 0, 0, None)
+        return Prepared(record, digest, None, 0, 0, None, None)
     try:
         image = open_image(data, max_pixels=max_pixels, min_side=min_side)
     except ImageError as exc:
-        return Prepared(record, digest, None, 0, 0, exc)
+        return Prepared(record, digest, None, 0, 0, None, exc)
     width, height = image.size
     pixels = np.asarray(preprocess(image), dtype=np.float32)
-    return Prepared(record, digest, pixels, width, height, None)
+    return Prepared(record, digest, pixels, width, height, exif_time(data), None)
 
 
 class _KnownHashes:
@@ -262,7 +265,9 @@ class _Committer:
         with self.catalog.transaction():
             gen = self.catalog.next_gen()
             ids = {
-                p.digest: self.catalog.insert_content(p.digest, p.width, p.height) for p in new if p.digest
+                p.digest: self.catalog.insert_content(p.digest, p.width, p.height, p.taken)
+                for p in new
+                if p.digest
             }
             if vectors is not None:
                 self.catalog.add_pending(gen, list(ids.values()), vectors)

@@ -1,4 +1,4 @@
-"""Turn a query (text or image) into one unit vector in the model's embedding space."""
+"""Turn a query (texts and images, added or subtracted, weighted) into one unit vector."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import ImageError, UsageError
+from clipsearch.grammar import Term
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,3 +59,13 @@ def combine(terms: list[tuple[float, npt.NDArray[np.float32]]]) -> npt.NDArray[n
     if norm < 1e-6:
         raise UsageError("The query's terms cancel out exactly; there is nothing left to search for.")
     return total / norm
+
+
+def query_vector(index: Index, terms: list[Term]) -> npt.NDArray[np.float32]:
+    """Encode every term (texts in one batch) and combine them into one unit vector."""
+    texts = [t.value for t in terms if t.kind == "text"]
+    text_vecs = iter(index.encoder.encode_texts(texts)) if texts else iter(())
+    weighted = [
+        (t.weight, next(text_vecs) if t.kind == "text" else image_vector(index, t.value)) for t in terms
+    ]
+    return combine(weighted)

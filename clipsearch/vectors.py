@@ -36,6 +36,9 @@ class VectorStore(Protocol):
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """Top-k by inner product per query row; missing slots have id -1. ``allowed`` filters first."""
 
+    def range_search(self, queries: Vectors, threshold: float) -> list[tuple[npt.NDArray[np.float32], Ids]]:
+        """Per query row: every (score, id) with score >= ``threshold``."""
+
     def reconstruct(self, ids: Ids) -> Vectors:
         """The stored vectors of ``ids``."""
 
@@ -87,6 +90,13 @@ class FlatStore:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         scores, ids = self._index.search(queries, k, params=params)
         return scores, ids
+
+    def range_search(self, queries: Vectors, threshold: float) -> list[tuple[npt.NDArray[np.float32], Ids]]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if len(self) == 0:
+            return [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
+        lims, scores, ids = self._index.range_search(queries, threshold)
+        return [(scores[lims[i] : lims[i + 1]], ids[lims[i] : lims[i + 1]]) for i in range(len(queries))]
 
     def reconstruct(self, ids: Ids) -> Vectors:
         ids = np.ascontiguousarray(ids, dtype=np.int64)

@@ -97,8 +97,8 @@ def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -
     idx = tmp_path / "idx"
     missing = cli("search", "x", "--index", tmp_path / "none")
     assert missing.exit_code == 1 and "No index at" in missing.stderr
-    both = cli("search", "x", "--image", photos["coins"], "--index", idx)
-    assert both.exit_code == 2 and "either" in both.stderr
+    nothing = cli("search", "--index", idx)
+    assert nothing.exit_code == 2 and "Nothing to search for" in nothing.stderr
     assert cli("search", "x", "-k", "0").exit_code == 2
     assert cli("index", tmp_path / "no-such-folder", "--index", idx, "--model", tiny_model).exit_code == 2
     cli("index", photos["coffee"].parent, "--index", idx, "--model", tiny_model)
@@ -108,7 +108,7 @@ def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -
     assert bad_query_image.exit_code == 2 and "does not exist" in bad_query_image.stderr
     (tmp_path / "file-not-dir").write_text("x")
     assert cli("info", "--index", tmp_path / "file-not-dir").exit_code == 1
-    for result in (missing, both, other, bad_query_image):
+    for result in (missing, nothing, other, bad_query_image):
         assert "Traceback" not in result.stderr + result.stdout
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -112,20 +113,35 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def exif_time(data: bytes) -> float | None:
-    """EXIF DateTimeOriginal (else DateTime) of an image file's bytes, as a POSIX time, or None.
+class Header(NamedTuple):
+    """Facts read from a file's header without decoding its pixels."""
+
+    width: int  # as displayed, i.e. after EXIF orientation
+    height: int
+    taken: float | None  # EXIF DateTimeOriginal (else DateTime) as a POSIX time
+
+
+def read_header(data: bytes) -> Header:
+    """Upright size and EXIF date of an image file's bytes (zeros/None where unreadable).
 
     EXIF times carry no time zone; they are read as UTC, so date filters may be off by the
     camera's UTC offset at a day's edges.
     """
-    from datetime import datetime, timezone
-
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
             exif = img.getexif()
+            if exif.get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn: displayed sideways
+                width, height = height, width
             value = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
-    except Exception:  # no or broken EXIF: fall back to the file's mtime
-        return None
+    except Exception:  # a header we cannot parse: the decoder reports the real problem
+        return Header(0, 0, None)
+    return Header(width, height, _exif_datetime(value))
+
+
+def _exif_datetime(value: object) -> float | None:
+    from datetime import datetime, timezone
+
     if not isinstance(value, str):
         return None
     try:

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from clipsearch.catalog import Catalog, FileState, NewFile
 from clipsearch.errors import ClipsearchError, ImageError, IndexAccessError, UsageError
-from clipsearch.images import DEFAULT_MAX_PIXELS, exif_time, open_image
+from clipsearch.images import DEFAULT_MAX_PIXELS, open_image, read_header
 from clipsearch.scan import FileRecord, scan
 
 if TYPE_CHECKING:
@@ -168,9 +168,10 @@ def prepare(
         image = open_image(data, max_pixels=max_pixels, min_side=min_side)
     except ImageError as exc:
         return Prepared(record, digest, None, 0, 0, None, exc)
-    width, height = image.size
+    header = read_header(data)  # the size as stored, not as decoded (JPEG draft shrinks it)
     pixels = np.asarray(preprocess(image), dtype=np.float32)
-    return Prepared(record, digest, pixels, width, height, exif_time(data), None)
+    width, height = (header.width, header.height) if header.width else image.size
+    return Prepared(record, digest, pixels, width, height, header.taken, None)
 
 
 class _KnownHashes:

@@ -92,6 +92,10 @@ def test_every_odd_file_is_indexed_or_skipped_with_its_reason(tmp_path, tiny_enc
         report = idx.sync([str(folder)])
         skipped = {Path(p).name: reason.split(":")[0] for p, reason in idx.catalog.skipped()}
         indexed = {Path(p).name for p in idx.catalog.files_under(str(folder)) if Path(p).name not in skipped}
+        sizes = {
+            Path(h.path).name: (h.width, h.height) for h in idx.search_text("x", k=100)
+        }  # as displayed: EXIF orientations 5-8 turn the stored 96x64 picture sideways
+    assert sizes["exif-1.jpg"] == (96, 64) and sizes["exif-6.jpg"] == (64, 96)
     assert time.monotonic() - started < 60  # the 56-megapixel PNG is refused from its header
     assert skipped == {name: reason for name, reason in expected.items() if reason}
     assert indexed == {name for name, reason in expected.items() if reason is None}

@@ -2,4 +2,5 @@
 
 from clipsearch.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes import this module too: only the real run starts the CLI
+    main()

@@ -48,6 +48,13 @@ IndexOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output: one JSON object per line.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Model precision: fp32, bf16 (about 2x faster on CPUs with AVX-512 BF16), or auto.",
+    ),
+]
 
 
 def err(message: str) -> None:
@@ -176,6 +183,7 @@ def index(
             "JPEGs count at their reduced decoding size).",
         ),
     ] = 50_000_000,
+    precision: PrecisionOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -187,7 +195,7 @@ def index(
     path = (index_path or default_index_path()).expanduser().absolute()
     spec = _spec_for_index(path, model, pretrained, rebuild)
     err(f"Loading model {spec.label()} ...")
-    encoder = load_spec(spec)
+    encoder = load_spec(spec, precision=precision)
     options = SyncOptions(
         include_hidden=include_hidden,
         exclude=tuple(exclude or ()),
@@ -342,6 +350,7 @@ def search(
         str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
     ] = "score",
     index_path: IndexOpt = None,
+    precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
     paths: Annotated[
         bool, typer.Option("--paths", help="Print only paths, one per line (also on a terminal).")
@@ -372,7 +381,7 @@ def search(
         min_side=min_side,
     )
     path = (index_path or default_index_path()).expanduser().absolute()
-    with Index.open(path) as idx:
+    with Index.open(path, precision=precision) as idx:
         hits = finish(idx.search(terms, options.candidates, filters=filters), options)
         empty = idx.info()["count"] == 0
     if html is not None:
@@ -468,6 +477,21 @@ def duplicates(
             echo_path(file_path, prefix="  ")
     if not groups:
         err("No duplicates found.")
+
+
+@app.command()
+@handle_errors
+def serve(
+    index_path: IndexOpt = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; anything but loopback is warned about.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
+) -> None:
+    """Serve a local web page to search the index (text, upload an image, more like this)."""
+    from clipsearch.server import serve as run_server
+
+    run_server((index_path or default_index_path()).expanduser().absolute(), host=host, port=port)
 
 
 @app.command()

@@ -38,10 +38,22 @@ class Encoder:
         spec: ModelSpec,
         weights_sha256: str,
         device: str = "cpu",
+        precision: str = "fp32",
     ) -> None:
+        import open_clip
+        import torch
+
+        from clipsearch.pixels import pixel_transform_for
+
         model.eval()  # open_clip returns models in train mode
-        self.model: Any = model
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.model: Any = model.to(dtype=self.dtype)
+        self.precision = precision
         self.preprocess = preprocess
+        #: the same preprocessing in numpy (picklable, torch-free) where open_clip's config allows
+        self.pixel_transform = pixel_transform_for(open_clip.get_model_preprocess_cfg(model))
         self.tokenizer = tokenizer
         self.spec = spec
         self.weights_sha256 = weights_sha256
@@ -65,7 +77,10 @@ class Encoder:
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            pixels = torch.stack([self.preprocess(img) for img in chunk])
+            if self.pixel_transform is not None:
+                pixels = torch.from_numpy(np.stack([self.pixel_transform(img) for img in chunk]))
+            else:
+                pixels = torch.stack([self.preprocess(img) for img in chunk])
             out.append(self.encode_pixels(pixels))
         return np.concatenate(out)
 
@@ -73,7 +88,7 @@ class Encoder:
         """Encode an already preprocessed batch ``(n, 3, H, W)``; lets decoding happen elsewhere."""
         import torch
 
-        batch = torch.as_tensor(pixels).to(self.device)
+        batch = torch.as_tensor(pixels).to(self.device, dtype=self.dtype)
         with torch.inference_mode():
             features = self.model.encode_image(batch)
         return l2_normalize(features.float().cpu().numpy())

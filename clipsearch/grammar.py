@@ -104,6 +104,7 @@ def parse_query(expr: str) -> list[Term]:
                 raise QuerySyntaxError(expr, i, "a quoted term must stand alone between signs")
             start = i
             atom_chars = list(expr[i : close + 1])
+            pending_op = None
             i = close + 1
             continue
         at_boundary = i == 0 or expr[i - 1].isspace()

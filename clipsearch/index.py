@@ -58,12 +58,18 @@ class Index:
         self._store: VectorStore | None = None
         self._store_gen = -1
         self._encoder: Encoder | None = None
+        self._precision = "fp32"
 
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, encoder: Encoder | None = None) -> Index:
+    def open(cls, path: str | Path, *, encoder: Encoder | None = None, precision: str = "fp32") -> Index:
         """Open an existing index for searching.
+
+        Args:
+            path: the index folder.
+            encoder: the index's model if already loaded; else it is loaded on first use.
+            precision: precision to load the model with (``fp32``, ``bf16`` or ``auto``).
 
         Raises:
             IndexNotFoundError: nothing is there.
@@ -84,6 +90,7 @@ class Index:
             raise IndexCorruptError(f"{catalog_path} holds no index metadata. Re-create it with --rebuild.")
         index = cls(root, catalog, meta)
         index._encoder = encoder
+        index._precision = precision
         return index
 
     @classmethod
@@ -153,7 +160,7 @@ class Index:
         if self._encoder is None:
             from clipsearch.models import load_spec
 
-            encoder = load_spec(self.spec)
+            encoder = load_spec(self.spec, precision=self._precision)
             _check_same_model(self.path, self.meta, _meta_for(encoder))
             self._encoder = encoder
         return self._encoder

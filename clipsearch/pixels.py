@@ -1,0 +1,82 @@
+"""The model's image preprocessing in numpy + Pillow, so decoding workers need not import torch.
+
+open_clip builds a torchvision pipeline from the model's preprocess config (resize, centre crop,
+scale to [0, 1], normalise). ``PixelTransform`` reads that same config and performs the same
+steps with Pillow's resampling (which torchvision itself calls for PIL images) and numpy. A test
+checks it against the model's own transform; configurations it does not cover return None from
+``pixel_transform_for`` and the caller keeps the torch transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class PixelTransform:
+    """Picklable image -> ``(3, H, W)`` float32 array, identical to open_clip's eval transform."""
+
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    resize_mode: str  # "shortest" (resize + centre crop) or "squash"
+
+    def __call__(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        resample = _RESAMPLE[self.interpolation]
+        if self.resize_mode == "squash":
+            image = image.resize((self.width, self.height), resample)
+        else:
+            image = self._centre_crop(self._resize_shortest(image, resample))
+        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def _resize_shortest(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
+        width, height = image.size
+        target = self.height
+        if width <= height:
+            size = (target, int(target * height / width))
+        else:
+            size = (int(target * width / height), target)
+        return image if size == image.size else image.resize(size, resample)
+
+    def _centre_crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        top = round((height - self.height) / 2.0)
+        left = round((width - self.width) / 2.0)
+        return image.crop((left, top, left + self.width, top + self.height))
+
+
+def pixel_transform_for(preprocess_cfg: dict[str, Any]) -> PixelTransform | None:
+    """The numpy transform for an open_clip preprocess config, or None where it is not covered."""
+    size = preprocess_cfg.get("size", 224)
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    resize_mode = preprocess_cfg.get("resize_mode") or "shortest"
+    interpolation = preprocess_cfg.get("interpolation") or "bicubic"
+    if interpolation not in _RESAMPLE or resize_mode not in ("shortest", "squash"):
+        return None
+    if resize_mode == "shortest" and height != width:
+        return None
+    mean, std = preprocess_cfg.get("mean"), preprocess_cfg.get("std")
+    if not (
+        isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3
+    ):
+        return None
+    return PixelTransform(
+        height,
+        width,
+        tuple(map(float, mean)),
+        tuple(map(float, std)),
+        interpolation,
+        resize_mode,  # type: ignore[arg-type]
+    )

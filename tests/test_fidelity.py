@@ -1,0 +1,101 @@
+"""The fast paths stay faithful: numpy preprocessing, JPEG draft decoding and bf16 weights."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from clipsearch.images import open_image
+from clipsearch.ingest import draft_side
+from clipsearch.models import load_encoder, resolve_precision
+
+
+def photos() -> list[Image.Image]:
+    names = (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "camera",
+        "coins",
+        "hubble_deep_field",
+        "immunohistochemistry",
+    )
+    out = []
+    for name in names:
+        try:
+            out.append(Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB"))
+        except Exception:  # a sample that needs a download: not available offline
+            continue
+    return out
+
+
+def twelve_megapixel_jpegs(tmp: Path) -> list[Path]:
+    paths = []
+    for i, img in enumerate(photos()[:4]):
+        big = img.resize((4000, 3000), Image.Resampling.BICUBIC)
+        paths.append(tmp / f"big{i}.jpg")
+        big.save(paths[-1], quality=92)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def vit(vit_b_32_cache: Path):
+    return load_encoder("ViT-B-32", "laion2b_s34b_b79k")
+
+
+def odd_sizes() -> list[Image.Image]:
+    base = photos()[0]
+    sizes = [(640, 480), (97, 301), (224, 224), (1000, 33), (33, 1000), (225, 224), (3000, 2000)]
+    return [base.resize(s) for s in sizes] + [Image.new("RGB", (50, 40), "red")]
+
+
+@pytest.mark.parametrize("which", ["tiny", "vit"])
+def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.FixtureRequest) -> None:
+    encoder = request.getfixturevalue("tiny_encoder" if which == "tiny" else "vit")
+    assert encoder.pixel_transform is not None
+    for img in odd_sizes():
+        ours = encoder.pixel_transform(img)
+        theirs = encoder.preprocess(img).numpy()
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> None:
+    paths = twelve_megapixel_jpegs(tmp_path)
+    fast = vit.encode_images([open_image(p, min_side=draft_side(vit)) for p in paths])
+    full = np.stack([vit.encode_images([Image.open(p).convert("RGB")])[0] for p in paths])
+    same = np.sum(fast * full, axis=1)
+    assert same.min() >= 0.99, same
+    # the check can fail: different photos are further apart than the draft is from the original
+    others = fast @ full.T
+    assert (others[~np.eye(len(paths), dtype=bool)] < same.min()).all()
+    assert max(Image.open(p).size[0] for p in paths) == 4000
+    assert max(open_image(p, min_side=draft_side(vit)).size[0] for p in paths) <= 1000  # really reduced
+
+
+def test_bf16_embeddings_match_fp32(vit) -> None:
+    if resolve_precision("auto") != "bf16":
+        pytest.skip("this CPU has no native bfloat16; auto stays fp32")
+    bf16 = load_encoder("ViT-B-32", "laion2b_s34b_b79k", precision="bf16")
+    gallery = []
+    for img in photos():
+        for angle in (0, 90):
+            buf = io.BytesIO()
+            img.rotate(angle, expand=True).save(buf, format="JPEG", quality=90)
+            gallery.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    fp32_vecs, bf16_vecs = vit.encode_images(gallery), bf16.encode_images(gallery)
+    cosines = np.sum(fp32_vecs * bf16_vecs, axis=1)
+    assert cosines.min() >= 0.999, cosines.min()
+    texts = ["a cat", "a rocket", "coins", "a person in a space suit", "coffee", "a photo"]
+    assert np.sum(vit.encode_texts(texts) * bf16.encode_texts(texts), axis=1).min() >= 0.999
+    # the same top-10 for every image query (random weights score texts too evenly to rank them)
+    for i in range(len(gallery)):
+        top32 = set(np.argsort(-(fp32_vecs @ fp32_vecs[i]))[:10].tolist())
+        top16 = set(np.argsort(-(bf16_vecs @ bf16_vecs[i]))[:10].tolist())
+        assert top32 == top16, i

@@ -1,0 +1,616 @@
+"""The local web page and its JSON API: a thin FastAPI layer over the same library calls as the CLI.
+
+Every search goes through ``Index.search`` / ``Index.search_vectors`` and ``finish``; files are only
+ever reached through a content id looked up in the catalog, never through a path sent by the client.
+"""
+
+import contextlib
+import copy
+import io
+import ipaddress
+import os
+import re
+import socket
+import sqlite3
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clipsearch.errors import ClipsearchError, ImageError, UsageError
+from clipsearch.grammar import QuerySyntaxError, Term, parse_query
+from clipsearch.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.index import Index
+from clipsearch.search import Filters, Hit, SearchOptions, files_of, finish, parse_date
+
+#: Host names a loopback-bound server answers to (anything else is a DNS-rebinding attempt).
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Decompression-bomb guard for uploads, the same limit ingestion uses.
+UPLOAD_MAX_PIXELS = DEFAULT_MAX_PIXELS
+THUMB_SIZES = (256, 512)
+MAX_K = 1000
+STATIC_DIR = Path(__file__).parent / "static"
+
+_ID = re.compile(r"[0-9]{1,18}")  # below 2**63: SQLite and FAISS ids are signed 64-bit
+_MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers
+_WEB_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'none'"
+)
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+class Result(BaseModel):
+    """One search result; ``thumb`` and ``image`` are the URLs of its pictures."""
+
+    rank: int
+    path: str
+    score: float
+    content_id: int
+    size: int
+    width: int
+    height: int
+    date: str
+    thumb: str
+    image: str
+
+
+class Results(BaseModel):
+    query: str
+    count: int
+    results: list[Result]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+}
+_PICTURE = _ERRORS | {200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The picture."}}
+
+
+@dataclass
+class _State:
+    index: Index
+    lock: threading.Lock  # one SQLite connection and one FAISS store: one request at a time
+    thumbs: Path
+    max_upload_bytes: int
+
+
+# -- request parameters ---------------------------------------------------------------------------
+
+
+def search_params(
+    k: Annotated[int | None, Query(ge=1, le=MAX_K, description="How many results (default 10).")] = None,
+    folder: Annotated[
+        str | None, Query(alias="in", max_length=4096, description="Only files under this absolute folder.")
+    ] = None,
+    after: Annotated[str | None, Query(max_length=64, description="Dated on/after YYYY[-MM[-DD]].")] = None,
+    before: Annotated[str | None, Query(max_length=64, description="Dated before YYYY[-MM[-DD]].")] = None,
+    types: Annotated[
+        str | None, Query(alias="type", max_length=256, description="File types, e.g. jpg,png.")
+    ] = None,
+    min_side: Annotated[int | None, Query(ge=1, le=1_000_000, description="Shorter side at least.")] = None,
+    threshold: Annotated[float | None, Query(description="Only scores at least this (-1..1).")] = None,
+    cutoff: Annotated[str | None, Query(max_length=16, description="'auto': adaptive cutoff.")] = None,
+    sort: Annotated[str, Query(max_length=16, description="score or date (newest first).")] = "score",
+) -> tuple[Filters, SearchOptions]:
+    """The CLI's filters and result options, validated by the library."""
+    options = SearchOptions.parse(top=k, threshold=threshold, cutoff=cutoff or None, sort=sort)
+    if folder and not folder.startswith("/"):
+        raise UsageError(f"in {folder!r}: give an absolute folder path inside an indexed folder.")
+    filters = Filters(
+        folder=os.path.normpath(folder) if folder else None,
+        after=parse_date(after, option="after") if after else None,
+        before=parse_date(before, option="before") if before else None,
+        types=tuple(t.strip().lower().lstrip(".") for t in types.split(",") if t.strip()) if types else (),
+        min_side=min_side,
+    )
+    return filters, options
+
+
+SearchParams = Annotated[tuple[Filters, SearchOptions], Depends(search_params)]
+
+
+def text_terms(query: str) -> list[Term]:
+    """Parse a web query; image paths are refused, so no client string ever reaches the file system."""
+    terms = parse_query(query)
+    for term in terms:
+        if term.kind == "image":
+            raise UsageError(
+                f"Image paths are not accepted by the web API ({term.value!r}). Use 'more like this' "
+                "on a result, or upload the image, to search by an image."
+            )
+    return terms
+
+
+def parse_id(text: str) -> int:
+    """A content id from a URL segment; anything else is simply not found."""
+    if not _ID.fullmatch(text):
+        raise HTTPException(404, "No image with this id in the index.")
+    return int(text)
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def create_app(
+    index_path: Path,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    thumbnail_dir: Path | None = None,
+    allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
+) -> FastAPI:
+    """The web app for the index at ``index_path``.
+
+    Args:
+        index_path: an existing index folder (opened read-only; its model loads on the first search).
+        max_upload_bytes: largest image accepted by ``POST /api/search/image`` (larger: 413).
+        thumbnail_dir: where thumbnails are cached (default ``<index>/thumbnails``).
+        allowed_hosts: ``Host`` header names answered (DNS-rebinding guard); None answers any.
+
+    Raises:
+        IndexNotFoundError, IndexCorruptError: as :meth:`Index.open`.
+    """
+    index = Index.open(index_path)
+    state = _State(index, threading.Lock(), thumbnail_dir or index.path / "thumbnails", max_upload_bytes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        with state.lock:
+            index.close()
+
+    app = FastAPI(
+        title="clipsearch",
+        summary="Search a local photo index by text or by image.",
+        version="1",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.clipsearch = state
+    _add_guards(app, None if allowed_hosts is None else {h.lower() for h in allowed_hosts})
+    _add_error_handlers(app)
+    _add_api(app, state)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _add_api(app: FastAPI, state: _State) -> None:
+    index = state.index
+    route = app.get
+
+    @route("/api/search", response_model=Results, responses=_ERRORS, tags=["search"])
+    def search_text(
+        q: Annotated[str, Query(max_length=2000, description="A query in the CLI's grammar (text terms).")],
+        params: SearchParams,
+    ) -> dict[str, Any]:
+        """Images matching a text query: terms joined by + and -, weighted (``beach + dog:0.5 - people``)."""
+        filters, options = params
+        terms = text_terms(q)
+        with state.lock:
+            hits = finish(index.search(terms, options.candidates, filters=filters), options)
+        return _results(q, hits)
+
+    @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"])
+    def similar(content_id: str, params: SearchParams) -> dict[str, Any]:
+        """More like this: images similar to an indexed image (itself left out), by its content id."""
+        filters, options = params
+        cid = parse_id(content_id)
+        with state.lock:
+            own = files_of(index.catalog, [cid]).get(cid)
+            if not own:
+                raise HTTPException(404, "No image with this id in the index.")
+            try:
+                vector = index.store.reconstruct(np.array([cid], dtype=np.int64))[0]
+            except RuntimeError:  # deleted by a sync since the catalog lookup
+                raise HTTPException(404, "No image with this id in the index.") from None
+            hits = index.search_vectors(vector, options.candidates + len(own), filters=filters)[0]
+        return _results(f"#{cid}", finish([h for h in hits if h.content_id != cid], options))
+
+    @app.post(
+        "/api/search/image",
+        response_model=Results,
+        responses=_ERRORS,
+        tags=["search"],
+        openapi_extra=_UPLOAD_BODY,
+    )
+    async def search_upload(request: Request, params: SearchParams) -> dict[str, Any]:
+        """Images similar to an uploaded image (multipart field ``file``; kept in memory only)."""
+        data = await read_upload(request, state.max_upload_bytes)
+        return await run_in_threadpool(_search_image_bytes, state, data, *params)
+
+    @route("/api/info", responses=_ERRORS, tags=["index"])
+    def info() -> dict[str, Any]:
+        """What is in the index and which model built it."""
+        with state.lock:
+            data = index.info()
+        data |= {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
+        return _displayable(data)
+
+    @route("/api/thumb/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
+    def thumb(
+        content_id: str, size: Annotated[int, Query(description=f"One of {THUMB_SIZES}.")] = THUMB_SIZES[0]
+    ) -> Response:
+        """A JPEG thumbnail (EXIF orientation applied), made on first request and cached next to the index."""
+        if size not in THUMB_SIZES:
+            raise UsageError(f"size {size}: thumbnails come in sizes {', '.join(map(str, THUMB_SIZES))}.")
+        cid = parse_id(content_id)
+        path = _servable_file(state, cid)
+        cached = state.thumbs / f"{cid}-{size}.jpg"
+        if not cached.is_file():
+            data = _thumbnail(path, size)
+            if not _write_atomic(cached, data):  # a read-only index: serve it uncached
+                return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+        return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
+
+    @route("/api/image/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
+    def image(content_id: str) -> Response:
+        """The full-size image: the file itself if browsers show its format, else converted to JPEG."""
+        path = _servable_file(state, parse_id(content_id))
+        media_type = _web_type(path)
+        if media_type is None:
+            return Response(_jpeg(_decode(path), quality=90), media_type="image/jpeg")
+        name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
+        return FileResponse(
+            path,
+            media_type=media_type,
+            filename=name,
+            content_disposition_type="inline",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+
+def _search_image_bytes(
+    state: _State, data: bytes, filters: Filters, options: SearchOptions
+) -> dict[str, Any]:
+    from clipsearch.ingest import draft_side
+    from clipsearch.query import image_vector
+
+    with state.lock:
+        encoder = state.index.encoder
+    try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
+        img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=draft_side(encoder))
+    except ImageError as exc:
+        raise ImageError(exc.reason, f"The uploaded file cannot be used: {exc.detail}.") from None
+    with state.lock:
+        hits = state.index.search_vectors(image_vector(state.index, img), options.candidates, filters=filters)
+    return _results("uploaded image", finish(hits[0], options))
+
+
+def _results(query: str, hits: list[Hit]) -> dict[str, Any]:
+    results = []
+    for rank_no, hit in enumerate(hits, 1):
+        item = hit.to_dict() | {
+            "rank": rank_no,
+            "thumb": f"/api/thumb/{hit.content_id}",
+            "image": f"/api/image/{hit.content_id}",
+        }
+        results.append(_displayable(item))
+    return {"query": query, "count": len(results), "results": results}
+
+
+def _displayable(value: Any) -> Any:
+    """File names that are not valid UTF-8 (surrogate-escaped) shown with U+FFFD, so JSON can carry them."""
+    if isinstance(value, str):
+        return os.fsencode(value).decode("utf-8", "replace") if not value.isascii() else value
+    if isinstance(value, dict):
+        return {k: _displayable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_displayable(v) for v in value]
+    return value
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def _servable_file(state: _State, content_id: int) -> str:
+    """The real path of a readable file holding this content, inside an indexed root; else 404."""
+    with state.lock:
+        files = files_of(state.index.catalog, [content_id]).get(content_id, [])
+        roots = state.index.catalog.roots()
+    real_roots = [os.path.realpath(r) for r in roots]
+    for hit in files:
+        real = os.path.realpath(hit.path)
+        inside = any(real == r or real.startswith(r.rstrip("/") + "/") for r in real_roots)
+        if inside and os.path.isfile(real):
+            return real
+    raise HTTPException(404, "No image with this id in the index (or its file is gone).")
+
+
+def _decode(path: str, side: int | None = None) -> Any:
+    try:
+        return open_image(path, min_side=side)
+    except ImageError as exc:
+        raise HTTPException(
+            404, f"The file cannot be read any more ({exc}). Run clipsearch index to refresh the index."
+        ) from None
+
+
+def _thumbnail(path: str, side: int) -> bytes:
+    img = _decode(path, side)
+    img.thumbnail((side, side))
+    return _jpeg(img, quality=82)
+
+
+def _jpeg(img: Any, *, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _web_type(path: str) -> str | None:
+    """The media type of a file browsers display as is, from its content (not its name)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return _WEB_TYPES.get(img.format or "")
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+def _write_atomic(target: Path, data: bytes) -> bool:
+    """Write via a unique temp file and rename, so readers never see half a thumbnail."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
+# -- uploads --------------------------------------------------------------------------------------
+
+
+async def read_upload(request: Request, limit: int) -> bytes:
+    """The ``file`` field of a multipart body, read into memory and never onto disk; 413 over ``limit``."""
+    from python_multipart.multipart import parse_options_header
+
+    kind, options = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data" or not options.get(b"boundary"):
+        raise HTTPException(415, "Send the image as multipart/form-data in a field named 'file'.")
+    too_large = HTTPException(413, f"The upload is larger than the limit of {limit:,} bytes.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + _MULTIPART_SLACK:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit + _MULTIPART_SLACK:
+            raise too_large
+    data = _multipart_field(bytes(body), options[b"boundary"], b"file")
+    if data is None:
+        raise HTTPException(400, "The form has no field named 'file'. Upload the image as 'file'.")
+    if len(data) > limit:
+        raise too_large
+    return data
+
+
+def _multipart_field(body: bytes, boundary: bytes, name: bytes) -> bytes | None:
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    found: dict[bytes, bytearray] = {}
+    part: dict[str, Any] = {}
+
+    def on_part_begin() -> None:
+        part.update(field=b"", value=b"", headers={}, data=bytearray())
+
+    def on_header_end() -> None:
+        part["headers"][part["field"].lower()] = part["value"]
+        part["field"] = part["value"] = b""
+
+    def on_part_end() -> None:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        found.setdefault(disposition.get(b"name", b""), part["data"])
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": lambda d, s, e: part.update(field=part["field"] + d[s:e]),
+        "on_header_value": lambda d, s, e: part.update(value=part["value"] + d[s:e]),
+        "on_header_end": on_header_end,
+        "on_part_data": lambda d, s, e: part["data"].extend(d[s:e]),
+        "on_part_end": on_part_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except (FormParserError, ValueError) as exc:
+        raise HTTPException(400, f"The multipart body is malformed: {exc}") from None
+    data = found.get(name)
+    return None if data is None else bytes(data)
+
+
+# -- errors and guards ----------------------------------------------------------------------------
+
+
+def status_for(exc: ClipsearchError) -> int:
+    """HTTP status of a library error: the request's fault (4xx) or the server's state (503)."""
+    if isinstance(exc, UsageError):
+        return 400
+    if isinstance(exc, ImageError):
+        return 422
+    return 503
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClipsearchError)
+    async def library_error(_: Request, exc: ClipsearchError) -> JSONResponse:
+        if isinstance(exc, ImageError):
+            return _error(status_for(exc), exc.detail, reason=exc.reason)
+        extra = {"position": exc.position + 1} if isinstance(exc, QuerySyntaxError) else {}
+        return _error(status_for(exc), str(exc), **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        ]
+        return _error(422, "; ".join(problems) or "Invalid request.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(sqlite3.Error)
+    async def catalog_error(_: Request, exc: sqlite3.Error) -> JSONResponse:
+        return _error(503, f"The index catalog cannot be read ({exc}). Restart clipsearch serve.")
+
+
+def _add_guards(app: FastAPI, allowed_hosts: set[str] | None) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+        if allowed_hosts is not None and host not in allowed_hosts:
+            return _error(400, "Unexpected Host header: open the page at http://127.0.0.1:PORT/.")
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+        if not request.url.path.startswith(("/docs", "/openapi.json")):  # Swagger UI needs its CDN
+            response.headers["Content-Security-Policy"] = _CSP
+        return response
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def is_local_host(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: any free port).
+
+    Raises:
+        UsageError: the address cannot be used (in use, not this machine's, no permission).
+    """
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = found[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError, OverflowError) as exc:
+        raise UsageError(f"Cannot serve on {host}:{port}: {exc}. Check --host and --port.") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"Cannot serve on {host}:{port}: {exc.strerror or exc}. Choose another port with --port."
+        ) from None
+    return sock
+
+
+def _log_config() -> dict[str, Any]:
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout carries results only
+    return config
+
+
+def serve(index_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the search page and its API until interrupted (Ctrl+C); messages go to stderr.
+
+    Args:
+        index_path: the index folder to search.
+        host: interface to listen on; anything but a loopback address exposes every indexed photo.
+        port: TCP port (0: any free port).
+
+    Raises:
+        IndexNotFoundError, IndexCorruptError: no usable index at ``index_path``.
+        ModelUnavailableError, ModelMismatchError: the index's model cannot be loaded.
+        UsageError: the host/port cannot be used.
+    """
+    import uvicorn
+
+    local = is_local_host(host)
+    app = create_app(index_path, allowed_hosts=[*LOCAL_HOSTS, host] if local else None)
+    state: _State = app.state.clipsearch
+    try:
+        sock = bind(host, port)  # before loading the model: a port in use fails at once
+    except BaseException:
+        state.index.close()
+        raise
+    sys.stderr.write(f"Loading the model of {state.index.path} ({state.index.meta.model})...\n")
+    try:
+        _ = state.index.encoder  # now, so a missing model fails here and not at the first search
+    except BaseException:
+        sock.close()
+        state.index.close()
+        raise
+    bare = host.strip("[]")
+    shown = f"[{bare}]" if ":" in bare else bare
+    url = f"http://{shown}:{sock.getsockname()[1]}/"
+    if not local:
+        sys.stderr.write(
+            f"Warning: listening on {host}, which other machines can reach. Anyone who can connect can "
+            "search and view every indexed photo; there is no login. Use --host 127.0.0.1 unless you "
+            "mean to share it.\n"
+        )
+    sys.stderr.write(f"Serving {state.index.path} at {url} (press Ctrl+C to stop)\n")
+    config = uvicorn.Config(app, log_config=_log_config(), server_header=False, lifespan="on")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on; stopping is the normal end
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,353 @@
+// clipsearch page: talks only to the /api endpoints; builds every element with textContent (no HTML
+// from the server is ever inserted), so file names cannot inject markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const form = $("search-form");
+const query = $("q");
+const filters = $("filters");
+const grid = $("grid");
+const statusLine = $("status");
+const errorBox = $("error");
+const viewer = $("viewer");
+
+let search = null; // what the results show: {kind: "text", q} | {kind: "similar", id, hit} | {kind: "upload", file}
+let hits = [];
+let shown = -1; // index in hits of the result open in the viewer
+let requestNo = 0; // answers to superseded requests are dropped
+let maxUpload = Infinity; // bytes, from /api/info
+
+// -- searching ----------------------------------------------------------------------------------
+
+function filterParams() {
+  const params = new URLSearchParams();
+  for (const field of filters.elements) {
+    if (field.name && field.value.trim() !== "") params.set(field.name, field.value.trim());
+  }
+  return params;
+}
+
+async function run(next, { push = true } = {}) {
+  search = next;
+  const params = filterParams();
+  let response;
+  const mine = ++requestNo;
+  const started = performance.now();
+  showContext();
+  statusLine.textContent = "Searching…";
+  errorBox.hidden = true;
+  try {
+    if (next.kind === "text") {
+      params.set("q", next.q);
+      response = await fetch(`/api/search?${params}`);
+    } else if (next.kind === "similar") {
+      response = await fetch(`/api/similar/${next.id}?${params}`);
+    } else {
+      const body = new FormData();
+      body.append("file", next.file, next.file.name || "image");
+      response = await fetch(`/api/search/image?${params}`, { method: "POST", body });
+    }
+  } catch (err) {
+    return mine === requestNo && fail(`The server cannot be reached (${err.message}). Is clipsearch serve running?`);
+  }
+  const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (mine !== requestNo) return;
+  remember(next, params, push);
+  if (!response.ok) return fail(data.error || `HTTP ${response.status}`);
+  hits = data.results;
+  render();
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  statusLine.textContent = hits.length
+    ? `${hits.length} result${hits.length === 1 ? "" : "s"} · ${seconds} s`
+    : "No results match. Try other words, or clear the filters.";
+}
+
+function fail(message) {
+  hits = [];
+  render();
+  statusLine.textContent = "";
+  errorBox.textContent = message;
+  errorBox.hidden = false;
+}
+
+function rerun() {
+  if (search) run(search, { push: false });
+}
+
+// The address bar keeps text and "more like this" searches, so reload and back/forward work.
+function remember(next, params, push) {
+  params.delete("q");
+  if (next.kind === "text") params.set("q", next.q);
+  if (next.kind === "similar") params.set("similar", next.id);
+  const hash = next.kind === "upload" ? "" : `#${params}`;
+  if (location.hash === hash) return;
+  if (push) history.pushState(null, "", hash || location.pathname);
+  else history.replaceState(null, "", hash || location.pathname);
+}
+
+function restore() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const field of filters.elements) {
+    if (!field.name) continue;
+    const fallback =
+      field.tagName === "SELECT"
+        ? ([...field.options].find((o) => o.defaultSelected) ?? field.options[0]).value
+        : field.defaultValue;
+    field.value = params.get(field.name) ?? fallback;
+  }
+  if ([...params.keys()].some((k) => !["q", "similar", "k", "sort"].includes(k))) openFilters(true);
+  query.value = params.get("q") ?? "";
+  if (params.has("q")) run({ kind: "text", q: params.get("q") }, { push: false });
+  else if (params.has("similar")) run({ kind: "similar", id: params.get("similar") }, { push: false });
+  else {
+    search = null;
+    hits = [];
+    render();
+    showContext();
+    statusLine.textContent = "";
+    errorBox.hidden = true;
+  }
+}
+
+// -- results ------------------------------------------------------------------------------------
+
+function baseName(path) {
+  return path.slice(path.lastIndexOf("/") + 1);
+}
+
+function thumbImage(id, alt) {
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.decoding = "async";
+  img.alt = alt;
+  img.src = `/api/thumb/${id}`;
+  img.srcset = `/api/thumb/${id} 1x, /api/thumb/${id}?size=512 2x`;
+  img.addEventListener("error", () => img.parentElement?.classList.add("broken"), { once: true });
+  return img;
+}
+
+function render() {
+  const cards = hits.map((hit, i) => {
+    const card = document.createElement("li");
+    card.className = "card";
+    card.dataset.contentId = hit.content_id;
+
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "thumb";
+    open.title = hit.path;
+    open.append(thumbImage(hit.content_id, baseName(hit.path)));
+    open.addEventListener("click", () => openViewer(i));
+
+    const info = document.createElement("div");
+    info.className = "info";
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit.score.toFixed(3);
+    score.title = "cosine similarity to the query";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = baseName(hit.path);
+    name.title = hit.path;
+    info.append(score, name);
+
+    const more = document.createElement("button");
+    more.type = "button";
+    more.className = "more";
+    more.textContent = "More like this";
+    more.addEventListener("click", () => similarTo(hit));
+
+    card.append(open, info, more);
+    return card;
+  });
+  grid.replaceChildren(...cards);
+}
+
+function similarTo(hit) {
+  closeViewer();
+  query.value = "";
+  run({ kind: "similar", id: String(hit.content_id), hit });
+  window.scrollTo({ top: 0 });
+}
+
+function searchFile(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    return fail(`${file.name} is not an image. Drop or choose a photo (JPEG, PNG, WebP…).`);
+  }
+  if (file.size > maxUpload) {
+    return fail(`${file.name} is ${formatBytes(file.size)}; images up to ${formatBytes(maxUpload)} can be searched.`);
+  }
+  query.value = "";
+  run({ kind: "upload", file });
+}
+
+// The strip above the results says what a picture search is anchored on.
+function showContext() {
+  const box = $("context");
+  const img = $("context-img");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  if (!search || search.kind === "text") {
+    box.hidden = true;
+    img.removeAttribute("src");
+    return;
+  }
+  box.hidden = false;
+  if (search.kind === "upload") {
+    img.src = URL.createObjectURL(search.file);
+    $("context-text").textContent = `Similar to the uploaded image ${search.file.name || ""}`;
+  } else {
+    img.src = `/api/thumb/${search.id}`;
+    const path = search.hit ? search.hit.path : `#${search.id}`;
+    $("context-text").textContent = `More like ${path}`;
+  }
+}
+
+// -- the full-size viewer -----------------------------------------------------------------------
+
+function formatBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function openViewer(i) {
+  shown = i;
+  const hit = hits[i];
+  const img = $("viewer-img");
+  img.removeAttribute("src");
+  img.src = hit.image;
+  img.alt = baseName(hit.path);
+  $("viewer-name").textContent = baseName(hit.path);
+  $("viewer-path").textContent = hit.path;
+  $("viewer-open").href = hit.image;
+  const rows = [
+    ["Score", hit.score.toFixed(4)],
+    ["Rank", `${hit.rank} of ${hits.length}`],
+    ["Size", `${hit.width} × ${hit.height} px · ${formatBytes(hit.size)}`],
+    ["Date", hit.date.slice(0, 10)],
+    ["Id", String(hit.content_id)],
+  ];
+  $("viewer-meta").replaceChildren(
+    ...rows.flatMap(([label, value]) => {
+      const dt = document.createElement("dt");
+      dt.textContent = label;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      return [dt, dd];
+    }),
+  );
+  $("viewer-prev").disabled = i === 0;
+  $("viewer-next").disabled = i === hits.length - 1;
+  viewer.hidden = false;
+  document.body.classList.add("noscroll");
+  $("viewer-close").focus();
+}
+
+function closeViewer() {
+  if (viewer.hidden) return;
+  viewer.hidden = true;
+  document.body.classList.remove("noscroll");
+  grid.children[shown]?.querySelector(".thumb")?.focus();
+}
+
+function step(delta) {
+  const next = shown + delta;
+  if (!viewer.hidden && next >= 0 && next < hits.length) openViewer(next);
+}
+
+// -- wiring -------------------------------------------------------------------------------------
+
+function openFilters(open) {
+  filters.hidden = !open;
+  $("toggle-filters").setAttribute("aria-expanded", String(open));
+  $("toggle-filters").classList.toggle("on", open);
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = query.value.trim();
+  if (text) run({ kind: "text", q: text });
+});
+$("pick").addEventListener("click", () => $("file").click());
+$("file").addEventListener("change", (event) => {
+  searchFile(event.target.files[0]);
+  event.target.value = ""; // choosing the same file again searches again
+});
+$("toggle-filters").addEventListener("click", () => openFilters(filters.hidden));
+filters.addEventListener("change", rerun);
+filters.addEventListener("submit", (event) => {
+  event.preventDefault();
+  rerun();
+});
+filters.addEventListener("reset", () => setTimeout(rerun));
+$("context-clear").addEventListener("click", () => {
+  history.pushState(null, "", location.pathname);
+  restore();
+  query.focus();
+});
+
+$("viewer-close").addEventListener("click", closeViewer);
+$("viewer-prev").addEventListener("click", () => step(-1));
+$("viewer-next").addEventListener("click", () => step(1));
+$("viewer-similar").addEventListener("click", () => similarTo(hits[shown]));
+viewer.addEventListener("click", (event) => {
+  if (event.target === viewer || event.target.classList.contains("stage")) closeViewer();
+});
+document.addEventListener("keydown", (event) => {
+  if (viewer.hidden) return;
+  if (event.key === "Escape") closeViewer();
+  else if (event.key === "ArrowLeft") step(-1);
+  else if (event.key === "ArrowRight") step(1);
+});
+
+// Drag and drop an image anywhere on the page; pasting an image works too.
+let dragDepth = 0;
+const carriesFiles = (event) => [...(event.dataTransfer?.types ?? [])].includes("Files");
+window.addEventListener("dragenter", (event) => {
+  if (!carriesFiles(event)) return;
+  event.preventDefault();
+  dragDepth += 1;
+  $("drop").hidden = false;
+});
+window.addEventListener("dragover", (event) => {
+  if (carriesFiles(event)) event.preventDefault();
+});
+window.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (dragDepth === 0) $("drop").hidden = true;
+});
+window.addEventListener("drop", (event) => {
+  event.preventDefault();
+  dragDepth = 0;
+  $("drop").hidden = true;
+  searchFile(event.dataTransfer?.files?.[0]);
+});
+window.addEventListener("paste", (event) => {
+  const file = [...(event.clipboardData?.files ?? [])].find((f) => f.type.startsWith("image/"));
+  if (file) searchFile(file);
+});
+window.addEventListener("popstate", restore);
+
+async function loadInfo() {
+  const response = await fetch("/api/info").catch(() => null);
+  if (!response?.ok) return;
+  const info = await response.json();
+  maxUpload = info.max_upload_bytes;
+  const footer = $("footer");
+  const model = info.pretrained ? `${info.model} (${info.pretrained})` : info.model;
+  footer.textContent = `${info.count.toLocaleString()} images indexed · model ${model} · ${info.index}`;
+  $("roots").replaceChildren(
+    ...info.roots.map((root) => {
+      const option = document.createElement("option");
+      option.value = root;
+      return option;
+    }),
+  );
+  if (info.count === 0) {
+    statusLine.textContent = "The index is empty. Add photos with: clipsearch index FOLDER";
+  }
+}
+
+loadInfo();
+restore();

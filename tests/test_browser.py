@@ -1,0 +1,170 @@
+"""The search page in a real browser (Debian's chromium driven by Playwright) against a live server.
+
+Skipped when chromium or Playwright is missing, unless CLIPSEARCH_REQUIRE_BROWSER is set (CI sets it,
+so there a missing browser fails). CLIPSEARCH_SCREENSHOT=path also saves the results page there
+(that is how docs/serve.png is made).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+
+from clipsearch.index import Index
+from clipsearch.server import bind, create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _require_browser() -> None:
+    problems = []
+    if not CHROMIUM.is_file():
+        problems.append(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problems.append("Playwright is missing (pip install playwright)")
+    if problems:
+        message = "; ".join(problems)
+        if os.environ.get("CLIPSEARCH_REQUIRE_BROWSER"):
+            pytest.fail(f"CLIPSEARCH_REQUIRE_BROWSER is set but {message}")
+        pytest.skip(message)
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a background thread; yield its URL."""
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def test_search_page_in_a_real_browser(tmp_path: Path, photos: dict[str, Path], tiny_encoder) -> None:
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    index_dir = tmp_path / "index"
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        idx.sync([str(photos["coffee"].parent)])
+        ids = {name: idx.catalog.file(str(path)).content_id for name, path in photos.items()}
+        expected = [h.content_id for h in idx.search("a cup of coffee", 30)]
+    app = create_app(index_dir)
+
+    with running(app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        problems: list[str] = []  # console errors include CSP violations: everything must be local
+        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("requestfailed", lambda req: problems.append(f"{req.url} failed"))
+        page.goto(url)
+        expect(page.locator("#footer")).to_contain_text(f"{len(photos)} images indexed")
+
+        # a text query: the cards come in the library's order, with their thumbnails loaded
+        page.fill("#q", "a cup of coffee")
+        page.press("#q", "Enter")
+        cards = page.locator("#grid .card")
+        expect(cards).to_have_count(len(photos))
+        assert [int(c) for c in cards.evaluate_all("cs => cs.map(c => c.dataset.contentId)")] == expected
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        expect(page.locator("#status")).to_contain_text(f"{len(photos)} results")
+        assert "q=a+cup+of+coffee" in page.url
+        if os.environ.get("CLIPSEARCH_SCREENSHOT"):
+            page.screenshot(path=os.environ["CLIPSEARCH_SCREENSHOT"])
+
+        # the full-size view shows the original file and its facts; Escape closes it
+        first = cards.first
+        first_id = int(first.get_attribute("data-content-id"))
+        first.locator(".thumb").click()
+        viewer = page.locator("#viewer")
+        expect(viewer).to_be_visible()
+        path = next(str(p) for name, p in photos.items() if ids[name] == first_id)
+        expect(page.locator("#viewer-path")).to_have_text(path)
+        page.wait_for_function("() => document.getElementById('viewer-img').naturalWidth > 0")
+        width = page.evaluate("() => document.getElementById('viewer-img').naturalWidth")
+        with Index.open(index_dir) as idx:
+            hit = next(h for h in idx.search("a cup of coffee", 30) if h.content_id == first_id)
+        assert width == hit.width
+        expect(page.locator("#viewer-meta")).to_contain_text(f"{hit.width} × {hit.height}")
+        page.screenshot(path=str(tmp_path / "viewer.png"))
+        page.keyboard.press("Escape")
+        expect(viewer).to_be_hidden()
+
+        # "more like this" on the cat: every other photo, the cat itself left out
+        cat = page.locator(f'#grid .card[data-content-id="{ids["chelsea"]}"]')
+        cat.locator(".more").click()
+        expect(page.locator("#context")).to_contain_text("More like")
+        expect(cards).to_have_count(len(photos) - 1)
+        shown = {int(c) for c in cards.evaluate_all("cs => cs.map(c => c.dataset.contentId)")}
+        assert shown == set(ids.values()) - {ids["chelsea"]}
+        assert f"similar={ids['chelsea']}" in page.url
+
+        # an image from the file picker: the same photo, indexed, comes first
+        page.set_input_files("#file", str(photos["rocket"]))
+        expect(page.locator("#context")).to_contain_text("uploaded image")
+        expect(cards.first).to_have_attribute("data-content-id", str(ids["rocket"]))
+        expect(cards.first.locator(".score")).to_have_text("1.000")
+
+        # dropping an image file on the page does the same
+        page.evaluate(
+            """async (id) => {
+                const blob = await (await fetch(`/api/image/${id}`)).blob();
+                const data = new DataTransfer();
+                data.items.add(new File([blob], "dropped.jpg", {type: blob.type}));
+                const init = {dataTransfer: data, bubbles: true, cancelable: true};
+                window.dispatchEvent(new DragEvent("drop", init));
+            }""",
+            ids["coffee"],
+        )
+        expect(page.locator("#context")).to_contain_text("dropped.jpg")
+        expect(cards.first).to_have_attribute("data-content-id", str(ids["coffee"]))
+
+        # filters narrow the results; a malformed query shows where it is wrong
+        page.click("#toggle-filters")
+        page.fill("#filters input[name=type]", "png")
+        page.fill("#q", "a cup of coffee")
+        page.press("#q", "Enter")
+        expect(cards).to_have_count(sum(p.suffix == ".png" for p in photos.values()))
+        names = cards.locator(".name").all_inner_texts()
+        assert all(name.endswith(".png") for name in names), names
+        assert not problems, problems
+        page.fill("#q", "dog + + cat")
+        page.press("#q", "Enter")
+        expect(page.locator("#error")).to_contain_text("position 5")
+        expect(cards).to_have_count(0)
+        assert [p for p in problems if "status of 400" not in p] == []  # the browser logs the 400
+
+        page.screenshot(path=str(tmp_path / "page.png"))
+        browser.close()
+    assert (tmp_path / "viewer.png").stat().st_size > 0

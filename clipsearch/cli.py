@@ -381,9 +381,29 @@ def search(
         min_side=min_side,
     )
     path = (index_path or default_index_path()).expanduser().absolute()
-    with Index.open(path, precision=precision) as idx:
-        hits = finish(idx.search(terms, options.candidates, filters=filters), options)
-        empty = idx.info()["count"] == 0
+    hits, empty = None, False
+    if not any(t.kind == "image" for t in terms) and options.k <= 1000:  # a warm `clipsearch serve`?
+        from clipsearch.remote import search_remote
+
+        params = {
+            "q": describe(terms),
+            "k": options.k,
+            "in": filters.folder,
+            "after": after,
+            "before": before,
+        }
+        params |= {
+            "type": types,
+            "min_side": min_side,
+            "threshold": threshold,
+            "cutoff": cutoff,
+            "sort": sort,
+        }
+        hits = search_remote(path, params)
+    if hits is None:
+        with Index.open(path, precision=precision) as idx:
+            hits = finish(idx.search(terms, options.candidates, filters=filters), options)
+            empty = idx.info()["count"] == 0
     if html is not None:
         from clipsearch.gallery import write_gallery
 

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import io
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -606,11 +607,34 @@ def serve(index_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
             "search and view every indexed photo; there is no login. Use --host 127.0.0.1 unless you "
             "mean to share it.\n"
         )
-    sys.stderr.write(f"Serving {state.index.path} at {url} (press Ctrl+C to stop)\n")
     config = uvicorn.Config(app, log_config=_log_config(), server_header=False, lifespan="on")
+    announced = announce(state.index.path, url) if local else None
+    sys.stderr.write(f"Serving {state.index.path} at {url} (press Ctrl+C to stop)\n")
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on; stopping is the normal end
         pass
     finally:
+        if announced is not None:
+            withdraw(announced)
         sock.close()
+
+
+#: Written into the index folder while a local server runs, so `clipsearch search` can ask it.
+SERVER_FILE = "server.json"
+
+
+def announce(index_path: Path, url: str) -> Path | None:
+    """Record this server's address in the index folder (best effort: a read-only index just skips it)."""
+    target = index_path / SERVER_FILE
+    data = json.dumps({"pid": os.getpid(), "url": url}).encode()
+    return target if _write_atomic(target, data) else None
+
+
+def withdraw(target: Path) -> None:
+    """Remove the record, if it is still ours."""
+    try:
+        if json.loads(target.read_text()).get("pid") == os.getpid():
+            target.unlink()
+    except (OSError, ValueError):
+        pass

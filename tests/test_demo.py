@@ -1,0 +1,93 @@
+"""Tier 3: the bundled shapes model end to end on real files: the demo, and results that must be right."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsearch.cli import app
+from clipsearch.index import Index
+from clipsearch.models import BUNDLED_MODELS
+
+pytestmark = pytest.mark.skipif(
+    not (BUNDLED_MODELS["shapes"] / "open_clip_model.safetensors").exists(), reason="shapes model not trained"
+)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def shapes_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, object]]:
+    """The demo's own folder and index (generated and indexed once for this module)."""
+    work = tmp_path_factory.mktemp("demo")
+    result = runner.invoke(
+        app, ["demo", str(work / "images"), "--index", str(work / "index"), "--json", "-q"]
+    )
+    assert result.exit_code == 0, result.stderr
+    labels = json.loads((work / "images" / "labels.json").read_text())["files"]
+    return work / "images", work / "index", {"results": result.stdout, "labels": labels}
+
+
+def test_demo_reports_mostly_right_results(shapes_index) -> None:
+    _, _, data = shapes_index
+    rows = [json.loads(line) for line in str(data["results"]).splitlines()]
+    assert {r["kind"] for r in rows} == {"text", "image", "algebra"}
+    right = sum(r["right"] for r in rows)
+    total = sum(r["of"] for r in rows)
+    assert total == 5 * len(rows) and right / total >= 0.8, rows
+
+
+def test_demo_rerun_reuses_everything(shapes_index) -> None:
+    images, index, _ = shapes_index
+    result = runner.invoke(app, ["demo", str(images), "--index", str(index), "-q"])
+    assert result.exit_code == 0
+    assert (
+        "0 added" in result.stdout and "300 unchanged" in result.stdout and "results right" in result.stdout
+    )
+
+
+def matches(labels: dict[str, object], path: str, **want: str) -> bool:
+    shapes = labels[Path(path).name]["shapes"]  # type: ignore[index]
+    return any(all(s[k] == v for k, v in want.items()) for s in shapes)
+
+
+@pytest.mark.parametrize(
+    ("query", "want"),
+    [
+        ("a red circle", {"color": "red", "shape": "circle"}),
+        ("a blue square", {"color": "blue", "shape": "square"}),
+        ("a yellow star", {"color": "yellow", "shape": "star"}),
+        ("a white cross", {"color": "white", "shape": "cross"}),
+    ],
+)
+def test_text_queries_return_the_right_shapes_first(shapes_index, query: str, want: dict[str, str]) -> None:
+    _, index, data = shapes_index
+    with Index.open(index) as idx:
+        hits = idx.search(query, k=5)
+    right = [matches(data["labels"], h.path, **want) for h in hits]  # type: ignore[arg-type]
+    assert sum(right) >= 4, (query, [Path(h.path).name for h in hits])
+
+
+def test_algebra_and_subtraction_through_the_query_language(shapes_index) -> None:
+    images, index, data = shapes_index
+    labels = data["labels"]
+    red_circles = sorted(
+        name
+        for name, lab in labels.items()  # type: ignore[union-attr]
+        if len(lab["shapes"]) == 1
+        and lab["shapes"][0]["color"] == "red"
+        and lab["shapes"][0]["shape"] == "circle"
+    )
+    with Index.open(index) as idx:
+        hits = [
+            h
+            for h in idx.search(f"{images / red_circles[0]} - red + blue", k=6)
+            if Path(h.path).name != red_circles[0]
+        ]
+        assert sum(matches(labels, h.path, color="blue", shape="circle") for h in hits[:5]) >= 4  # type: ignore[arg-type]
+        no_red = idx.search("circle - red", k=10)
+        assert not any(matches(labels, h.path, color="red") for h in no_red)  # type: ignore[arg-type]
+        with_red = idx.search("circle", k=50)
+        assert any(matches(labels, h.path, color="red") for h in with_red)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ def image_vector(index: Index, image: str | Path | Image.Image) -> npt.NDArray[n
 
     if not os.path.exists(path):
         raise UsageError(f"Query image {path} does not exist.")
-    from clipsearch.ingest import draft_side
+    from clipsearch.decode import draft_side
 
     try:
         img = open_image(path, min_side=draft_side(index.encoder))  # decoded as indexing would

@@ -300,7 +300,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
 def _search_image_bytes(
     state: _State, data: bytes, filters: Filters, options: SearchOptions
 ) -> dict[str, Any]:
-    from clipsearch.ingest import draft_side
+    from clipsearch.decode import draft_side
     from clipsearch.query import image_vector
 
     with state.lock:

@@ -10,8 +10,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from clipsearch.decode import draft_side
 from clipsearch.images import open_image
-from clipsearch.ingest import draft_side
 from clipsearch.models import load_encoder, resolve_precision
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipsearch.decode import draft_side
 from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
 from clipsearch.images import open_image
 from clipsearch.index import Index
-from clipsearch.ingest import draft_side
 from clipsearch.models import load_encoder
 from hfcache import add_tiny_model
 

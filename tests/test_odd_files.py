@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from clipsearch.decode import prepare
 from clipsearch.errors import ImageError
 from clipsearch.images import open_image
 from clipsearch.index import Index
-from clipsearch.ingest import prepare
 from clipsearch.scan import FileRecord
 
 

@@ -1,0 +1,204 @@
+"""The decode stage: read, hash, decode and preprocess files in parallel, ahead of the encoder.
+
+A pure function (``prepare``) over plain records, run by worker processes that never import torch
+(``open_decoder``), or by threads for a handful of files. Another engine (Ray Data) can run
+``prepare`` the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.catalog import Catalog, FileState
+from clipsearch.errors import ImageError
+from clipsearch.images import open_image, read_header
+from clipsearch.scan import FileRecord
+
+if TYPE_CHECKING:
+    from clipsearch.encoder import Encoder
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Prepared(NamedTuple):
+    """A file after the worker stage: pixels to encode, or a known hash, or an error."""
+
+    record: FileRecord
+    digest: str | None
+    pixels: npt.NDArray[np.float32] | None
+    width: int
+    height: int
+    taken: float | None
+    error: ImageError | None
+
+
+def draft_side(encoder: Encoder) -> int:
+    """Shortest side JPEGs are decoded at (``draft``): twice the model's input, so resizing stays sharp."""
+    return 2 * min(encoder.image_size)
+
+
+def file_digest(data: bytes) -> str:
+    """Content hash used to recognise the same file under another name."""
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def prepare(
+    record: FileRecord,
+    *,
+    is_known: Callable[[str], bool],
+    preprocess: Callable[[object], object],
+    min_side: int,
+    max_pixels: int,
+) -> Prepared:
+    """Read, hash and (unless the content is already indexed) decode and preprocess one file."""
+    try:
+        with open(record.path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return Prepared(
+            record, None, None, 0, 0, None, ImageError("missing", "vanished before it could be read")
+        )
+    except OSError as exc:
+        return Prepared(record, None, None, 0, 0, None, ImageError("unreadable", exc.strerror or str(exc)))
+    digest = file_digest(data)
+    if is_known(digest):
+        return Prepared(record, digest, None, 0, 0, None, None)
+    try:
+        image = open_image(data, max_pixels=max_pixels, min_side=min_side)
+    except ImageError as exc:
+        return Prepared(record, digest, None, 0, 0, None, exc)
+    header = read_header(data)  # the size as stored, not as decoded (JPEG draft shrinks it)
+    pixels = np.asarray(preprocess(image), dtype=np.float32)
+    width, height = (header.width, header.height) if header.width else image.size
+    return Prepared(record, digest, pixels, width, height, header.taken, None)
+
+
+class _KnownHashes:
+    """Thread-safe 'is this content already indexed?' via one read connection per thread."""
+
+    def __init__(self, catalog_path: Path) -> None:
+        self._path = catalog_path
+        self._local = threading.local()
+        self._conns: list[Catalog] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, digest: str) -> bool:
+        conn: Catalog | None = getattr(self._local, "catalog", None)
+        if conn is None:
+            conn = Catalog(self._path)
+            self._local.catalog = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn.content_id(digest) is not None
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
+
+
+#: Below this many files to decode, worker processes cost more to start than they save.
+PROCESS_THRESHOLD = 64
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """Everything a decoding worker needs; picklable, so workers need not import torch."""
+
+    catalog: Path
+    transform: Callable[[Any], Any]
+    min_side: int
+    max_pixels: int
+    parent_pid: int = field(default_factory=os.getpid)
+
+
+_worker_job: DecodeJob | None = None
+_worker_known: _KnownHashes | None = None
+
+
+def _init_worker(job: DecodeJob) -> None:
+    global _worker_job, _worker_known
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if sys.platform.startswith("linux"):  # a kill -9 of the indexer must not leave workers behind
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != job.parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    _worker_job, _worker_known = job, _KnownHashes(job.catalog)
+
+
+def _decode_in_worker(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
+    assert _worker_job is not None and _worker_known is not None  # set by _init_worker
+    job = _worker_job
+    prep = prepare(
+        item[0],
+        is_known=_worker_known,
+        preprocess=job.transform,
+        min_side=job.min_side,
+        max_pixels=job.max_pixels,
+    )
+    return prep, item[1]
+
+
+def open_decoder(
+    job: DecodeJob, workers: int, *, processes: bool
+) -> tuple[
+    Executor,
+    Callable[[tuple[FileRecord, FileState | None]], tuple[Prepared, FileState | None]],
+    Callable[[], None],
+]:
+    """A pool that reads, hashes, decodes and preprocesses files: (executor, work function, cleanup).
+
+    Worker processes (fresh interpreters, not forks of this torch-laden process; they die with
+    it) when ``processes``; otherwise threads of this process.
+    """
+    if processes:
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,))
+        return pool, _decode_in_worker, lambda: None
+    known = _KnownHashes(job.catalog)
+
+    def work(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
+        prep = prepare(
+            item[0],
+            is_known=known,
+            preprocess=job.transform,
+            min_side=job.min_side,
+            max_pixels=job.max_pixels,
+        )
+        return prep, item[1]
+
+    return ThreadPoolExecutor(workers, thread_name_prefix="clipsearch-decode"), work, known.close
+
+
+def bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
+) -> Iterator[R]:
+    """``pool.map`` in order, but with at most ``window`` items in flight (flat memory)."""
+    queue: deque[Future[R]] = deque()
+    iterator = iter(items)
+    for item in iterator:
+        queue.append(pool.submit(fn, item))
+        if len(queue) >= window:
+            break
+    while queue:
+        result = queue.popleft().result()
+        for item in iterator:
+            queue.append(pool.submit(fn, item))
+            break
+        yield result

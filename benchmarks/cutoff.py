@@ -3,7 +3,8 @@
     python benchmarks/cutoff.py [--count 600] [--seed 7]
 
 For every colour+shape query ("a red circle"), the relevant images are those showing a shape of
-that colour and kind. Prints mean precision, recall and F1 of each strategy.
+that colour and kind; for every colour query ("a red shape"), those showing a shape of that colour.
+Prints mean precision, recall and F1 of each strategy.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from clipsearch.shapes import world
 
 
 def evaluate(
-    index: Index, labels: dict[str, world.Scene], strategies: dict[str, SearchOptions]
+    index: Index, labels: dict[str, world.Scene], strategies: dict[str, SearchOptions], *, with_shape: bool
 ) -> dict[str, tuple[float, float, float]]:
-    """Mean (precision, recall, F1) per strategy over every colour+shape query."""
+    """Mean (precision, recall, F1) per strategy over every colour+shape (or colour) query."""
     scores: dict[str, list[tuple[float, float, float]]] = {name: [] for name in strategies}
+    shapes: tuple[str | None, ...] = world.SHAPES if with_shape else (None,)
     for color in world.COLORS:
-        for shape in world.SHAPES:
+        for shape in shapes:
             relevant = {name for name, scene in labels.items() if scene.matches(color=color, shape=shape)}
             if not relevant:
                 continue
-            ranked = index.search(f"a {color} {shape}", k=100)
+            ranked = index.search(f"a {color} {shape or 'shape'}", k=100)
             for name, options in strategies.items():
                 kept = {Path(h.path).name for h in finish(ranked, options)}
                 hits = len(kept & relevant)
@@ -57,10 +59,17 @@ def main() -> None:
             "fixed k=20": SearchOptions.parse(top=20, threshold=None, cutoff=None, sort="score"),
             "--cutoff auto": SearchOptions.parse(top=None, threshold=None, cutoff="auto", sort="score"),
         }
-        results = evaluate(index, labels, strategies)
+        for with_shape in (True, False):
+            report(args, evaluate(index, labels, strategies, with_shape=with_shape), with_shape)
+
+
+def report(
+    args: argparse.Namespace, results: dict[str, tuple[float, float, float]], with_shape: bool
+) -> None:
+    kind = "colour+shape" if with_shape else "colour"
     print(
-        f"{args.count} shapes-world images (seed {args.seed}), "
-        f"{len(world.COLORS) * len(world.SHAPES)} colour+shape queries"
+        f"\n{args.count} shapes-world images (seed {args.seed}), {kind} queries "
+        "('a red circle' / 'a red shape')"
     )
     print(f"{'strategy':<16}{'precision':>10}{'recall':>10}{'F1':>10}")
     for name, (p, r, f1) in results.items():

@@ -529,36 +529,6 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -
         assert _stop(shared) == 0
 
 
-# -- right results with a model that understands its world ----------------------------------------
-
-SHAPES_MODEL = Path(__file__).parent.parent / "clipsearch" / "shapes" / "model"
-
-
-@pytest.mark.skipif(
-    not (SHAPES_MODEL / "open_clip_config.json").is_file(), reason="the shapes model is not trained yet"
-)
-def test_red_circles_come_first_with_the_shapes_model(tmp_path: Path) -> None:
-    from clipsearch.models import load_encoder
-    from clipsearch.shapes import world
-
-    rng = np.random.default_rng(11)
-    wanted = [world.sample_scene(rng, n_shapes=1, color="red", shape="circle") for _ in range(4)]
-    others = [world.sample_scene(rng, n_shapes=1) for _ in range(36)]
-    scenes = wanted + [s for s in others if not s.matches(color="red", shape="circle")]
-    folder = tmp_path / "shapes"
-    folder.mkdir()
-    names = []
-    for i, scene in enumerate(scenes):
-        names.append(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
-        world.render(scene, rng, world.sample_image_size(rng, (80, 320))).save(names[-1])
-    with Index.open_for_write(tmp_path / "index", load_encoder("shapes")) as idx:
-        idx.sync([str(folder)])
-    red_circles = {str(p) for p in names[: len(wanted)]}
-    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
-        body = client.get("/api/search", params={"q": "a red circle", "k": len(wanted)}).json()
-        assert {r["path"] for r in body["results"]} == red_circles
-
-
 def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos, tiny_encoder) -> None:
     folder = photos["coffee"].parent
     moved = tmp_path / "later.png"

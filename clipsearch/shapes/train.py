@@ -1,0 +1,439 @@
+"""Train the tiny shapes CLIP model from scratch and save it as an open_clip ``local-dir:`` folder.
+
+Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]``
+
+The model is a stock open_clip CLIP (ModifiedResNet image tower, transformer text tower) built from a
+config registered with ``open_clip.add_model_config``; it learns from fresh `world` scenes every step with
+open_clip's tokenizer and ``ClipLoss``. DIR receives ``open_clip_config.json`` (model and preprocess
+config), ``open_clip_model.safetensors`` (fp16) and ``MODEL_CARD.md`` with the held-out metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import open_clip
+import torch
+from open_clip.loss import ClipLoss
+from PIL import Image
+from safetensors.torch import save_file
+
+from clipsearch.shapes import evaluate, world
+
+MODEL_NAME = "clipsearch-shapes-rn"
+MODEL_CFG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 96, "layers": [2, 2, 2, 2], "width": 8, "patch_size": None},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+}
+# Squash (not crop) so shapes near the left/right edge of wide images stay in view and in place.
+PREPROCESS_CFG: dict[str, Any] = {
+    "size": 96,
+    "mode": "RGB",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "interpolation": "bicubic",
+    "resize_mode": "squash",
+    "fill_color": 0,
+}
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+CARD_FILE = "MODEL_CARD.md"
+EVAL_SEED = 20_240_601  # held-out scenes; training streams come from --seed
+# In a hard-negative group every scene equals the first except in one attribute, which every caption names.
+_GROUP_ATTRIBUTES = ("shape", "position", "size", "color")
+_VALUES = {
+    "position": world.POSITIONS,
+    "size": world.SIZES,
+    "color": tuple(world.COLORS),
+    "shape": world.SHAPES,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run."""
+
+    steps: int = 1600
+    batch_size: int = 128
+    seed: int = 0
+    threads: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    group_fraction: float = 0.5
+    group_size: int = 4
+    # How often a group varies shape, position, size, colour. Shape comes first: contrastive learning
+    # otherwise settles on the easy attributes and never learns it (feature suppression).
+    group_weights: tuple[float, float, float, float] = (0.4, 0.3, 0.15, 0.15)
+    workers: int = 1
+    log_every: int = 50
+
+
+class OpenClipEncoder:
+    """The encoder protocol of `evaluate` over an open_clip model: eval mode, normalised float32 rows."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[Sequence[str]], torch.Tensor],
+    ) -> None:
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> OpenClipEncoder:
+        """Load a saved shapes model folder through open_clip's ``local-dir:`` schema."""
+        spec = f"local-dir:{path}"
+        model, _, preprocess = open_clip.create_model_and_transforms(spec)
+        return cls(model, preprocess, open_clip.get_tokenizer(spec))
+
+    def encode_images(
+        self, images: Sequence[Image.Image], *, batch_size: int = 128
+    ) -> npt.NDArray[np.float32]:
+        """Embed RGB images; returns (n, d) float32 unit rows."""
+        chunks = [np.zeros((0, self.dim), dtype=np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.stack([self.preprocess(img) for img in images[start : start + batch_size]])
+                chunks.append(self.model.encode_image(batch, normalize=True).float().numpy())
+        return np.concatenate(chunks)
+
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Embed texts; returns (n, d) float32 unit rows."""
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts))
+            return self.model.encode_text(tokens, normalize=True).float().numpy()
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension."""
+        return int(self.model.text_projection.shape[1])
+
+
+def register_model_config() -> None:
+    """Make MODEL_NAME known to open_clip (add_model_config reads a json file named after the model)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{MODEL_NAME}.json"
+        path.write_text(json.dumps(MODEL_CFG))
+        open_clip.add_model_config(path)
+
+
+def _unique_caption(
+    scene: world.Scene, rng: np.random.Generator, require: Sequence[str], seen: set[str]
+) -> str | None:
+    """A caption of scene not yet in seen (duplicates would be false negatives for the CLIP loss)."""
+    for attempt in range(4):
+        wanted = (*require, "color", "shape", "size", "position") if attempt == 3 else require
+        caption = scene.caption(rng, require=wanted)
+        if caption not in seen:
+            seen.add(caption)
+            return caption
+    return None
+
+
+def _group_scenes(
+    rng: np.random.Generator, size: int, weights: Sequence[float]
+) -> tuple[list[world.Scene], str]:
+    """Single-shape scenes that differ only in one attribute (and their background): hard negatives."""
+    attribute = str(rng.choice(_GROUP_ATTRIBUTES, p=weights))
+    options = _VALUES[attribute]
+    values = rng.choice(options, size=min(size, len(options)), replace=False)
+    base = world.sample_scene(rng, n_shapes=1).shapes[0]
+    kind = str(rng.choice(world.BACKGROUND_KINDS))
+    fixed = {key: getattr(base, key) for key in _VALUES}
+    scenes = [
+        world.sample_scene(rng, n_shapes=1, background_kind=kind, **{**fixed, attribute: str(value)})
+        for value in values
+    ]
+    return scenes, attribute
+
+
+def sample_batch(rng: np.random.Generator, config: TrainConfig) -> tuple[list[world.Scene], list[str]]:
+    """Scenes and unique captions for one step: hard-negative groups first, then random scenes."""
+    scenes: list[world.Scene] = []
+    captions: list[str] = []
+    seen: set[str] = set()
+    grouped = int(config.batch_size * config.group_fraction)
+    while len(scenes) < config.batch_size:
+        if len(scenes) < grouped:
+            batch, attribute = _group_scenes(rng, config.group_size, config.group_weights)
+            candidates = [(scene, (attribute,)) for scene in batch]
+        else:
+            candidates = [(world.sample_scene(rng), ())]
+        for scene, require in candidates[: config.batch_size - len(scenes)]:
+            caption = _unique_caption(scene, rng, require, seen)
+            if caption is not None:
+                scenes.append(scene)
+                captions.append(caption)
+    return scenes, captions
+
+
+@functools.cache
+def inference_transform() -> Callable[[Image.Image], torch.Tensor]:
+    """open_clip's inference transform for PREPROCESS_CFG, the one a loaded model folder gets.
+
+    Training uses it too: augmentation happens in the renderer, and one resize/normalise path at train
+    and query time keeps positions and colours calibrated.
+    """
+    cfg = PREPROCESS_CFG
+    return open_clip.image_transform(
+        cfg["size"],
+        is_train=False,
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize_mode=cfg["resize_mode"],
+        interpolation=cfg["interpolation"],
+    )
+
+
+def make_batch(config: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
+    """The images (preprocessed) and captions of one training step; a pure function of seed and step."""
+    rng = np.random.default_rng([config.seed, step])
+    scenes, captions = sample_batch(rng, config)
+    # Rendered smaller than real files: the model sees 96 px anyway, and small renders are fast.
+    images = [world.render(scene, rng, world.sample_image_size(rng, (56, 160))) for scene in scenes]
+    return torch.stack([inference_transform()(img) for img in images]), captions
+
+
+class _Batches(torch.utils.data.Dataset[tuple[torch.Tensor, list[str]]]):
+    """Step i's batch is item i, so a DataLoader renders upcoming steps in worker processes."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        return make_batch(self.config, step)
+
+
+def batches(config: TrainConfig) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Yield the training batches in step order, rendered by `config.workers` processes ahead of use."""
+    if config.workers == 0:
+        return (make_batch(config, step) for step in range(config.steps))
+    loader = torch.utils.data.DataLoader(
+        _Batches(config), batch_size=None, num_workers=config.workers, prefetch_factor=2
+    )
+    return iter(loader)
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup then cosine decay to zero."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay only on matrices (not gains, biases, norms or the logit scale)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def build_model(seed: int) -> torch.nn.Module:
+    """A freshly initialised shapes model, built by open_clip from the registered config."""
+    torch.manual_seed(seed)
+    register_model_config()
+    model = open_clip.create_model(MODEL_NAME, force_preprocess_cfg=PREPROCESS_CFG)
+    # open_clip zero-initialises the last BatchNorm of every residual branch, a trick for deep nets.
+    # With one block per stage it leaves the tower a stack of 1x1 shortcuts at first, and in our
+    # budget it never learns shape; ordinary unit gains let it learn shape within a few hundred steps.
+    for name, param in model.visual.named_parameters():
+        if name.endswith("bn3.weight"):
+            torch.nn.init.ones_(param)
+    return model.to(memory_format=torch.channels_last)
+
+
+def _loss(
+    model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: ClipLoss
+) -> torch.Tensor:
+    """CLIP loss of one batch; the towers run in bfloat16 autocast (fast on CPUs with AMX/AVX-512)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        image_features = model.encode_image(images.contiguous(memory_format=torch.channels_last))
+        text_features = model.encode_text(tokens)
+    image_features = torch.nn.functional.normalize(image_features.float(), dim=-1)
+    text_features = torch.nn.functional.normalize(text_features.float(), dim=-1)
+    return loss_fn(image_features, text_features, model.logit_scale.exp())
+
+
+def train(config: TrainConfig) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
+    """Train a fresh model; returns it (in eval mode) and the (step, mean loss) curve."""
+    model = build_model(config.seed)
+    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    loss_fn = ClipLoss()
+    optimizer = _optimizer(model, config)
+    curve: list[tuple[int, float]] = []
+    window: list[float] = []
+    start = time.monotonic()
+    model.train()
+    for step, (images, captions) in enumerate(batches(config)):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        loss = _loss(model, images, tokenizer(captions), loss_fn)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        window.append(loss.item())
+        _progress(step + 1, config.steps, window[-1], time.monotonic() - start)
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            curve.append((step + 1, sum(window) / len(window)))
+            window.clear()
+    print(file=sys.stderr)
+    return model.to(memory_format=torch.contiguous_format).eval(), curve
+
+
+def _progress(step: int, steps: int, loss: float, elapsed: float) -> None:
+    eta = elapsed / step * (steps - step)
+    print(
+        f"\rstep {step}/{steps}  loss {loss:.3f}  elapsed {elapsed:5.0f}s  eta {eta:4.0f}s",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def save_model(model: torch.nn.Module, out: Path) -> None:
+    """Write the open_clip local-dir folder: config with model and preprocess cfg, fp16 safetensors."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    state = {
+        key: (value.half() if value.is_floating_point() else value).contiguous()
+        for key, value in model.state_dict().items()
+    }
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock seconds spent training (and saving) and evaluating."""
+
+    train_s: float
+    eval_s: float
+
+
+def model_card(
+    config: TrainConfig,
+    timing: Timing,
+    curve: Sequence[tuple[int, float]],
+    metrics: evaluate.ShapesMetrics,
+    n_params: int,
+) -> str:
+    """Markdown describing how the model was made and how well it does."""
+    loss_rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in curve)
+    return f"""# clipsearch shapes model
+
+A tiny CLIP model (open_clip `CLIP` with a ModifiedResNet image tower) trained from scratch on the
+procedural shapes world of `clipsearch.shapes.world`: 8 colours, 5 shapes, 2 sizes, 5 positions, varied
+backgrounds, one or two shapes per image. It knows nothing else. Load it with
+`open_clip.create_model_and_transforms("local-dir:<this folder>")`.
+
+## Training
+
+- command: `python -m clipsearch.shapes.train --out DIR --steps {config.steps} --batch-size \
+{config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers}`
+- settings: `{json.dumps(asdict(config))}`
+- parameters: {n_params:,} (weights stored as fp16)
+- wall time: {timing.train_s / 60:.1f} min training + {timing.eval_s / 60:.1f} min evaluation, \
+{config.threads} torch threads and {config.workers} rendering process(es)
+- model config: `{json.dumps(MODEL_CFG)}`
+- preprocess config: `{json.dumps(PREPROCESS_CFG)}`
+
+## Held-out metrics (scenes generated with seed {EVAL_SEED}, never seen in training)
+
+{metrics.table()}
+
+## Loss (mean over the preceding {config.log_every} steps)
+
+| step | loss |
+|---:|---:|
+{loss_rows}
+"""
+
+
+def run(
+    out: Path, config: TrainConfig, *, eval_copies: int = 6, eval_files: int = 600
+) -> evaluate.ShapesMetrics:
+    """Train, save, reload the saved folder through open_clip, evaluate it and write the model card.
+
+    Args:
+        out: folder to write the model into.
+        config: the training run.
+        eval_copies: held-out gallery images per colour x shape x size x position combination.
+        eval_files: held-out real image files for the file-path metrics.
+    """
+    torch.set_num_threads(config.threads)
+    start = time.monotonic()
+    model, curve = train(config)
+    save_model(model, out)
+    train_s = time.monotonic() - start
+    encoder = OpenClipEncoder.from_dir(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = evaluate.evaluate(
+            encoder,
+            seed=EVAL_SEED,
+            files_dir=Path(tmp),
+            copies=eval_copies,
+            n_files=eval_files,
+            progress=lambda stage: print(f"evaluating: {stage}", file=sys.stderr),
+        )
+    timing = Timing(train_s, time.monotonic() - start - train_s)
+    n_params = sum(p.numel() for p in model.parameters())
+    (out / CARD_FILE).write_text(model_card(config, timing, curve, metrics, n_params))
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: train, save to --out, print the metric table on stderr."""
+    parser = argparse.ArgumentParser(
+        prog="python -m clipsearch.shapes.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the model into")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="scenes per step")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of weights and data")
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads, help="torch CPU threads")
+    parser.add_argument(
+        "--workers", type=int, default=TrainConfig.workers, help="processes rendering batches (0: inline)"
+    )
+    parser.add_argument("--eval-copies", type=int, default=6, help="held-out images per attribute combo")
+    parser.add_argument("--eval-files", type=int, default=600, help="held-out real files to write and read")
+    args = parser.parse_args(argv)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+        workers=args.workers,
+    )
+    metrics = run(args.out, config, eval_copies=args.eval_copies, eval_files=args.eval_files)
+    print(metrics.table(), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Training the shapes model: batches are reproducible, the loss falls, the folder loads in open_clip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from clipsearch.shapes import train, world
+
+SHORT = train.TrainConfig(
+    steps=60, batch_size=32, warmup_steps=5, lr=2e-3, log_every=10, workers=0, threads=2, seed=3
+)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Module, list[tuple[int, float]]]:
+    torch.set_num_threads(SHORT.threads)
+    return train.train(SHORT)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    images, captions = train.make_batch(SHORT, 4)
+    again, captions_again = train.make_batch(SHORT, 4)
+    other, _ = train.make_batch(SHORT, 5)
+    assert images.shape == (SHORT.batch_size, 3, 96, 96)
+    assert torch.equal(images, again)
+    assert captions == captions_again
+    assert not torch.equal(images, other)
+
+
+def test_captions_in_a_batch_are_unique_and_groups_name_what_differs() -> None:
+    rng = np.random.default_rng(0)
+    config = train.TrainConfig(batch_size=64)
+    scenes, captions = train.sample_batch(rng, config)
+    assert len(scenes) == len(captions) == 64
+    assert len(set(captions)) == 64
+    position_words = ("left", "right", "top", "bottom", "center", "middle")
+    grouped = scenes[: int(64 * config.group_fraction)]
+    assert sum(len(s.shapes) == 1 for s in grouped) == len(grouped)
+    # Neighbouring grouped scenes alike but for position must both have captions that say where.
+    for i in range(len(grouped) - 1):
+        x, y = scenes[i].shapes[0], scenes[i + 1].shapes[0]
+        if (x.color, x.shape, x.size) == (y.color, y.shape, y.size) and x.position != y.position:
+            assert any(w in captions[i] for w in position_words)
+            assert any(w in captions[i + 1] for w in position_words)
+
+
+def test_dataloader_workers_yield_the_same_batches_as_inline() -> None:
+    config = train.TrainConfig(steps=3, batch_size=8, workers=1)
+    inline = list(train.batches(train.TrainConfig(steps=3, batch_size=8, workers=0)))
+    for (images, captions), (expected, expected_captions) in zip(train.batches(config), inline, strict=True):
+        assert torch.equal(images, expected)
+        assert captions == expected_captions
+
+
+def test_saved_folder_loads_back_in_open_clip(
+    trained: tuple[torch.nn.Module, list[tuple[int, float]]], tmp_path: Path
+) -> None:
+    model, _ = trained
+    train.save_model(model, tmp_path)
+    config = json.loads((tmp_path / train.CONFIG_FILE).read_text())
+    assert config["preprocess_cfg"]["resize_mode"] == "squash"
+    assert (tmp_path / train.WEIGHTS_FILE).stat().st_size < 25 * 2**20
+
+    loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path}")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    rng = np.random.default_rng(0)
+    image = world.render(world.sample_scene(rng), rng, (150, 100))
+    # The loaded folder preprocesses exactly as training did.
+    assert torch.equal(preprocess(image), train.inference_transform()(image))
+
+    fresh = train.OpenClipEncoder(
+        model, train.inference_transform(), open_clip.get_tokenizer(train.MODEL_NAME)
+    )
+    reloaded = train.OpenClipEncoder.from_dir(tmp_path)
+    texts = ["a red circle", "a large blue star on the left"]
+    np.testing.assert_allclose(reloaded.encode_texts(texts), fresh.encode_texts(texts), atol=2e-2)
+    vectors = reloaded.encode_images([image, image.convert("L").convert("RGB")])
+    np.testing.assert_allclose(
+        vectors, fresh.encode_images([image, image.convert("L").convert("RGB")]), atol=2e-2
+    )
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_command_writes_a_complete_model_folder(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    argv = ["--out", str(out), "--steps", "3", "--batch-size", "16", "--workers", "0"]
+    assert train.main([*argv, "--eval-copies", "1", "--eval-files", "20"]) == 0
+    assert {p.name for p in out.iterdir()} == {train.CONFIG_FILE, train.WEIGHTS_FILE, train.CARD_FILE}
+    card = (out / train.CARD_FILE).read_text()
+    for metric in ("text_to_image", "image_to_image", "algebra", "subtraction", "position", "size"):
+        assert f"| {metric} |" in card
+    assert "| 3 |" in card  # the loss table

@@ -155,6 +155,12 @@ def _decode_in_worker(item: tuple[FileRecord, FileState | None]) -> tuple[Prepar
     return prep, item[1]
 
 
+def _spawn_can_start() -> bool:
+    """Spawned workers re-import the parent's main script: impossible for one piped into stdin."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
+
+
 def open_decoder(
     job: DecodeJob, workers: int, *, processes: bool
 ) -> tuple[
@@ -167,7 +173,7 @@ def open_decoder(
     Worker processes (fresh interpreters, not forks of this torch-laden process; they die with
     it) when ``processes``; otherwise threads of this process.
     """
-    if processes:
+    if processes and _spawn_can_start():
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,))
         return pool, _decode_in_worker, lambda: None

@@ -46,3 +46,7 @@ class ImageError(ClipsearchError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str, str]]:
+        # decoding workers send these back to the parent process: rebuild from both fields
+        return (type(self), (self.reason, self.detail))

@@ -149,3 +149,19 @@ def test_big_jpeg_is_decoded_reduced_not_refused(tmp_path: Path) -> None:
     assert 448 <= min(img.size) <= 1000
     with pytest.raises(ImageError):
         open_image(tmp_path / "panorama.jpg")  # without draft it would decode all 54 MP: refused
+
+
+def test_skips_cross_process_boundaries(tmp_path, tiny_encoder) -> None:
+    """Enough files for worker processes; the skipped ones' errors travel back intact."""
+    from clipsearch.decode import PROCESS_THRESHOLD
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(PROCESS_THRESHOLD + 6):
+        scene((64 + i, 48)).save(folder / f"ok{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (folder / "empty.png").write_bytes(b"")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        report = idx.sync([str(folder)])
+    assert report.added == PROCESS_THRESHOLD + 6
+    assert report.skip_reasons == {"not-an-image": 1, "empty": 1}

@@ -8,6 +8,7 @@ A pure function (``prepare``) over plain records, run by worker processes that n
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -127,6 +128,19 @@ class DecodeJob:
     max_pixels: int
     parent_pid: int = field(default_factory=os.getpid)
 
+    def decode(
+        self, item: tuple[FileRecord, FileState | None], is_known: Callable[[str], bool]
+    ) -> tuple[Prepared, FileState | None]:
+        """``prepare`` one (record, catalogued state) pair; the state rides along for the committer."""
+        prep = prepare(
+            item[0],
+            is_known=is_known,
+            preprocess=self.transform,
+            min_side=self.min_side,
+            max_pixels=self.max_pixels,
+        )
+        return prep, item[1]
+
 
 _worker_job: DecodeJob | None = None
 _worker_known: _KnownHashes | None = None
@@ -144,15 +158,7 @@ def _init_worker(job: DecodeJob) -> None:
 
 def _decode_in_worker(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
     assert _worker_job is not None and _worker_known is not None  # set by _init_worker
-    job = _worker_job
-    prep = prepare(
-        item[0],
-        is_known=_worker_known,
-        preprocess=job.transform,
-        min_side=job.min_side,
-        max_pixels=job.max_pixels,
-    )
-    return prep, item[1]
+    return _worker_job.decode(item, _worker_known)
 
 
 def _spawn_can_start() -> bool:
@@ -178,17 +184,7 @@ def open_decoder(
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,))
         return pool, _decode_in_worker, lambda: None
     known = _KnownHashes(job.catalog)
-
-    def work(item: tuple[FileRecord, FileState | None]) -> tuple[Prepared, FileState | None]:
-        prep = prepare(
-            item[0],
-            is_known=known,
-            preprocess=job.transform,
-            min_side=job.min_side,
-            max_pixels=job.max_pixels,
-        )
-        return prep, item[1]
-
+    work = functools.partial(job.decode, is_known=known)
     return ThreadPoolExecutor(workers, thread_name_prefix="clipsearch-decode"), work, known.close
 
 

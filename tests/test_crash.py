@@ -106,7 +106,8 @@ def test_search_and_info_while_indexing(tmp_path, tiny_model) -> None:
     out, err = writer.communicate()
     assert writer.returncode == 0, err
     assert json.loads(out)["added"] == 400
-    assert counts == sorted(counts) and len(set(counts)) > 2  # saw commits land, never went back
+    assert counts == sorted(counts)  # never went back
+    assert any(5 < c < 405 for c in counts), counts  # saw batches land while the writer ran
     assert second is not None and second.returncode == 1 and "is writing to the index" in second.stderr
     with Index.open(index_dir) as idx:
         assert idx.info()["count"] == 405

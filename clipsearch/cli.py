@@ -188,12 +188,13 @@ def index(
     as_json: JsonOpt = False,
 ) -> None:
     """Build or update an index: add new photos, re-encode changed ones, forget deleted ones."""
-    from clipsearch.index import Index
+    from clipsearch.index import Index, check_not_busy
     from clipsearch.ingest import SyncOptions
     from clipsearch.models import load_spec
 
     path = (index_path or default_index_path()).expanduser().absolute()
     spec = _spec_for_index(path, model, pretrained, rebuild)
+    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
     err(f"Loading model {spec.label()} ...")
     encoder = load_spec(spec, precision=precision)
     options = SyncOptions(

@@ -386,6 +386,13 @@ def _create_catalog(path: Path, meta: IndexMeta) -> None:
     fsync_path(path.parent)
 
 
+def check_not_busy(path: str | Path) -> None:
+    """Fail fast (before loading any model) if another process is writing to the index at ``path``."""
+    root = Path(path).expanduser().absolute()
+    if (root / LOCK_FILE).is_file():
+        os.close(_acquire_lock(root))
+
+
 def _acquire_lock(root: Path) -> int:
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:

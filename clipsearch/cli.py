@@ -124,6 +124,9 @@ class StderrProgress:
             self._progress.stop()
             self._progress = None
 
+    def note(self, message: str) -> None:
+        err(message)
+
 
 @app.command()
 @handle_errors
@@ -188,15 +191,14 @@ def index(
     as_json: JsonOpt = False,
 ) -> None:
     """Build or update an index: add new photos, re-encode changed ones, forget deleted ones."""
-    from clipsearch.index import Index, check_not_busy
+    from clipsearch.index import CATALOG_FILE, Index, check_not_busy
     from clipsearch.ingest import SyncOptions
-    from clipsearch.models import load_spec
 
     path = (index_path or default_index_path()).expanduser().absolute()
     spec = _spec_for_index(path, model, pretrained, rebuild)
     check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
-    err(f"Loading model {spec.label()} ...")
-    encoder = load_spec(spec, precision=precision)
+    if rebuild or not (path / CATALOG_FILE).is_file():
+        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
     options = SyncOptions(
         include_hidden=include_hidden,
         exclude=tuple(exclude or ()),
@@ -205,7 +207,7 @@ def index(
         **({"workers": workers} if workers else {}),
     )
     err(f"Writing index {path}")
-    with Index.open_for_write(path, encoder, rebuild=rebuild) as idx:
+    with Index.open_for_write(path, spec=spec, precision=precision, rebuild=rebuild) as idx:
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
     if as_json:

@@ -94,13 +94,33 @@ class Index:
         return index
 
     @classmethod
-    def open_for_write(cls, path: str | Path, encoder: Encoder, *, rebuild: bool = False) -> Index:
-        """Open (creating if needed) an index to sync with ``encoder``'s model, holding the writer lock.
+    def open_for_write(
+        cls,
+        path: str | Path,
+        encoder: Encoder | None = None,
+        *,
+        spec: ModelSpec | None = None,
+        precision: str = "fp32",
+        rebuild: bool = False,
+    ) -> Index:
+        """Open (creating if needed) an index to sync, holding the writer lock.
+
+        Args:
+            path: the index folder.
+            encoder: the model to sync with, already loaded.
+            spec: instead of ``encoder``, the model to sync with; when the index exists and records
+                this model, the model is loaded only once a file needs encoding (a sync that finds
+                nothing changed never loads it).
+            precision: precision to load ``spec`` with.
+            rebuild: delete the index's contents first.
 
         Raises:
+            UsageError: neither ``encoder`` nor ``spec`` given.
             IndexBusyError: another process is writing to this index.
             ModelMismatchError: the index was built with another model (use ``rebuild=True``).
         """
+        if encoder is None and spec is None:
+            raise UsageError("open_for_write needs the encoder or the spec of the model to index with.")
         root = Path(path).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
@@ -115,9 +135,13 @@ class Index:
         try:
             if rebuild:
                 _remove_index_files(root)
-            wanted = _meta_for(encoder)
             if not (root / CATALOG_FILE).exists():
-                _create_catalog(root / CATALOG_FILE, wanted)
+                if encoder is None:
+                    from clipsearch.models import load_spec
+
+                    assert spec is not None
+                    encoder = load_spec(spec, precision=precision)
+                _create_catalog(root / CATALOG_FILE, _meta_for(encoder))
             catalog = Catalog(root / CATALOG_FILE, writer=True)
             meta = catalog.meta()
             if meta is None:
@@ -125,12 +149,20 @@ class Index:
                 raise IndexCorruptError(
                     f"{root / CATALOG_FILE} holds no index metadata. Re-create the index with --rebuild."
                 )
-            _check_same_model(root, meta, wanted)
+            if encoder is not None:
+                _check_same_model(root, meta, _meta_for(encoder))
+            else:
+                assert spec is not None
+                have, want = _label(meta.model, meta.pretrained), _label(spec.name, spec.pretrained)
+                if have != want:
+                    catalog.close()
+                    raise _mismatch(root, have, want)
         except BaseException:
             os.close(lock_fd)
             raise
         index = cls(root, catalog, meta, lock_fd=lock_fd)
         index._encoder = encoder
+        index._precision = precision
         index._sweep_stale_vector_files()
         return index
 
@@ -153,6 +185,11 @@ class Index:
         from clipsearch.models import ModelSpec
 
         return ModelSpec(self.meta.model, self.meta.pretrained)
+
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether the model is in memory already (loading it takes seconds)."""
+        return self._encoder is not None
 
     @property
     def encoder(self) -> Encoder:

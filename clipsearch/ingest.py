@@ -65,6 +65,9 @@ class Progress(Protocol):
 
     def finish(self) -> None: ...
 
+    def note(self, message: str) -> None:
+        """A one-line status, e.g. that the model is being loaded."""
+
 
 @dataclass
 class SyncReport:
@@ -261,6 +264,13 @@ def _sync(
     )
     report.unchanged = plan.unchanged
     committer = _Committer(index, report, options)
+    if not plan.todo:  # nothing to decode or encode: no model needed
+        committer.sweep(plan.gone)
+        index.checkpoint()
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+    if progress and not index.encoder_loaded:
+        progress.note(f"Loading model {index.spec.label()} ...")
     encoder = index.encoder
     transform = encoder.pixel_transform
     job = DecodeJob(catalog.path, transform or encoder.preprocess, draft_side(encoder), options.max_pixels)

@@ -105,6 +105,36 @@ def test_unchanged_files_are_not_opened(index_dir, photos, tiny_encoder) -> None
     assert (report.unchanged, report.skipped) == (len(photos), 0)
 
 
+def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny_encoder) -> None:
+    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    spec = tiny_encoder.spec
+    with Index.open_for_write(index_dir, spec=spec) as idx:  # nothing changed: no model
+        report = idx.sync(None)
+        assert not idx.encoder_loaded
+    assert (report.unchanged, report.added) == (len(photos), 0)
+    photos["rocket"].unlink()  # a deletion needs no model either
+    with Index.open_for_write(index_dir, spec=spec) as idx:
+        assert idx.sync(None).removed == 1
+        assert not idx.encoder_loaded
+    extra = photos["coffee"].parent / "extra.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(extra)
+    with Index.open_for_write(index_dir, spec=spec) as idx:  # a new file: loaded on demand
+        assert idx.sync(None).added == 1
+        assert idx.encoder_loaded
+        vector = idx.stored_vector(str(extra))
+    assert vector is not None
+    fresh = tiny_encoder.encode_images([open_image(extra, min_side=draft_side(tiny_encoder))])[0]
+    np.testing.assert_allclose(vector, fresh, atol=1e-5)
+
+
+def test_lazy_writer_still_refuses_another_model(index_dir, photos, tiny_encoder) -> None:
+    from clipsearch.models import ModelSpec
+
+    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    with pytest.raises(ModelMismatchError, match="--rebuild"):
+        Index.open_for_write(index_dir, spec=ModelSpec.parse("shapes", None))
+
+
 def test_roots_are_synced_independently(index_dir, tmp_path, tiny_encoder) -> None:
     from conftest import write_photos
 

@@ -112,6 +112,9 @@ class Catalog:
         try:
             self.conn = self._connect(path, writer)
             if writer:
+                # Pages freed when pending vectors move into the FAISS file go back to the file system
+                # (see reclaim_space); only takes effect on a new, empty database.
+                self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = FULL")
                 self.conn.executescript(_SCHEMA)
@@ -304,3 +307,7 @@ class Catalog:
         """After a checkpoint at ``gen``: its pending vectors and tombstones live in the FAISS file."""
         self.conn.execute("DELETE FROM pending WHERE gen <= ?", (gen,))
         self.conn.execute("DELETE FROM tombstones WHERE gen <= ?", (gen,))
+
+    def reclaim_space(self) -> None:
+        """Return free pages (left by deleted pending vectors) to the file system; outside a transaction."""
+        self.conn.execute("PRAGMA incremental_vacuum").fetchall()

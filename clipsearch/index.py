@@ -26,7 +26,7 @@ from clipsearch.errors import (
     ModelMismatchError,
     UsageError,
 )
-from clipsearch.vectors import VectorStore, create_store, fsync_path, load_store
+from clipsearch.vectors import DEFAULT_STORE_KIND, VectorStore, create_store, fsync_path, load_store
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -262,6 +262,7 @@ class Index:
         with self.catalog.transaction():
             self.catalog.set("vectors_gen", self._store_gen)
             self.catalog.forget_log_through(self._store_gen)
+        self.catalog.reclaim_space()
         self._sweep_stale_vector_files()
 
     def _sweep_stale_vector_files(self) -> None:
@@ -370,6 +371,7 @@ def _meta_for(encoder: Encoder) -> IndexMeta:
         pretrained=encoder.spec.pretrained,
         weights_sha256=encoder.weights_sha256,
         dim=encoder.dim,
+        store_kind=DEFAULT_STORE_KIND,
     )
 
 

@@ -37,7 +37,7 @@ def test_sync_stores_the_right_vector_for_each_path(index_dir, photos, tiny_enco
         for path in photos.values():
             stored = idx.stored_vector(str(path))
             fresh = tiny_encoder.encode_images([open_image(path, min_side=draft_side(tiny_encoder))])[0]
-            np.testing.assert_allclose(stored, fresh, atol=1e-5)
+            np.testing.assert_allclose(stored, fresh, atol=1e-3)  # the store keeps fp16 (sq8: 8 bits)
 
 
 def test_search_matches_brute_force_and_image_finds_itself(index_dir, photos, tiny_encoder) -> None:
@@ -52,7 +52,7 @@ def test_search_matches_brute_force_and_image_finds_itself(index_dir, photos, ti
         np.testing.assert_allclose([h.score for h in hits], np.sort(matrix @ query)[::-1][:4], atol=1e-5)
         for path in paths:
             first = idx.search_image(path, k=3)[0]
-            assert first.path == path and first.score == pytest.approx(1.0, abs=1e-4)
+            assert first.path == path and first.score == pytest.approx(1.0, abs=1e-3)  # fp16 storage
         # an image that is not indexed: encoded on the fly, a PIL image works too
         outside = idx.search_image(Image.open(photos["rocket"]).rotate(3), k=1)
         assert outside[0].path == str(photos["rocket"])
@@ -124,7 +124,7 @@ def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny
         vector = idx.stored_vector(str(extra))
     assert vector is not None
     fresh = tiny_encoder.encode_images([open_image(extra, min_side=draft_side(tiny_encoder))])[0]
-    np.testing.assert_allclose(vector, fresh, atol=1e-5)
+    np.testing.assert_allclose(vector, fresh, atol=1e-3)
 
 
 def test_lazy_writer_still_refuses_another_model(index_dir, photos, tiny_encoder) -> None:

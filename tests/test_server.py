@@ -172,7 +172,7 @@ def test_uploaded_image_finds_itself_and_its_near_copy(served: Served) -> None:
     for name in ("coffee", "portrait", "chelsea"):  # JPEG, EXIF-rotated JPEG, PNG: decoded as indexed
         first = upload(served.photos[name].read_bytes())["results"][0]
         assert first["path"] == str(served.photos[name])
-        assert first["score"] == pytest.approx(1.0, abs=1e-4)
+        assert first["score"] == pytest.approx(1.0, abs=1e-3)
     tilted = _png(Image.open(served.photos["rocket"]).rotate(3))
     assert upload(tilted)["results"][0]["path"] == str(served.photos["rocket"])
     only_png = upload(served.photos["coffee"].read_bytes(), type="png")["results"]

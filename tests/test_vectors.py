@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clipsearch.encoder import l2_normalize
-from clipsearch.vectors import create_store, load_store
+from clipsearch.vectors import QuantizedStore, create_store, load_store
 
 
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
@@ -21,12 +21,17 @@ def brute_force(base: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) 
     return ids[order]
 
 
-@pytest.fixture
-def filled() -> tuple[object, np.ndarray, np.ndarray]:
+@pytest.fixture(params=["flat", "sq8"])
+def filled(request: pytest.FixtureRequest) -> tuple[object, np.ndarray, np.ndarray]:
+    """A store of each kind with 500 vectors; ``base`` is what the store holds (fp16-rounded for sq8)."""
     base = unit_vectors(500, 64, seed=1)
     ids = np.random.default_rng(2).permutation(np.arange(1000, 1500)).astype(np.int64)
-    store = create_store("flat", 64)
+    store = create_store(request.param, 64)
     store.add(ids, base)
+    if request.param == "sq8":  # below TRAIN_MIN: fp16 storage, within 1e-3 of the input
+        assert not store.quantized
+        np.testing.assert_allclose(store.reconstruct(ids), base, atol=1e-3)
+        base = store.reconstruct(ids)
     return store, ids, base
 
 
@@ -56,6 +61,7 @@ def test_remove_reconstruct_and_ids(filled) -> None:
     assert len(store) == 400
     assert set(store.ids().tolist()) == set(ids[100:].tolist())
     np.testing.assert_allclose(store.reconstruct(ids[100:105]), base[100:105], atol=1e-6)
+    assert store.kind in ("flat", "sq8")
     _, got = store.search(unit_vectors(2, 64, seed=5), 400)
     assert not set(got.ravel().tolist()) & set(ids[:100].tolist())
 
@@ -65,13 +71,14 @@ def test_save_is_atomic_and_loads_back(filled, tmp_path: Path) -> None:
     target = tmp_path / "v.faiss"
     store.save(target)
     assert [p.name for p in tmp_path.iterdir()] == ["v.faiss"]  # no temp file left behind
-    loaded = load_store("flat", target)
+    loaded = load_store(store.kind, target)
     queries = unit_vectors(5, 64, seed=6)
     np.testing.assert_array_equal(loaded.search(queries, 7)[1], store.search(queries, 7)[1])
 
 
-def test_empty_store_and_k_larger_than_store() -> None:
-    store = create_store("flat", 8)
+@pytest.mark.parametrize("kind", ["flat", "sq8"])
+def test_empty_store_and_k_larger_than_store(kind: str) -> None:
+    store = create_store(kind, 8)
     scores, got = store.search(unit_vectors(2, 8, seed=7), 5)
     assert scores.shape == (2, 0)
     store.add(np.array([5, 9], dtype=np.int64), unit_vectors(2, 8, seed=8))
@@ -83,3 +90,35 @@ def test_l2_normalize_keeps_zero_rows() -> None:
     out = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]], dtype=np.float32))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
     assert out.dtype == np.float32
+
+
+def test_sq8_learns_ranges_once_big_enough_and_keeps_rankings(tmp_path: Path) -> None:
+    dim, n = 512, QuantizedStore.TRAIN_MIN + 476
+    base = unit_vectors(n, dim, seed=10)
+    ids = np.arange(n, dtype=np.int64) * 3 + 7
+    store = create_store("sq8", dim)
+    store.add(ids[:1000], base[:1000])
+    store.save(tmp_path / "a.faiss")  # 1000 < TRAIN_MIN: still fp16
+    assert not load_store("sq8", tmp_path / "a.faiss").quantized
+    store.add(ids[1000:1400], base[1000:1400])
+    store.save(tmp_path / "b.faiss")  # learns the ranges from all 1400 and re-encodes them
+    store = load_store("sq8", tmp_path / "b.faiss")
+    assert store.quantized and len(store) == 1400
+    store.add(ids[1400:], base[1400:])  # added after training: encoded with the learnt ranges
+    stored = store.reconstruct(ids)
+    cosines = np.sum(stored * base, axis=1) / np.linalg.norm(stored, axis=1)
+    assert cosines.mean() >= 0.9999 and cosines.min() >= 0.999
+    # 8 bits per dimension plus the id: about a quarter of the fp32 file
+    flat = create_store("flat", dim)
+    flat.add(ids, base)
+    flat.save(tmp_path / "flat.faiss")
+    store.save(tmp_path / "c.faiss")
+    assert (tmp_path / "c.faiss").stat().st_size < 0.3 * (tmp_path / "flat.faiss").stat().st_size
+    # rankings: each stored vector finds itself first; top-10 of random queries agree with exact search
+    _, self_hits = store.search(base[::50], 1)
+    np.testing.assert_array_equal(self_hits[:, 0], ids[::50])
+    queries = l2_normalize(base[:40] + 0.5 * unit_vectors(40, dim, seed=11))
+    _, got = store.search(queries, 10)
+    exact = brute_force(base, ids, queries, 10)
+    overlap = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
+    assert overlap >= 0.95

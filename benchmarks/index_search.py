@@ -20,22 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import add_random_vit_b_32, sample_photos
 from PIL import Image
-
-SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
 def make_photos(folder: Path, count: int, megapixels: float) -> None:
-    import skimage.data
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    bases = []
-    for name in SOURCES:
-        try:
-            bases.append(np.asarray(getattr(skimage.data, name)()))
-        except Exception:  # some samples need a download (pooch) that is not available offline
-            continue
+    bases = sample_photos()
     for i in range(count):
         base = Image.fromarray(bases[i % len(bases)]).convert("RGB")
         aspect = base.width / base.height
@@ -68,10 +60,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="clipsearch-bench-"))
     if args.random_vit_b_32:
         os.environ.update(HF_HUB_CACHE=str(work / "hf"), HF_HUB_OFFLINE="1")  # before huggingface_hub loads
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from hfcache import add_vit_b_32
-
-        add_vit_b_32(work / "hf")
+        add_random_vit_b_32(work / "hf")
     env = dict(os.environ)
     photos, index = work / "photos", work / "index"
     make_photos(photos, args.count, args.megapixels)

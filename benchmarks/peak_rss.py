@@ -9,38 +9,9 @@ an upper bound of the real memory use).
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-
-def tree(pid: int) -> list[int]:
-    """pid and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from _common import run_measured
 
 
 def main() -> None:
@@ -49,18 +20,13 @@ def main() -> None:
         args = args[1:]
     if not args:
         sys.exit(__doc__)
-    started = time.monotonic()
-    proc = subprocess.Popen(args)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, sum(rss_bytes(p) for p in tree(proc.pid)))
-        time.sleep(0.05)
+    run = run_measured(args, capture=False)
     print(
-        f"peak RSS (sum over the process tree): {peak / 2**20:.0f} MiB; "
-        f"wall {time.monotonic() - started:.1f} s; exit {proc.returncode}",
+        f"peak RSS (sum over the process tree): {run.peak_rss / 2**20:.0f} MiB; "
+        f"wall {run.seconds:.1f} s; exit {run.returncode}",
         file=sys.stderr,
     )
-    sys.exit(proc.returncode)
+    sys.exit(run.returncode)
 
 
 if __name__ == "__main__":

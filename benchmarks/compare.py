@@ -1,0 +1,418 @@
+"""Index and query speed side by side: a naive open_clip loop, rclip and clipsearch (issue #7).
+
+    python benchmarks/compare.py                        # 64 12-MP + 200 small JPEGs, about 5 min on 2 cores
+    python benchmarks/compare.py --large 4 --small 8 --queries 2     # a quick look
+    python benchmarks/compare.py --json | jq .
+
+The photos are made here: scikit-image's sample photos, cropped, flipped, colour-shifted and
+upscaled, with a little grain so the JPEGs are about as large as a camera's. Every engine runs
+offline on random weights (speed does not depend on the weights) and is timed as a user runs it,
+a fresh process from start to exit:
+
+- naive: open_clip ViT-B-32, PIL open + convert RGB + the model's own preprocess, fp32, batch 32,
+  torch threads = cores, one file after another; it runs as ``compare.py --naive-worker``.
+- rclip: ``pip install rclip`` into its own venv; its ONNX files are exported here from open_clip
+  ViT-B-32-256 (the architecture rclip ships, 256 px input) the way rclip's scripts/convert_model.py
+  does, and put in its data dir (RCLIP_DATADIR). rclip has no index-only command: it indexes the
+  current folder, then answers the query, so its index and no-op re-index times include one query.
+- clipsearch: ``clipsearch index FOLDER --index DIR --model ViT-B-32 --pretrained laion2b_s34b_b79k``
+  with random weights in a Hugging Face cache (tests/hfcache.py), HF_HUB_OFFLINE=1.
+
+Peak RSS is the peak of the summed RSS of the process and all its children (sampled every 50 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import ROOT, Measured, add_random_vit_b_32, ensure_photos, jpeg_files, run_measured, tree_bytes
+from _rclip import (
+    RCLIP_IMAGE_SIZE,
+    RCLIP_MODEL,
+    RclipUnavailable,
+    ensure_rclip,
+    export_rclip_model,
+    rclip_datadir,
+    rclip_db_stats,
+)
+from PIL import Image
+
+QUERY = "a cat"
+NAIVE_MODEL, NAIVE_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- naive loop
+
+
+def naive_worker(folder: Path, out: Path, batch_size: int) -> None:
+    """The loop most people would write first; runs in its own process so it is timed from start."""
+    import open_clip
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model, _, preprocess = open_clip.create_model_and_transforms(NAIVE_MODEL, pretrained=NAIVE_PRETRAINED)
+    model.eval()
+    paths = jpeg_files(folder)
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(paths), batch_size):
+            batch = [preprocess(Image.open(p).convert("RGB")) for p in paths[start : start + batch_size]]
+            encoded = model.encode_image(torch.stack(batch))
+            features.append(torch.nn.functional.normalize(encoded, dim=-1).numpy())
+    np.save(out, np.concatenate(features))
+    print(json.dumps({"images": len(paths)}))
+
+
+def bench_naive(photos: Path, work: Path, env: dict[str, str], batch_size: int) -> dict[str, Any]:
+    out = work / "naive.npy"
+    run = run_measured(
+        [sys.executable, __file__, "--naive-worker", str(photos), str(out), "--batch-size", str(batch_size)],
+        env=env,
+    )
+    check(run, "naive loop")
+    images = json.loads(run.stdout.splitlines()[-1])["images"]
+    return {"images": images, **throughput(images, run)}
+
+
+# ---------------------------------------------------------------- rclip
+
+
+def bench_rclip(
+    exe: Path, photos: Path, datadir: Path, models: Path, env: dict[str, str], queries: int
+) -> dict[str, Any]:
+    rclip_datadir(datadir, models)
+    env = {**env, "RCLIP_DATADIR": str(datadir)}
+    command = [str(exe), "--filepath-only", "--top", "10", QUERY]
+    index = run_measured(command, env=env, cwd=photos)
+    check(index, "rclip (index + query)")
+    images, size = rclip_db_stats(datadir)
+    noop = run_measured(command, env=env, cwd=photos)
+    check(noop, "rclip (no-op re-index + query)")
+    cold = [
+        run_measured([str(exe), "--no-indexing", *command[1:]], env=env, cwd=photos) for _ in range(queries)
+    ]
+    for run in cold:
+        check(run, "rclip --no-indexing (query)")
+    return {
+        "images": images,
+        **throughput(images, index),
+        "cold_query_s": statistics.median(r.seconds for r in cold),
+        "index_bytes": size,
+        "index_bytes_per_image": size / max(images, 1),
+        "noop_reindex_s": noop.seconds,
+    }
+
+
+# ---------------------------------------------------------------- clipsearch
+
+
+def clipsearch_exe() -> str:
+    beside = Path(sys.executable).parent / "clipsearch"
+    found = str(beside) if beside.is_file() else shutil.which("clipsearch")
+    if found is None:
+        sys.exit("clipsearch is not installed in this Python environment: run `pip install -e .` first.")
+    return found
+
+
+def bench_clipsearch(
+    photos: Path, index: Path, env: dict[str, str], queries: int, precision: str
+) -> dict[str, Any]:
+    exe = clipsearch_exe()
+    shutil.rmtree(index, ignore_errors=True)
+    model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
+    command = [exe, "index", str(photos), "--index", str(index), *model, "--quiet", "--json"]
+    first = run_measured(command, env=env)
+    check(first, "clipsearch index")
+    report = json.loads(first.stdout.splitlines()[-1])
+    noop = run_measured(command, env=env)
+    check(noop, "clipsearch index (no-op)")
+    search = [exe, "search", QUERY, "--index", str(index), "--top", "10", "--json", "--precision", precision]
+    cold = [run_measured(search, env=env) for _ in range(queries)]
+    for run in cold:
+        check(run, "clipsearch search")
+    images = int(report["added"])
+    # the catalog and vectors are top-level files; a subfolder holds a per-index model cache (a fixed cost)
+    size = sum(f.stat().st_size for f in index.iterdir() if f.is_file())
+    extra = tree_bytes(index) - size
+    return {
+        "images": images,
+        "skipped": int(report["skipped"]),
+        **throughput(images, first),
+        "sync_only_s": float(report["seconds"]),
+        "cold_query_s": statistics.median(r.seconds for r in cold),
+        "index_bytes": size,
+        "index_bytes_per_image": size / max(images, 1),
+        "index_folder_extra_bytes": extra,
+        "noop_reindex_s": noop.seconds,
+        "noop_unchanged": int(json.loads(noop.stdout.splitlines()[-1])["unchanged"]),
+    }
+
+
+# ---------------------------------------------------------------- running and reporting
+
+
+def check(run: Measured, what: str) -> None:
+    if run.returncode != 0:
+        tail = "\n".join(run.stderr.strip().splitlines()[-8:])
+        raise RuntimeError(f"{what} failed (exit {run.returncode}):\n{tail}")
+
+
+def throughput(images: int, run: Measured) -> dict[str, float]:
+    return {
+        "index_s": run.seconds,
+        "img_per_s": images / run.seconds,
+        "peak_rss_mib": run.peak_rss / 2**20,
+    }
+
+
+def attempt(name: str, bench: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one engine's benchmark; a failure is reported and recorded, and the others still run."""
+    log(f"  {name} ...")
+    try:
+        return bench()
+    except (RclipUnavailable, RuntimeError, OSError, sqlite3.Error, ValueError, KeyError) as error:
+        log(f"  {name} failed, left out: {error}")
+        return {"error": str(error)}
+
+
+def ratio(results: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
+    x, y = results.get(a, {}).get("img_per_s"), results.get(b, {}).get("img_per_s")
+    return x / y if x and y else None
+
+
+ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("images indexed", "images", lambda v: f"{v:.0f}"),
+    ("index, process start to end (s)", "index_s", lambda v: f"{v:.1f}"),
+    ("index throughput (img/s)", "img_per_s", lambda v: f"{v:.2f}"),
+    ("peak RSS while indexing (MiB)", "peak_rss_mib", lambda v: f"{v:.0f}"),
+    ("cold text query, median (s)", "cold_query_s", lambda v: f"{v:.2f}"),
+    ("index data on disk (KB/image)", "index_bytes_per_image", lambda v: f"{v / 1024:.2f}"),
+    ("+ model files in index (MB)", "index_folder_extra_bytes", lambda v: f"{v / 1e6:.0f}"),
+    ("no-op re-index (s)", "noop_reindex_s", lambda v: f"{v:.2f}"),
+)
+ENGINES = ("naive", "rclip", "clipsearch")
+
+
+def cell(result: dict[str, Any] | None, key: str, fmt: Callable[[float], str]) -> str:
+    if result is None:
+        return "skipped"
+    if "error" in result:
+        return "failed"
+    return "-" if result.get(key) is None else fmt(result[key])
+
+
+def print_table(record: dict[str, Any]) -> None:
+    engines = record["engines"]
+    print(f"\n{record['title']}: {record['count']} images, mean {record['mean_file_mb']:.2f} MB per file")
+    print(f"{'':34}" + "".join(f"{e:>12}" for e in ENGINES))
+    for label, key, fmt in ROWS:
+        print(f"{label:34}" + "".join(f"{cell(engines.get(e), key, fmt):>12}" for e in ENGINES))
+    for name, value in record["ratios"].items():
+        print(f"throughput {name}: {'-' if value is None else f'{value:.2f}x'}")
+
+
+def print_footer(info: dict[str, Any]) -> None:
+    print(
+        f"\nclipsearch {info['clipsearch_rev']}, {info['rclip_version'] or 'rclip not run'}; "
+        f"{info['cpus']} CPUs ({info['cpu']}), load average {info['load_avg_1m_start']:.2f} at start, "
+        f"{os.getloadavg()[0]:.2f} at end. Precision: naive fp32, rclip ONNX fp32 ({RCLIP_MODEL}, "
+        f"{RCLIP_IMAGE_SIZE} px), clipsearch {info['clipsearch_precision']}. "
+        "rclip's index and no-op re-index times include one query (it has no index-only command)."
+    )
+
+
+def size_classes(args: argparse.Namespace) -> list[tuple[str, str, int, tuple[int, int]]]:
+    small = tuple(int(v) for v in args.small_size.lower().split("x"))
+    return [
+        ("12mp", "12-MP JPEG (4000x3000)", args.large, (4000, 3000)),
+        ("small", f"small JPEG ({small[0]}x{small[1]})", args.small, (small[0], small[1])),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipsearch-bench"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--large", type=int, default=64, metavar="N", help="12-MP JPEGs to index (default 64)"
+    )
+    parser.add_argument(
+        "--small", type=int, default=200, metavar="N", help="small JPEGs to index (default 200)"
+    )
+    parser.add_argument(
+        "--small-size",
+        default="1024x768",
+        metavar="WxH",
+        help="size of the small JPEGs, at most 1 MP (default 1024x768)",
+    )
+    parser.add_argument(
+        "--queries", type=int, default=5, metavar="N", help="cold text queries to time (median)"
+    )
+    parser.add_argument("--skip-naive", action="store_true", help="leave out the naive open_clip loop")
+    parser.add_argument("--skip-rclip", action="store_true", help="leave out rclip")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="clipsearch --precision (default auto)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="batch size of the naive loop (default 32)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="folder for photos, indexes and rclip data (default: a new temp folder)"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work folder; with --workdir its photos are reused next run",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=cache, help=f"folder for set-up reused across runs ({cache})"
+    )
+    parser.add_argument(
+        "--rclip-venv", type=Path, help="venv with rclip installed (default: CACHE/rclip-venv, made)"
+    )
+    parser.add_argument("--rclip-package", default="rclip", help="pip requirement for rclip (default: rclip)")
+    parser.add_argument(
+        "--hf-cache",
+        type=Path,
+        help="Hugging Face cache with random ViT-B-32 laion2b_s34b_b79k weights (default: CACHE/hf, made)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the photo generator")
+    parser.add_argument("--json", action="store_true", help="one JSON object per size class on stdout")
+    parser.add_argument(
+        "--naive-worker",
+        nargs=2,
+        type=Path,
+        metavar=("FOLDER", "OUT"),
+        help="(internal) run the naive loop over FOLDER's JPEGs, save the vectors to OUT.npy, and exit",
+    )
+    return parser.parse_args(argv)
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "unknown CPU",
+    )
+    return {"cpus": len(os.sched_getaffinity(0)), "cpu": cpu, "load_avg_1m_start": os.getloadavg()[0]}
+
+
+def output_of(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.naive_worker:
+        naive_worker(*args.naive_worker, batch_size=args.batch_size)
+        return
+
+    from clipsearch.models import resolve_precision
+
+    info = {**machine(), "clipsearch_precision": resolve_precision(args.precision)}
+    hf_cache = args.hf_cache or args.cache / "hf"
+    if not any(hf_cache.glob("models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K/snapshots/*/*.safetensors")):
+        log(f"writing random ViT-B-32 weights to {hf_cache} ...")
+        add_random_vit_b_32(hf_cache)
+    env = {**os.environ, "HF_HUB_CACHE": str(hf_cache), "HF_HUB_OFFLINE": "1"}
+
+    rclip_exe: Path | None = None
+    rclip_models = args.cache / "rclip-model"
+    rclip_error = "left out (--skip-rclip)"
+    if not args.skip_rclip:
+        try:
+            rclip_exe = ensure_rclip(args.rclip_venv or args.cache / "rclip-venv", args.rclip_package)
+            export_rclip_model(rclip_models)
+        except (RclipUnavailable, RuntimeError, OSError, ImportError) as error:
+            rclip_error = f"rclip is unavailable: {error}"
+            log(f"rclip left out: {error}")
+
+    info["clipsearch_rev"] = output_of(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
+    info["rclip_version"] = output_of([str(rclip_exe), "--version"]) if rclip_exe else None
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="clipsearch-compare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    made = [work] if args.workdir is None else []  # in a given --workdir, remove only what this run made
+    try:
+        for key, title, count, size in size_classes(args):
+            if count <= 0:
+                continue
+            photos = work / f"photos-{key}"
+            made += [photos, photos.with_name(photos.name + ".json"), work / f"rclip-data-{key}"]
+            made += [work / f"index-{key}", work / "naive.npy"]
+            ensure_photos(photos, count, size, args.seed)
+            files = jpeg_files(photos)
+            log(f"{title}: {len(files)} images")
+            engines: dict[str, dict[str, Any]] = {}
+            if not args.skip_naive:
+                engines["naive"] = attempt("naive", partial(bench_naive, photos, work, env, args.batch_size))
+            if rclip_exe is not None:
+                datadir = work / f"rclip-data-{key}"
+                engines["rclip"] = attempt(
+                    "rclip", partial(bench_rclip, rclip_exe, photos, datadir, rclip_models, env, args.queries)
+                )
+            elif not args.skip_rclip:
+                engines["rclip"] = {"error": rclip_error}
+            index = work / f"index-{key}"
+            engines["clipsearch"] = attempt(
+                "clipsearch", partial(bench_clipsearch, photos, index, env, args.queries, args.precision)
+            )
+            record = {
+                "class": key,
+                "title": title,
+                "count": len(files),
+                "mean_file_mb": sum(p.stat().st_size for p in files) / len(files) / 1e6,
+                **info,
+                "load_avg_1m_end": os.getloadavg()[0],
+                "engines": engines,
+                "ratios": {
+                    "clipsearch/naive": ratio(engines, "clipsearch", "naive"),
+                    "clipsearch/rclip": ratio(engines, "clipsearch", "rclip"),
+                },
+            }
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                print_table(record)
+        if not args.json:
+            print_footer(info)
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            for path in made:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,24 @@ def add_random_vit_b_32(cache: Path) -> None:
 
 def tree(pid: int) -> list[int]:
     """pid and all its descendants."""
+    if not Path(f"/proc/{pid}/task/{pid}/children").exists():  # kernel without CONFIG_PROC_CHILDREN
+        return tree_by_scan(pid)
+    out, todo = [], [pid]
+    while todo:  # reading each thread's children list costs far less than a scan of all of /proc
+        current = todo.pop()
+        out.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with suppress(OSError):  # the thread or process has just exited
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+    return out
+
+
+def tree_by_scan(pid: int) -> list[int]:
+    """pid and all its descendants, from the parent pid of every process in /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -146,7 +146,7 @@ class _Committer:
             report.skipped += 1
             self.reasons[prep.error.reason] += 1
             self.rows.append((record, None, f"{prep.error.reason}: {prep.error.detail}"))
-        elif prep.pixels is None or prep.digest in self.queue:
+        elif prep.pixels is None or prep.digest in self.queue or self._known(prep.digest):
             assert prep.digest is not None
             if (
                 old is not None
@@ -167,6 +167,10 @@ class _Committer:
             self.rows.append((record, prep.digest, None))
         if len(self.queue) >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
             self.commit()
+
+    def _known(self, digest: str | None) -> bool:
+        """Content committed since a worker decoded this file (a copy met earlier in this run)."""
+        return digest is not None and self.catalog.content_id(digest) is not None
 
     def commit(self, *, encode: bool = True) -> None:
         """Encode the queued contents and commit them with every accumulated file row."""

@@ -127,6 +127,21 @@ def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny
     np.testing.assert_allclose(vector, fresh, atol=1e-3)
 
 
+def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encoder, tmp_path) -> None:
+    from clipsearch.ingest import SyncOptions
+
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    for i in range(90):  # decoded ahead of the commit that records their content
+        shutil.copy(photos[["coffee", "rocket", "chelsea"][i % 3]], folder / f"copy_{i:03d}.jpg")
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        report = idx.sync([str(folder)], options=SyncOptions(batch_size=2, workers=2, processes=False))
+    assert (report.added, report.reused, report.skipped) == (3, 87, 0)
+    with Index.open(index_dir) as idx:
+        assert len(idx.store) == 3  # one vector per distinct content
+        assert len({tuple(idx.stored_vector(str(p))) for p in folder.iterdir()}) == 3
+
+
 def test_lazy_writer_still_refuses_another_model(index_dir, photos, tiny_encoder) -> None:
     from clipsearch.models import ModelSpec
 

@@ -210,6 +210,7 @@ def index(
     with Index.open_for_write(path, spec=spec, precision=precision, rebuild=rebuild) as idx:
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
+        _export_text_encoder(idx)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -223,6 +224,18 @@ def index(
     )
     if report.skipped:
         err("See which files were skipped and why with: clipsearch info --skipped")
+
+
+def _export_text_encoder(idx: Any) -> None:
+    """Once per index: the ONNX text encoder that lets a cold `clipsearch search` skip torch."""
+    from clipsearch.onnx_text import export_pending
+
+    if not export_pending(idx.path, idx.meta):
+        return
+    err("Exporting the text encoder for fast searches (once per index) ...")
+    outcome = idx.export_text_encoder()
+    if outcome.path is None:
+        err(f"Note: searches of this index will load the full model ({outcome.reason}).")
 
 
 def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebuild: bool) -> Any:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from clipsearch.grammar import Term
     from clipsearch.ingest import Progress, SyncOptions, SyncReport
     from clipsearch.models import ModelSpec
+    from clipsearch.onnx_text import ExportOutcome, OnnxTextEncoder, TextEncoder
     from clipsearch.search import Filters, Hit
 
 CATALOG_FILE = "catalog.sqlite"
@@ -58,6 +59,7 @@ class Index:
         self._store: VectorStore | None = None
         self._store_gen = -1
         self._encoder: Encoder | None = None
+        self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = "fp32"
 
     # -- opening ------------------------------------------------------------------------------
@@ -201,6 +203,41 @@ class Index:
             _check_same_model(self.path, self.meta, _meta_for(encoder))
             self._encoder = encoder
         return self._encoder
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """What encodes query texts: the model if loaded, else the index's exported ONNX text encoder
+        (no torch import: a cold search starts in well under a second), else the model, loaded now."""
+        if self._encoder is None and self._onnx_text is None:
+            from clipsearch.onnx_text import load_text_encoder
+
+            self._onnx_text = load_text_encoder(self.path, self.meta) or False
+        if self._encoder is None and self._onnx_text:
+            return self._onnx_text  # type: ignore[return-value]
+        return self.encoder
+
+    def export_text_encoder(self) -> ExportOutcome:
+        """Write the ONNX text encoder that lets later cold text searches skip torch (once per weights).
+
+        Needs the writer lock (:meth:`open_for_write`). Loads the model in fp32 only when the export
+        is missing; a model that cannot be exported is no error (see the outcome's ``reason``).
+        """
+        from clipsearch.onnx_text import export_text_encoder
+
+        if self._lock_fd is None:
+            raise UsageError("export_text_encoder needs an index opened with Index.open_for_write.")
+        return export_text_encoder(self.path, self.meta, self._fp32_encoder)
+
+    def _fp32_encoder(self) -> Encoder:
+        if self._encoder is not None and self._encoder.precision == "fp32":
+            return self._encoder
+        from clipsearch.models import load_spec
+
+        encoder = load_spec(self.spec, precision="fp32")
+        _check_same_model(self.path, self.meta, _meta_for(encoder))
+        if self._encoder is None and self._precision == "fp32":
+            self._encoder = encoder
+        return encoder
 
     # -- vectors ------------------------------------------------------------------------------
 
@@ -457,3 +494,6 @@ def _remove_index_files(root: Path) -> None:
     thumbs = root / "thumbnails"
     if thumbs.is_dir():
         shutil.rmtree(thumbs)
+    from clipsearch.onnx_text import remove_text_encoders
+
+    remove_text_encoders(root)

@@ -22,7 +22,7 @@ def text_vector(index: Index, text: str) -> npt.NDArray[np.float32]:
     """Encode a text query."""
     if not text.strip():
         raise UsageError("The search text is empty. Give some words, e.g. clipsearch search 'a red car'.")
-    return index.encoder.encode_texts([text])[0]
+    return index.text_encoder.encode_texts([text])[0]
 
 
 def image_vector(index: Index, image: str | Path | Image.Image) -> npt.NDArray[np.float32]:
@@ -64,7 +64,7 @@ def combine(terms: list[tuple[float, npt.NDArray[np.float32]]]) -> npt.NDArray[n
 def query_vector(index: Index, terms: list[Term]) -> npt.NDArray[np.float32]:
     """Encode every term (texts in one batch) and combine them into one unit vector."""
     texts = [t.value for t in terms if t.kind == "text"]
-    text_vecs = iter(index.encoder.encode_texts(texts)) if texts else iter(())
+    text_vecs = iter(index.text_encoder.encode_texts(texts)) if texts else iter(())
     weighted = [
         (t.weight, next(text_vecs) if t.kind == "text" else image_vector(index, t.value)) for t in terms
     ]

@@ -312,6 +312,7 @@ def load_spec(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32") 
     """Build the encoder for an already-normalised spec (e.g. one read from an index)."""
     import open_clip
 
+    import clipsearch.shapes.tower  # noqa: F401  (registers the bundled shapes model's timm image tower)
     from clipsearch.encoder import Encoder
 
     weights = resolve_weights(spec)

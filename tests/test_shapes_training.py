@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     images, captions = train.make_batch(SHORT, 4)
     again, captions_again = train.make_batch(SHORT, 4)
     other, _ = train.make_batch(SHORT, 5)
-    assert images.shape == (SHORT.batch_size, 3, 96, 96)
+    assert images.shape == (SHORT.batch_size, 3, train.IMAGE_SIZE, train.IMAGE_SIZE)
     assert torch.equal(images, again)
     assert captions == captions_again
     assert not torch.equal(images, other)
@@ -41,7 +42,17 @@ def test_captions_in_a_batch_are_unique_and_groups_name_what_differs() -> None:
     assert len(set(captions)) == 64
     position_words = ("left", "right", "top", "bottom", "center", "middle")
     grouped = scenes[: int(64 * config.group_fraction)]
-    assert sum(len(s.shapes) == 1 for s in grouped) == len(grouped)
+    # Binding pairs: two shapes, the same shapes and places, the colours swapped; captions name colours.
+    pairs = [
+        (i, a, b)
+        for i, (a, b) in enumerate(itertools.pairwise(grouped))
+        if len(a.shapes) == len(b.shapes) == 2
+        and [(s.shape, s.position) for s in a.shapes] == [(s.shape, s.position) for s in b.shapes]
+        and [s.color for s in a.shapes] == [s.color for s in b.shapes][::-1]
+    ]
+    assert pairs
+    for i, a, _ in pairs:
+        assert any(s.color in captions[i] for s in a.shapes)
     # Neighbouring grouped scenes alike but for position must both have captions that say where.
     for i in range(len(grouped) - 1):
         x, y = scenes[i].shapes[0], scenes[i + 1].shapes[0]
@@ -56,6 +67,13 @@ def test_dataloader_workers_yield_the_same_batches_as_inline() -> None:
     for (images, captions), (expected, expected_captions) in zip(train.batches(config), inline, strict=True):
         assert torch.equal(images, expected)
         assert captions == expected_captions
+
+
+def test_loss_falls(trained: tuple[torch.nn.Module, list[tuple[int, float]]]) -> None:
+    _, curve = trained
+    assert len(curve) == SHORT.steps // SHORT.log_every
+    first, last = curve[0][1], curve[-1][1]
+    assert last < first - 0.3, curve  # chance level is ln(32) = 3.47
 
 
 def test_saved_folder_loads_back_in_open_clip(

@@ -2,8 +2,9 @@
 
 Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]``
 
-The model is a stock open_clip CLIP (ModifiedResNet image tower, transformer text tower) built from a
-config registered with ``open_clip.add_model_config``; it learns from fresh `world` scenes every step with
+The model is a stock open_clip CLIP built from a config registered with ``open_clip.add_model_config``:
+a transformer text tower and, as image tower, the small max-pooling CNN of `tower` (a timm-registered
+model that open_clip wraps like any timm tower); it learns from fresh `world` scenes every step with
 open_clip's tokenizer and ``ClipLoss``. DIR receives ``open_clip_config.json`` (model and preprocess
 config), ``open_clip_model.safetensors`` (fp16) and ``MODEL_CARD.md`` with the held-out metrics.
 """
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,23 @@ from open_clip.loss import ClipLoss
 from PIL import Image
 from safetensors.torch import save_file
 
-from clipsearch.shapes import evaluate, world
+from clipsearch.shapes import evaluate, tower, world
 
-MODEL_NAME = "clipsearch-shapes-rn"
+MODEL_NAME = "clipsearch-shapes-cnn"
+IMAGE_SIZE = 64
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 96, "layers": [2, 2, 2, 2], "width": 8, "patch_size": None},
+    "vision_cfg": {
+        "image_size": IMAGE_SIZE,
+        "timm_model_name": tower.TOWER_NAME,
+        "timm_pool": "max",
+        "timm_proj": "linear",
+    },
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
 }
 # Squash (not crop) so shapes near the left/right edge of wide images stay in view and in place.
 PREPROCESS_CFG: dict[str, Any] = {
-    "size": 96,
+    "size": IMAGE_SIZE,
     "mode": "RGB",
     "mean": [0.5, 0.5, 0.5],
     "std": [0.25, 0.25, 0.25],
@@ -53,7 +60,10 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 EVAL_SEED = 20_240_601  # held-out scenes; training streams come from --seed
 # In a hard-negative group every scene equals the first except in one attribute, which every caption names.
-_GROUP_ATTRIBUTES = ("shape", "position", "size", "color")
+# A "binding" group is two scenes of two shapes with their colours swapped (a red circle and a blue
+# square; a blue circle and a red square): only a model that ties each colour to its shape tells them
+# apart, which is what "a red circle" needs in a picture of several shapes.
+_GROUP_ATTRIBUTES = ("shape", "position", "size", "color", "binding")
 _VALUES = {
     "position": world.POSITIONS,
     "size": world.SIZES,
@@ -66,7 +76,7 @@ _VALUES = {
 class TrainConfig:
     """Everything that determines a training run."""
 
-    steps: int = 1600
+    steps: int = 1200
     batch_size: int = 128
     seed: int = 0
     threads: int = 2
@@ -75,9 +85,12 @@ class TrainConfig:
     warmup_steps: int = 50
     group_fraction: float = 0.5
     group_size: int = 4
-    # How often a group varies shape, position, size, colour. Shape comes first: contrastive learning
-    # otherwise settles on the easy attributes and never learns it (feature suppression).
-    group_weights: tuple[float, float, float, float] = (0.4, 0.3, 0.15, 0.15)
+    # How often a group varies shape, position, size, colour, or binds colours to shapes. Contrastive
+    # learning otherwise settles on the easy attributes (colour) and never learns the others.
+    group_weights: tuple[float, ...] = (0.25, 0.2, 0.1, 0.1, 0.35)
+    # Share of two-shape scenes (outside groups) whose caption names only one of the shapes, as a
+    # query for one object in a busy picture does.
+    partial_captions: float = 0.4
     workers: int = 1
     log_every: int = 50
 
@@ -146,11 +159,20 @@ def _unique_caption(
     return None
 
 
-def _group_scenes(
-    rng: np.random.Generator, size: int, weights: Sequence[float]
-) -> tuple[list[world.Scene], str]:
-    """Single-shape scenes that differ only in one attribute (and their background): hard negatives."""
+def _only(scene: world.Scene, index: int) -> world.Scene:
+    """The scene as described when a caption names only its shape number ``index``."""
+    return world.Scene((scene.shapes[index],), scene.background)
+
+
+# A group: (scene, what its caption describes, attributes the caption must name) per member.
+_Group = list[tuple[world.Scene, world.Scene, tuple[str, ...]]]
+
+
+def _group_scenes(rng: np.random.Generator, size: int, weights: Sequence[float]) -> _Group:
+    """Hard negatives: scenes that differ in one attribute only (or in which colour goes with which shape)."""
     attribute = str(rng.choice(_GROUP_ATTRIBUTES, p=weights))
+    if attribute == "binding":
+        return _binding_scenes(rng)
     options = _VALUES[attribute]
     values = rng.choice(options, size=min(size, len(options)), replace=False)
     base = world.sample_scene(rng, n_shapes=1).shapes[0]
@@ -160,7 +182,21 @@ def _group_scenes(
         world.sample_scene(rng, n_shapes=1, background_kind=kind, **{**fixed, attribute: str(value)})
         for value in values
     ]
-    return scenes, attribute
+    return [(scene, scene, (attribute,)) for scene in scenes]
+
+
+def _binding_scenes(rng: np.random.Generator) -> _Group:
+    """Two two-shape scenes with the shapes' colours swapped; captions name colour and shape."""
+    scene = world.sample_scene(rng, n_shapes=2)
+    while len({s.color for s in scene.shapes}) < 2 or len({s.shape for s in scene.shapes}) < 2:
+        scene = world.sample_scene(rng, n_shapes=2)
+    a, b = scene.shapes
+    swapped = world.Scene((replace(a, color=b.color), replace(b, color=a.color)), scene.background)
+    focus = int(rng.integers(3))  # describe shape 0, shape 1, or both
+    require = ("color", "shape")
+    if focus == 2:
+        return [(scene, scene, require), (swapped, swapped, require)]
+    return [(scene, _only(scene, focus), require), (swapped, _only(swapped, focus), require)]
 
 
 def sample_batch(rng: np.random.Generator, config: TrainConfig) -> tuple[list[world.Scene], list[str]]:
@@ -171,12 +207,15 @@ def sample_batch(rng: np.random.Generator, config: TrainConfig) -> tuple[list[wo
     grouped = int(config.batch_size * config.group_fraction)
     while len(scenes) < config.batch_size:
         if len(scenes) < grouped:
-            batch, attribute = _group_scenes(rng, config.group_size, config.group_weights)
-            candidates = [(scene, (attribute,)) for scene in batch]
+            candidates = _group_scenes(rng, config.group_size, config.group_weights)
         else:
-            candidates = [(world.sample_scene(rng), ())]
-        for scene, require in candidates[: config.batch_size - len(scenes)]:
-            caption = _unique_caption(scene, rng, require, seen)
+            scene = world.sample_scene(rng)
+            described = scene
+            if len(scene.shapes) == 2 and rng.random() < config.partial_captions:
+                described = _only(scene, int(rng.integers(2)))
+            candidates = [(scene, described, ())]
+        for scene, described, require in candidates[: config.batch_size - len(scenes)]:
+            caption = _unique_caption(described, rng, require, seen)
             if caption is not None:
                 scenes.append(scene)
                 captions.append(caption)
@@ -205,7 +244,7 @@ def make_batch(config: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]
     """The images (preprocessed) and captions of one training step; a pure function of seed and step."""
     rng = np.random.default_rng([config.seed, step])
     scenes, captions = sample_batch(rng, config)
-    # Rendered smaller than real files: the model sees 96 px anyway, and small renders are fast.
+    # Rendered smaller than real files: the model sees 64 px anyway, and small renders are fast.
     images = [world.render(scene, rng, world.sample_image_size(rng, (56, 160))) for scene in scenes]
     return torch.stack([inference_transform()(img) for img in images]), captions
 
@@ -257,12 +296,6 @@ def build_model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     register_model_config()
     model = open_clip.create_model(MODEL_NAME, force_preprocess_cfg=PREPROCESS_CFG)
-    # open_clip zero-initialises the last BatchNorm of every residual branch, a trick for deep nets.
-    # With one block per stage it leaves the tower a stack of 1x1 shortcuts at first, and in our
-    # budget it never learns shape; ordinary unit gains let it learn shape within a few hundred steps.
-    for name, param in model.visual.named_parameters():
-        if name.endswith("bn3.weight"):
-            torch.nn.init.ones_(param)
     return model.to(memory_format=torch.channels_last)
 
 
@@ -347,10 +380,11 @@ def model_card(
     loss_rows = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in curve)
     return f"""# clipsearch shapes model
 
-A tiny CLIP model (open_clip `CLIP` with a ModifiedResNet image tower) trained from scratch on the
-procedural shapes world of `clipsearch.shapes.world`: 8 colours, 5 shapes, 2 sizes, 5 positions, varied
-backgrounds, one or two shapes per image. It knows nothing else. Load it with
-`open_clip.create_model_and_transforms("local-dir:<this folder>")`.
+A tiny CLIP model (open_clip `CLIP`; image tower: the small max-pooling CNN of `clipsearch.shapes.tower`)
+trained from scratch on the procedural shapes world of `clipsearch.shapes.world`: 8 colours, 5 shapes,
+2 sizes, 5 positions, varied backgrounds, one or two shapes per image. It knows nothing else. Load it with
+`open_clip.create_model_and_transforms("local-dir:<this folder>")` after `import clipsearch.shapes.tower`
+(which registers the tower with timm).
 
 ## Training
 

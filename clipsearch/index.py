@@ -126,6 +126,11 @@ class Index:
         root = Path(path).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
+        if encoder is None and (rebuild or not (root / CATALOG_FILE).is_file()):
+            from clipsearch.models import load_spec
+
+            assert spec is not None
+            encoder = load_spec(spec, precision=precision)  # a new index records the model's details
         try:
             root.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_lock(root)
@@ -138,11 +143,7 @@ class Index:
             if rebuild:
                 _remove_index_files(root)
             if not (root / CATALOG_FILE).exists():
-                if encoder is None:
-                    from clipsearch.models import load_spec
-
-                    assert spec is not None
-                    encoder = load_spec(spec, precision=precision)
+                assert encoder is not None  # loaded above
                 _create_catalog(root / CATALOG_FILE, _meta_for(encoder))
             catalog = Catalog(root / CATALOG_FILE, writer=True)
             meta = catalog.meta()

@@ -9,6 +9,7 @@ random weights (it does that for ``hf-hub:`` names whose weights cannot be fetch
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clipsearch.errors import ModelUnavailableError, UsageError
 
@@ -316,11 +317,16 @@ def load_spec(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32") 
     from clipsearch.encoder import Encoder
 
     weights = resolve_weights(spec)
+    precision = resolve_precision(precision)
     try:
         with _hub_offline():  # resolve_weights put everything in the cache; open_clip looks again
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                weights.open_clip_name, pretrained=weights.open_clip_pretrained, device=device
-            )
+            built = _build_streaming(weights, precision, device)
+            if built is None:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    weights.open_clip_name, pretrained=weights.open_clip_pretrained, device=device
+                )
+            else:
+                model, preprocess = built
             tokenizer = open_clip.get_tokenizer(weights.open_clip_name)
     except Exception as exc:  # open_clip/torch raise many types for a bad checkpoint
         raise ModelUnavailableError(
@@ -335,5 +341,63 @@ def load_spec(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32") 
         spec=spec,
         weights_sha256=weights.sha256,
         device=device,
-        precision=resolve_precision(precision),
+        precision=precision,
     )
+
+
+def _build_streaming(weights: ResolvedWeights, precision: str, device: str) -> tuple[Any, Any] | None:
+    """Build the model directly in its final dtype and read the weights in one tensor at a time.
+
+    open_clip's own path builds a float32 model, reads the whole checkpoint beside it and converts
+    afterwards: three copies of the weights at the peak (about 1.9 GB for ViT-B-32 in bf16). This
+    path holds the model plus one tensor, read with plain file reads (a memory-mapped checkpoint
+    would count every page it touched in the process's memory). It applies to open_clip-format
+    safetensors files whose tensors match the model exactly; for anything else (other formats,
+    renamed or resized tensors) it returns None and the caller uses open_clip's loader, which knows
+    the conversions.
+    """
+    import open_clip
+    import torch
+
+    if weights.checkpoint.suffix != ".safetensors":
+        return None
+    dtypes = {
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "F64": torch.float64,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "BOOL": torch.bool,
+    }
+    with weights.checkpoint.open("rb") as fh:
+        header_size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_size))
+        header.pop("__metadata__", None)
+        if any(info["dtype"] not in dtypes for info in header.values()):
+            return None
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16 if precision == "bf16" else torch.float32)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                weights.open_clip_name, pretrained=None, load_weights=False, device=device
+            )
+        finally:
+            torch.set_default_dtype(previous)
+        targets = model.state_dict()  # tensors sharing storage with the parameters and buffers
+        if set(header) != set(targets) or any(
+            tuple(info["shape"]) != tuple(targets[key].shape) for key, info in header.items()
+        ):
+            return None
+        with torch.no_grad():
+            for key, info in header.items():
+                start, end = info["data_offsets"]
+                if end == start:
+                    continue
+                fh.seek(8 + header_size + start)
+                buffer = bytearray(end - start)
+                if fh.readinto(buffer) != len(buffer):
+                    raise ValueError(f"{weights.checkpoint} is truncated (tensor {key})")
+                tensor = torch.frombuffer(buffer, dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+                targets[key].copy_(tensor)
+    return model, preprocess

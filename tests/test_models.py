@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,35 @@ def test_tiny_hf_hub_model_encodes_unit_float32_rows(tiny_encoder) -> None:
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     assert tiny_encoder.encode_images([]).shape == (0, tiny_encoder.dim)
     assert not tiny_encoder.model.training
+
+
+def test_streamed_weights_equal_open_clip_loading(tiny_model: str, tmp_path: Path) -> None:
+    """Our one-tensor-at-a-time loader gives exactly the model open_clip's loader gives."""
+    import open_clip
+    import torch
+
+    from clipsearch.models import _build_streaming
+
+    weights = resolve_weights(ModelSpec.parse(tiny_model, None))
+    streamed, _ = _build_streaming(weights, "fp32", "cpu")
+    reference = open_clip.create_model(tiny_model)
+    expected = reference.state_dict()
+    for key, value in streamed.state_dict().items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    in_bf16, _ = _build_streaming(weights, "bf16", "cpu")
+    assert all(p.dtype == torch.bfloat16 for p in in_bf16.parameters())
+    # a .bin file, or tensors that do not match the model, go through open_clip's own loader
+    torch.save(expected, tmp_path / "weights.bin")
+    assert _build_streaming(replace(weights, checkpoint=tmp_path / "weights.bin"), "fp32", "cpu") is None
+    from safetensors.torch import save_file
+
+    save_file(
+        {k: v for k, v in expected.items() if k != "logit_scale"}, str(tmp_path / "partial.safetensors")
+    )
+    assert (
+        _build_streaming(replace(weights, checkpoint=tmp_path / "partial.safetensors"), "fp32", "cpu") is None
+    )
 
 
 def test_hf_hub_weights_checksum_is_the_blob_sha256(tiny_model: str, hf_cache: Path) -> None:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from clipsearch.grammar import Term
     from clipsearch.ingest import Progress, SyncOptions, SyncReport
     from clipsearch.models import ModelSpec
-    from clipsearch.onnx_text import ExportOutcome, OnnxTextEncoder, TextEncoder
+    from clipsearch.onnx_export import ExportOutcome
+    from clipsearch.onnx_text import OnnxTextEncoder, TextEncoder
     from clipsearch.search import Filters, Hit
 
 CATALOG_FILE = "catalog.sqlite"
@@ -223,7 +224,7 @@ class Index:
         Needs the writer lock (:meth:`open_for_write`). Loads the model in fp32 only when the export
         is missing; a model that cannot be exported is no error (see the outcome's ``reason``).
         """
-        from clipsearch.onnx_text import export_text_encoder
+        from clipsearch.onnx_export import export_text_encoder
 
         if self._lock_fd is None:
             raise UsageError("export_text_encoder needs an index opened with Index.open_for_write.")

@@ -16,14 +16,8 @@ from typer.testing import CliRunner
 
 from clipsearch.cli import app
 from clipsearch.index import Index
-from clipsearch.onnx_text import (
-    SETTINGS_FILE,
-    OnnxTextEncoder,
-    export_pending,
-    export_text_encoder,
-    load_text_encoder,
-    onnx_dir,
-)
+from clipsearch.onnx_export import export_text_encoder
+from clipsearch.onnx_text import SETTINGS_FILE, OnnxTextEncoder, export_pending, load_text_encoder, onnx_dir
 
 QUERIES = [
     "a red car",
@@ -68,10 +62,14 @@ def write_many_photos(folder: Path, n_crops: int = 6) -> list[Path]:
 
 
 def build(index_dir: Path, folder: Path, encoder: object) -> Index:
+    from clipsearch.onnx_text import usable_settings
+
     with Index.open_for_write(index_dir, encoder) as idx:  # type: ignore[arg-type]
         idx.sync([str(folder)])
         outcome = idx.export_text_encoder()
     assert outcome.path == onnx_dir(index_dir, idx.meta.weights_sha256) and outcome.created, outcome
+    settings = usable_settings(outcome.path, idx.meta)
+    assert settings is not None and settings.variable_length  # open_clip's CLIP: only real tokens computed
     return idx
 
 
@@ -120,6 +118,45 @@ def test_vit_b_32_onnx_matches_torch(tmp_path: Path, vit_b_32_cache: Path) -> No
     write_many_photos(folder, n_crops=3)
     build(tmp_path / "index", folder, encoder)
     assert_same_as_torch(tmp_path / "index", encoder)
+
+
+def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encoder) -> None:
+    """Pooled at the last position, the padding is part of the answer: the graph must take whole rows."""
+    import copy
+
+    from clipsearch.catalog import IndexMeta
+    from clipsearch.encoder import Encoder
+    from clipsearch.onnx_export import MIN_COSINE, _causal_text_tower, _export_graph, _min_cosine
+    from clipsearch.onnx_text import open_session, usable_settings
+    from clipsearch.tokenizer import clip_tokenizer
+
+    model = copy.deepcopy(tiny_encoder.model)
+    model.text_pool_type = "last"
+    encoder = Encoder(
+        model,
+        tiny_encoder.preprocess,
+        tiny_encoder.tokenizer,
+        spec=tiny_encoder.spec,
+        weights_sha256="f" * 64,
+    )
+    assert not _causal_text_tower(model) and _causal_text_tower(tiny_encoder.model)
+    meta = IndexMeta(model="test", pretrained="", weights_sha256="f" * 64, dim=encoder.dim)
+    (tmp_path / "index").mkdir()
+    outcome = export_text_encoder(tmp_path / "index", meta, lambda: encoder)
+    assert outcome.created, outcome
+    settings = usable_settings(outcome.path, meta)
+    assert settings is not None and not settings.variable_length
+    onnx = load_text_encoder(tmp_path / "index", meta)
+    assert np.sum(onnx.encode_texts(QUERIES) * encoder.encode_texts(QUERIES), axis=1).min() >= 0.999
+
+    # the check that decides between the graphs does catch a cut graph here
+    tokenizer = clip_tokenizer(16)
+    cut = tmp_path / "cut.onnx"
+    _export_graph(model, tokenizer(["a red car", ""]), cut, variable_length=True)
+    assert (
+        _min_cosine(OnnxTextEncoder(open_session(cut), tokenizer, encoder.dim, variable_length=True), encoder)
+        < MIN_COSINE
+    )
 
 
 def test_batches_of_any_size(tmp_path: Path, photos, tiny_encoder) -> None:

@@ -52,15 +52,35 @@ def matches(labels: dict[str, object], path: str, **want: str) -> bool:
     return any(all(s[k] == v for k, v in want.items()) for s in shapes)
 
 
-# The shipped model knows colours (held-out precision 1.0 on colour) but not yet shapes (see its
-# MODEL_CARD.md); these checks hold it to what it does know, on real files through the whole pipeline.
-@pytest.mark.parametrize("color", ["red", "blue", "yellow", "white", "purple"])
-def test_colour_queries_return_that_colour_first(shapes_index, color: str) -> None:
+COLOR_SHAPE_QUERIES = [
+    ("red", "circle"),
+    ("blue", "square"),
+    ("yellow", "star"),
+    ("green", "triangle"),
+    ("purple", "cross"),
+    ("white", "circle"),
+    ("orange", "square"),
+    ("black", "star"),
+]
+
+
+def test_demo_reports_mostly_right_answers(shapes_index) -> None:
+    _, _, data = shapes_index
+    rows = [json.loads(line) for line in str(data["results"]).splitlines()]
+    # measured: 22 of 30 (the image and algebra queries also count shapes of the right kind that sit
+    # beside another shape in the picture, which the model ranks lower)
+    assert sum(r["right"] for r in rows) >= 0.7 * sum(r["of"] for r in rows), rows
+
+
+def test_colour_and_shape_queries_find_that_shape_first(shapes_index) -> None:
+    """On the demo's real files (one or two shapes each): precision@5 over eight queries."""
     _, index, data = shapes_index
+    right = 0
     with Index.open(index) as idx:
-        hits = idx.search(f"a {color} circle", k=5)
-    right = [matches(data["labels"], h.path, color=color) for h in hits]  # type: ignore[arg-type]
-    assert sum(right) >= 4, (color, [Path(h.path).name for h in hits])
+        for color, shape in COLOR_SHAPE_QUERIES:
+            hits = idx.search(f"a {color} {shape}", k=5)
+            right += sum(matches(data["labels"], h.path, color=color, shape=shape) for h in hits)  # type: ignore[arg-type]
+    assert right >= 0.8 * 5 * len(COLOR_SHAPE_QUERIES)
 
 
 def test_algebra_and_subtraction_through_the_query_language(shapes_index) -> None:
@@ -74,10 +94,15 @@ def test_algebra_and_subtraction_through_the_query_language(shapes_index) -> Non
         and lab["shapes"][0]["shape"] == "circle"
     )
     with Index.open(index) as idx:
+        # image of a red circle - "red" + "blue": blue circles first
         query = f"{images / red_circles[0]} - red + blue"
         hits = [h for h in idx.search(query, k=6) if Path(h.path).name != red_circles[0]]
-        assert sum(matches(labels, h.path, color="blue") for h in hits[:5]) >= 4  # type: ignore[arg-type]
+        blue_circles = [matches(labels, h.path, color="blue", shape="circle") for h in hits[:5]]  # type: ignore[arg-type]
+        assert blue_circles[0] and sum(blue_circles) >= 3, [Path(h.path).name for h in hits]
+        assert all(matches(labels, h.path, color="blue") for h in hits[:5])  # type: ignore[arg-type]
+        # "circle" - "red": circles, and no red shape at all
         no_red = idx.search("circle - red", k=10)
         assert not any(matches(labels, h.path, color="red") for h in no_red)  # type: ignore[arg-type]
+        assert sum(matches(labels, h.path, shape="circle") for h in no_red) >= 8  # type: ignore[arg-type]
         with_red = idx.search("a red circle", k=10)
         assert any(matches(labels, h.path, color="red") for h in with_red)  # type: ignore[arg-type]

@@ -76,18 +76,18 @@ _VALUES = {
 class TrainConfig:
     """Everything that determines a training run."""
 
-    steps: int = 1200
+    steps: int = 1400
     batch_size: int = 128
     seed: int = 0
     threads: int = 2
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     weight_decay: float = 0.1
     warmup_steps: int = 50
     group_fraction: float = 0.5
     group_size: int = 4
     # How often a group varies shape, position, size, colour, or binds colours to shapes. Contrastive
     # learning otherwise settles on the easy attributes (colour) and never learns the others.
-    group_weights: tuple[float, ...] = (0.25, 0.2, 0.1, 0.1, 0.35)
+    group_weights: tuple[float, ...] = (0.3, 0.15, 0.1, 0.1, 0.35)
     # Share of two-shape scenes (outside groups) whose caption names only one of the shapes, as a
     # query for one object in a busy picture does.
     partial_captions: float = 0.4

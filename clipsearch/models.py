@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -345,6 +346,17 @@ def load_spec(spec: ModelSpec, *, device: str = "cpu", precision: str = "fp32") 
     )
 
 
+class _DropMessage(logging.Filter):
+    """Drop log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def _build_streaming(weights: ResolvedWeights, precision: str, device: str) -> tuple[Any, Any] | None:
     """Build the model directly in its final dtype and read the weights in one tensor at a time.
 
@@ -378,12 +390,15 @@ def _build_streaming(weights: ResolvedWeights, precision: str, device: str) -> t
             return None
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16 if precision == "bf16" else torch.float32)
+        quiet = _DropMessage("No pretrained weights loaded")  # true here, but the weights come next
+        logging.getLogger().addFilter(quiet)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 weights.open_clip_name, pretrained=None, load_weights=False, device=device
             )
         finally:
             torch.set_default_dtype(previous)
+            logging.getLogger().removeFilter(quiet)
         targets = model.state_dict()  # tensors sharing storage with the parameters and buffers
         if set(header) != set(targets) or any(
             tuple(info["shape"]) != tuple(targets[key].shape) for key, info in header.items()

@@ -310,4 +310,5 @@ class Catalog:
 
     def reclaim_space(self) -> None:
         """Return free pages (left by deleted pending vectors) to the file system; outside a transaction."""
-        self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+        # executescript steps the pragma to completion (execute would free a single page)
+        self.conn.executescript("PRAGMA incremental_vacuum;")

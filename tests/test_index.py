@@ -142,6 +142,22 @@ def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encod
         assert len({tuple(idx.stored_vector(str(p))) for p in folder.iterdir()}) == 3
 
 
+def test_checkpoint_gives_the_pending_vectors_space_back(index_dir, tmp_path, tiny_encoder) -> None:
+    import sqlite3
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        Image.new("RGB", (48, 32), (4 * i, 255 - 4 * i, (37 * i) % 256)).save(folder / f"{i:02d}.png")
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        assert idx.sync([str(folder)]).added == 60  # ends with a checkpoint
+    conn = sqlite3.connect(index_dir / "catalog.sqlite")
+    (pending,) = conn.execute("SELECT count(*) FROM pending").fetchone()
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    conn.close()
+    assert (pending, free) == (0, 0)
+
+
 def test_lazy_writer_still_refuses_another_model(index_dir, photos, tiny_encoder) -> None:
     from clipsearch.models import ModelSpec
 

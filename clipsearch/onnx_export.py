@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from clipsearch.errors import ClipsearchError
 from clipsearch.onnx_text import (
+    MERGES_FILE,
     MODEL_FILE,
     SETTINGS_FILE,
     TMP_PREFIX,
@@ -31,6 +32,7 @@ from clipsearch.onnx_text import (
     TextOnnxSettings,
     onnx_dir,
     open_session,
+    read_tokenizer,
     sweep,
     unsupported_file,
     usable_settings,
@@ -120,9 +122,11 @@ def _export(meta: IndexMeta, encoder: Encoder, tmp: Path) -> str | None:
     for variable_length in (True, False) if _causal_text_tower(encoder.model) else (False,):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        (tmp / MERGES_FILE).write_text(json.dumps(tokenizer.merges, ensure_ascii=False), encoding="utf-8")
         _export_graph(encoder.model, tokenizer(list(PROBES[:2])), tmp / MODEL_FILE, variable_length)
+        saved = read_tokenizer(tmp, context_length)  # checked as the query path will read it
         onnx = OnnxTextEncoder(
-            open_session(tmp / MODEL_FILE), tokenizer, encoder.dim, variable_length=variable_length
+            open_session(tmp / MODEL_FILE), saved, encoder.dim, variable_length=variable_length
         )
         cosine = _min_cosine(onnx, encoder)
         if cosine >= MIN_COSINE:

@@ -184,8 +184,9 @@ def test_export_runs_once_and_is_only_used_for_its_own_weights(tmp_path: Path, p
     index_dir = tmp_path / "index"
     idx = build(index_dir, photos["coffee"].parent, tiny_encoder)
     folder = onnx_dir(index_dir, idx.meta.weights_sha256)
-    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data", SETTINGS_FILE]
-    assert set(json.loads((folder / SETTINGS_FILE).read_text())["files"]) == {"model.onnx", "model.onnx.data"}
+    files = ["bpe_merges.json", "model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in folder.iterdir()) == [*files, SETTINGS_FILE]
+    assert sorted(json.loads((folder / SETTINGS_FILE).read_text())["files"]) == files
     assert not export_pending(index_dir, idx.meta)
 
     def must_not_load() -> None:

@@ -132,3 +132,17 @@ def test_no_torch_and_no_open_clip_import() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     assert vocab_path() is not None and vocab_path().name == "bpe_simple_vocab_16e6.txt.gz"
+
+
+def test_merges_saved_as_json_give_the_same_tokens() -> None:
+    import json
+
+    from clipsearch.tokenizer import read_merges
+
+    merges, sha = read_merges()
+    assert len(sha) == 64 and merges[0] == "i n"
+    again = ClipTokenizer(77, json.loads(json.dumps(merges, ensure_ascii=False)))
+    assert (again(TRICKY) == ClipTokenizer(77)(TRICKY)).all()
+    for bad in (merges[:-1], [*merges[:-1], 5], tuple(merges)):
+        with pytest.raises(ValueError):
+            ClipTokenizer(77, bad)  # type: ignore[arg-type]

@@ -12,9 +12,6 @@ import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
-from urllib.parse import urlencode
-from urllib.request import urlopen
 
 from clipsearch.search import Hit
 
@@ -37,6 +34,11 @@ def search_remote(index_path: Path, params: dict[str, Any], *, timeout: float = 
     url = server_url(index_path)
     if url is None:
         return None
+    # only now: urllib.request costs a cold search 20 ms when no server runs
+    from urllib.error import URLError
+    from urllib.parse import urlencode
+    from urllib.request import urlopen
+
     query = urlencode({k: v for k, v in params.items() if v is not None})
     try:
         with urlopen(f"{url}api/search?{query}", timeout=timeout) as response:

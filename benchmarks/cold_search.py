@@ -43,7 +43,7 @@ import onnxruntime
 mark("import onnxruntime")
 from clipsearch.onnx_text import MODEL_FILE, OnnxTextEncoder, onnx_dir, open_session
 from clipsearch.onnx_text import read_tokenizer, usable_settings
-folder = onnx_dir(idx.path, idx.meta.weights_sha256)
+folder = onnx_dir(idx.meta.weights_sha256)
 settings = usable_settings(folder, idx.meta)
 tokenizer = read_tokenizer(folder, settings.context_length)
 mark("settings + tokenizer (BPE merges JSON)")

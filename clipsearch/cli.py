@@ -230,7 +230,7 @@ def _export_text_encoder(idx: Any) -> None:
     """Once per index: the ONNX text encoder that lets a cold `clipsearch search` skip torch."""
     from clipsearch.onnx_text import export_pending
 
-    if not export_pending(idx.path, idx.meta):
+    if not export_pending(idx.meta):
         return
     err("Exporting the text encoder for fast searches (once per index) ...")
     outcome = idx.export_text_encoder()

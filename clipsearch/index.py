@@ -213,7 +213,7 @@ class Index:
         if self._encoder is None and self._onnx_text is None:
             from clipsearch.onnx_text import load_text_encoder
 
-            self._onnx_text = load_text_encoder(self.path, self.meta) or False
+            self._onnx_text = load_text_encoder(self.meta) or False
         if self._encoder is None and self._onnx_text:
             return self._onnx_text  # type: ignore[return-value]
         return self.encoder
@@ -228,7 +228,7 @@ class Index:
 
         if self._lock_fd is None:
             raise UsageError("export_text_encoder needs an index opened with Index.open_for_write.")
-        return export_text_encoder(self.path, self.meta, self._fp32_encoder)
+        return export_text_encoder(self.meta, self._fp32_encoder)
 
     def _fp32_encoder(self) -> Encoder:
         if self._encoder is not None and self._encoder.precision == "fp32":

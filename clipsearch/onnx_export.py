@@ -1,9 +1,9 @@
 """Export the index's text tower to ONNX (see :mod:`clipsearch.onnx_text` for the files and their use).
 
-``clipsearch index`` calls this once per model weights, holding the writer lock: the model is at
-hand there, the cost lands on a command that is slow anyway, and searching stays read-only. The
-graph is written to ``.text-onnx-tmp-<pid>/``, checked against torch, and renamed into place, so
-a reader sees all of it or nothing.
+``clipsearch index`` calls this once per model weights and machine: the model is at hand there, the
+cost lands on a command that is slow anyway, and searching stays read-only. The graph is written to
+``.text-onnx-tmp-<pid>/`` in the cache, checked against torch, and renamed into place, so a reader
+sees all of it or nothing; of two processes exporting the same model at once, the first rename wins.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from clipsearch.onnx_text import (
     onnx_dir,
     open_session,
     read_tokenizer,
-    sweep,
+    sweep_unfinished,
     unsupported_file,
     usable_settings,
 )
@@ -69,33 +69,34 @@ class ExportOutcome:
     reason: str = ""
 
 
-def export_text_encoder(
-    index_path: Path, meta: IndexMeta, fp32_encoder: Callable[[], Encoder]
-) -> ExportOutcome:
-    """Export the text tower of the index's model into the index folder, unless it is there already.
+def export_text_encoder(meta: IndexMeta, fp32_encoder: Callable[[], Encoder]) -> ExportOutcome:
+    """Export the text tower of the index's model into the cache, unless it is there already.
 
     Never raises for a model that cannot be exported (another tokenizer, unsupported layers, a
     graph that does not match torch): the outcome says why, a marker file remembers it, and
     searches keep using torch.
 
     Args:
-        index_path: the index folder; the caller holds its writer lock.
         meta: the index's metadata (the export is keyed to ``meta.weights_sha256``).
         fp32_encoder: returns the index's model in fp32; called only when an export is needed.
     """
     started = time.monotonic()
-    folder = onnx_dir(index_path, meta.weights_sha256)
+    folder = onnx_dir(meta.weights_sha256)
     unsupported = unsupported_file(folder)
-    sweep(index_path, keep={folder.name, unsupported.name})
     if usable_settings(folder, meta) is not None:
         return ExportOutcome(folder)
     with contextlib.suppress(OSError):
         return ExportOutcome(None, reason=unsupported.read_text(encoding="utf-8").strip())
-    tmp = index_path / f"{TMP_PREFIX}{os.getpid()}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return ExportOutcome(None, reason=f"cannot write the cache {folder.parent}: {exc.strerror or exc}")
+    sweep_unfinished(folder.parent)
+    tmp = folder.parent / f"{TMP_PREFIX}{os.getpid()}"
     try:
         reason = _export(meta, fp32_encoder(), tmp)
         if reason is None:
-            _commit(tmp, folder)
+            _commit(tmp, folder, lambda: usable_settings(folder, meta) is not None)
             return ExportOutcome(folder, created=True, seconds=round(time.monotonic() - started, 3))
     except (ClipsearchError, OSError) as exc:  # weights gone or changed, disk full: try again next time
         return ExportOutcome(None, reason=_first_line(exc))
@@ -236,7 +237,7 @@ def _export_graph(
         )
 
 
-def _commit(tmp: Path, folder: Path) -> None:
+def _commit(tmp: Path, folder: Path, usable: Callable[[], bool]) -> None:
     """Make the finished files durable, then move the folder into place in one rename."""
     from clipsearch.vectors import fsync_path
 
@@ -244,9 +245,15 @@ def _commit(tmp: Path, folder: Path) -> None:
         with entry.open("rb") as fh:
             os.fsync(fh.fileno())
     fsync_path(tmp)
-    if folder.exists():  # left by an older, unusable export: we hold the writer lock
-        shutil.rmtree(folder)
-    os.rename(tmp, folder)
+    if usable():  # another process finished the same export meanwhile: keep theirs
+        return
+    if folder.exists():  # a damaged or unusable older export
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if not usable():
+            raise
     fsync_path(folder.parent)
 
 

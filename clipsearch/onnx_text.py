@@ -1,7 +1,8 @@
 """The index's text tower as an ONNX graph, so a cold text query needs neither torch nor open_clip.
 
-``clipsearch index`` exports it once per model weights (see :mod:`clipsearch.onnx_export`). It
-lives in the index folder::
+``clipsearch index`` exports it once per model weights and machine (see :mod:`clipsearch.onnx_export`)
+into the user's cache (``$CLIPSEARCH_CACHE`` or e.g. ``~/.cache/clipsearch``), shared by every index
+of that model, like downloaded weights::
 
     text-onnx-<first 16 hex digits of the weights' sha256>/
         model.onnx, model.onnx.data   tokens (n, length) int64 -> unit float32 rows (n, dim)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,9 +78,19 @@ class TextOnnxSettings:
         return settings
 
 
-def onnx_dir(index_path: Path, weights_sha256: str) -> Path:
-    """Where the text encoder for these weights lives inside the index folder."""
-    return index_path / f"{DIR_PREFIX}{weights_sha256[:16]}"
+def cache_root() -> Path:
+    """The folder holding exported text encoders: ``$CLIPSEARCH_CACHE/text-onnx`` or the user cache's."""
+    configured = os.environ.get("CLIPSEARCH_CACHE")
+    if configured:
+        return Path(configured).expanduser() / "text-onnx"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("clipsearch")) / "text-onnx"
+
+
+def onnx_dir(weights_sha256: str) -> Path:
+    """Where the text encoder for these weights lives (shared by every index of the model)."""
+    return cache_root() / f"{DIR_PREFIX}{weights_sha256[:16]}"
 
 
 def unsupported_file(folder: Path) -> Path:
@@ -110,10 +122,10 @@ def _size(path: Path) -> int:
         return -1
 
 
-def export_pending(index_path: Path, meta: IndexMeta) -> bool:
-    """Whether the index lacks a usable text encoder and no earlier export found the model unsupported
+def export_pending(meta: IndexMeta) -> bool:
+    """Whether the model lacks a usable text encoder and no earlier export found it unsupported
     (cheap: reads one small file)."""
-    folder = onnx_dir(index_path, meta.weights_sha256)
+    folder = onnx_dir(meta.weights_sha256)
     return usable_settings(folder, meta) is None and not unsupported_file(folder).is_file()
 
 
@@ -155,9 +167,9 @@ def open_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_text_encoder(index_path: Path, meta: IndexMeta) -> OnnxTextEncoder | None:
-    """The index's ONNX text encoder, or None (absent, for other weights, unreadable): then use torch."""
-    folder = onnx_dir(index_path, meta.weights_sha256)
+def load_text_encoder(meta: IndexMeta) -> OnnxTextEncoder | None:
+    """The ONNX text encoder of the index's model, or None (absent, unreadable): then use torch."""
+    folder = onnx_dir(meta.weights_sha256)
     settings = usable_settings(folder, meta)
     if settings is None:
         return None
@@ -174,18 +186,30 @@ def read_tokenizer(folder: Path, context_length: int) -> ClipTokenizer:
     return ClipTokenizer(context_length, json.loads((folder / MERGES_FILE).read_text(encoding="utf-8")))
 
 
-def sweep(index_path: Path, keep: set[str]) -> None:
-    """Remove text encoders (and markers) not named in ``keep``, and half-written exports."""
-    for entry in [*index_path.glob(f"{DIR_PREFIX}*"), *index_path.glob(f"{TMP_PREFIX}*")]:
-        if entry.name in keep:
+def sweep_unfinished(root: Path) -> None:
+    """Remove exports left half-written by a process that died (their temporary folder names its pid)."""
+    for entry in root.glob(f"{TMP_PREFIX}*"):
+        pid = entry.name[len(TMP_PREFIX) :]
+        if pid.isdigit() and _alive(int(pid)):
             continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_text_encoders(index_path: Path) -> None:
+    """Delete text encoders that older versions exported inside the index folder (for ``--rebuild``)."""
+    for entry in [*index_path.glob(f"{DIR_PREFIX}*"), *index_path.glob(f"{TMP_PREFIX}*")]:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             with contextlib.suppress(OSError):
                 entry.unlink()
-
-
-def remove_text_encoders(index_path: Path) -> None:
-    """Delete every exported text encoder of the index (for ``--rebuild``)."""
-    sweep(index_path, keep=set())

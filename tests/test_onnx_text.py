@@ -17,7 +17,15 @@ from typer.testing import CliRunner
 from clipsearch.cli import app
 from clipsearch.index import Index
 from clipsearch.onnx_export import export_text_encoder
-from clipsearch.onnx_text import SETTINGS_FILE, OnnxTextEncoder, export_pending, load_text_encoder, onnx_dir
+from clipsearch.onnx_text import (
+    SETTINGS_FILE,
+    OnnxTextEncoder,
+    cache_root,
+    export_pending,
+    load_text_encoder,
+    onnx_dir,
+    unsupported_file,
+)
 
 QUERIES = [
     "a red car",
@@ -67,7 +75,7 @@ def build(index_dir: Path, folder: Path, encoder: object) -> Index:
     with Index.open_for_write(index_dir, encoder) as idx:  # type: ignore[arg-type]
         idx.sync([str(folder)])
         outcome = idx.export_text_encoder()
-    assert outcome.path == onnx_dir(index_dir, idx.meta.weights_sha256) and outcome.created, outcome
+    assert outcome.path == onnx_dir(idx.meta.weights_sha256) and outcome.created, outcome
     settings = usable_settings(outcome.path, idx.meta)
     assert settings is not None and settings.variable_length  # open_clip's CLIP: only real tokens computed
     return idx
@@ -142,11 +150,11 @@ def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encode
     assert not _causal_text_tower(model) and _causal_text_tower(tiny_encoder.model)
     meta = IndexMeta(model="test", pretrained="", weights_sha256="f" * 64, dim=encoder.dim)
     (tmp_path / "index").mkdir()
-    outcome = export_text_encoder(tmp_path / "index", meta, lambda: encoder)
+    outcome = export_text_encoder(meta, lambda: encoder)
     assert outcome.created, outcome
     settings = usable_settings(outcome.path, meta)
     assert settings is not None and not settings.variable_length
-    onnx = load_text_encoder(tmp_path / "index", meta)
+    onnx = load_text_encoder(meta)
     assert np.sum(onnx.encode_texts(QUERIES) * encoder.encode_texts(QUERIES), axis=1).min() >= 0.999
 
     # the check that decides between the graphs does catch a cut graph here
@@ -183,43 +191,43 @@ def test_a_bf16_index_is_exported_from_fp32_weights(tmp_path: Path, tiny_model) 
 def test_export_runs_once_and_is_only_used_for_its_own_weights(tmp_path: Path, photos, tiny_encoder) -> None:
     index_dir = tmp_path / "index"
     idx = build(index_dir, photos["coffee"].parent, tiny_encoder)
-    folder = onnx_dir(index_dir, idx.meta.weights_sha256)
+    folder = onnx_dir(idx.meta.weights_sha256)
     files = ["bpe_merges.json", "model.onnx", "model.onnx.data"]
     assert sorted(p.name for p in folder.iterdir()) == [*files, SETTINGS_FILE]
     assert sorted(json.loads((folder / SETTINGS_FILE).read_text())["files"]) == files
-    assert not export_pending(index_dir, idx.meta)
+    assert not export_pending(idx.meta)
 
     def must_not_load() -> None:
         raise AssertionError("the model was loaded although the export exists")
 
-    again = export_text_encoder(index_dir, idx.meta, must_not_load)  # type: ignore[arg-type]
+    again = export_text_encoder(idx.meta, must_not_load)  # type: ignore[arg-type]
     assert again.path == folder and not again.created
 
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     (folder / SETTINGS_FILE).write_text(json.dumps({**settings, "weights_sha256": "0" * 64}))
-    assert load_text_encoder(index_dir, idx.meta) is None
-    assert export_pending(index_dir, idx.meta)
+    assert load_text_encoder(idx.meta) is None
+    assert export_pending(idx.meta)
     with Index.open(index_dir, encoder=tiny_encoder) as reader:
         assert reader.text_encoder is tiny_encoder
     with Index.open(index_dir) as reader:  # falls back to loading the torch model, no error
         assert reader.search_text("a red car", k=3) and reader._encoder is not None
 
     (folder / SETTINGS_FILE).write_text(json.dumps(settings))
-    assert load_text_encoder(index_dir, idx.meta) is not None
+    assert load_text_encoder(idx.meta) is not None
     graph = folder / "model.onnx"
     graph.write_bytes(b"\0" * graph.stat().st_size)  # damaged in place: onnxruntime refuses it
-    assert load_text_encoder(index_dir, idx.meta) is None
+    assert load_text_encoder(idx.meta) is None
     with Index.open(index_dir) as reader:  # torch answers, no error
         assert len(reader.search_text("a red car", k=3)) == 3
     graph.write_bytes(b"truncated")
-    assert load_text_encoder(index_dir, idx.meta) is None and export_pending(index_dir, idx.meta)
+    assert load_text_encoder(idx.meta) is None and export_pending(idx.meta)
 
-    stale = index_dir / ".text-onnx-tmp-999999"  # a crashed export leaves this behind
+    stale = cache_root() / ".text-onnx-tmp-999999"  # a crashed export leaves this behind
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"half")
     with Index.open_for_write(index_dir, tiny_encoder) as writer:
         redone = writer.export_text_encoder()  # replaces the damaged folder
-    assert redone.created and load_text_encoder(index_dir, idx.meta) is not None
+    assert redone.created and load_text_encoder(idx.meta) is not None
     assert not stale.exists()
 
 
@@ -239,16 +247,15 @@ def test_unsupported_tokenizer_is_remembered(tmp_path: Path, photos, tiny_encode
         weights_sha256=tiny_encoder.weights_sha256,
     )
     loads = []
-    outcome = export_text_encoder(index_dir, idx.meta, lambda: loads.append(1) or other)
+    outcome = export_text_encoder(idx.meta, lambda: loads.append(1) or other)
     assert outcome.path is None and "tokenizer" in outcome.reason and loads == [1]
-    assert not export_pending(index_dir, idx.meta)  # a re-index will not load the model for it again
-    second = export_text_encoder(index_dir, idx.meta, lambda: loads.append(1) or other)
+    assert not export_pending(idx.meta)  # a re-index will not load the model for it again
+    second = export_text_encoder(idx.meta, lambda: loads.append(1) or other)
     assert second.path is None and second.reason == outcome.reason and loads == [1]
     with Index.open(index_dir, encoder=tiny_encoder) as reader:
         assert reader.text_encoder is tiny_encoder and reader.search_text("a cat", k=2)
-    with Index.open_for_write(index_dir, tiny_encoder, rebuild=True):
-        pass
-    assert not list(index_dir.glob("text-onnx-*"))
+    assert unsupported_file(onnx_dir(idx.meta.weights_sha256)).is_file()  # in the cache, not the index
+    assert not list(index_dir.glob("*onnx*"))
 
 
 def test_index_command_exports_once_and_keeps_stdout_for_results(tmp_path: Path, photos, tiny_model) -> None:
@@ -261,7 +268,8 @@ def test_index_command_exports_once_and_keeps_stdout_for_results(tmp_path: Path,
     lines = first.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("Indexed in") and lines[1] == f"Index: {index_dir}"
     assert "Exporting the text encoder" in first.stderr
-    assert len(list(index_dir.glob("text-onnx-*/model.onnx"))) == 1
+    assert len(list(cache_root().glob("text-onnx-*/model.onnx"))) == 1  # shared, outside the index
+    assert not list(index_dir.glob("*onnx*"))
     second = runner.invoke(app, ["index", "--index", str(index_dir)])
     assert second.exit_code == 0 and "Exporting" not in second.stderr and "Loading model" not in second.stderr
 
@@ -307,7 +315,7 @@ def test_cold_cli_search_does_not_import_torch(tmp_path: Path, tiny_encoder) -> 
         assert heavy == [], query
         fast.append(hits)
 
-    shutil.move(next(index_dir.glob("text-onnx-*")), tmp_path / "moved-away")
+    shutil.move(next(cache_root().glob("text-onnx-*")), tmp_path / "moved-away")
     for query, onnx_hits in zip(queries, fast, strict=True):
         hits, heavy = cold_search(*query, "--index", str(index_dir), "--precision", "fp32")
         assert "torch" in heavy  # the probe does see torch when it is imported

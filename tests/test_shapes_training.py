@@ -14,7 +14,7 @@ import torch
 from clipsearch.shapes import train, world
 
 SHORT = train.TrainConfig(
-    steps=60, batch_size=32, warmup_steps=5, lr=2e-3, log_every=10, workers=0, threads=2, seed=3
+    steps=80, batch_size=64, warmup_steps=5, lr=2e-3, log_every=10, workers=0, threads=2, seed=3
 )
 
 
@@ -73,7 +73,7 @@ def test_loss_falls(trained: tuple[torch.nn.Module, list[tuple[int, float]]]) ->
     _, curve = trained
     assert len(curve) == SHORT.steps // SHORT.log_every
     first, last = curve[0][1], curve[-1][1]
-    assert last < first - 0.3, curve  # chance level is ln(32) = 3.47
+    assert last < first - 0.3, curve  # chance level is ln(64) = 4.16; measured 4.27 -> 3.64
 
 
 def test_saved_folder_loads_back_in_open_clip(

@@ -187,13 +187,6 @@ class QuantizedStore(FlatStore):
         self._maybe_quantize()
         super().save(path)
 
-    @classmethod
-    def load(cls, path: Path) -> QuantizedStore:
-        import faiss
-
-        index = faiss.read_index(str(path))
-        return cls(index.d, index)
-
 
 STORE_KINDS: dict[str, type[FlatStore]] = {"flat": FlatStore, "sq8": QuantizedStore}
 DEFAULT_STORE_KIND = "sq8"

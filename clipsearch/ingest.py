@@ -268,40 +268,53 @@ def _sync(
     )
     report.unchanged = plan.unchanged
     committer = _Committer(index, report, options)
-    if not plan.todo:  # nothing to decode or encode: no model needed
-        committer.sweep(plan.gone)
-        index.checkpoint()
-        report.seconds = round(time.monotonic() - started, 3)
-        return report
-    if progress and not index.encoder_loaded:
-        progress.note(f"Loading model {index.spec.label()} ...")
-    encoder = index.encoder
-    transform = encoder.pixel_transform
-    job = DecodeJob(catalog.path, transform or encoder.preprocess, draft_side(encoder), options.max_pixels)
-    use_processes = options.processes and transform is not None and len(plan.todo) >= PROCESS_THRESHOLD
-    if progress:
-        progress.start(len(plan.todo))
-    pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
     try:
-        window = max(2 * options.batch_size, 4 * options.workers)
-        for prep, old in bounded_map(pool, work, plan.todo, window):
-            committer.take(prep, old)
-            if progress:
-                progress.advance()
-        committer.commit()
+        if plan.todo:  # else nothing to decode or encode, and the model is never loaded
+            _decode_and_encode(index, plan.todo, committer, options, progress)
         committer.sweep(plan.gone)
     except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
         committer.commit(encode=False)
         report.interrupted = True
         raise SyncInterrupted(report) from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        cleanup()
         for reason, count in committer.reasons.items():
             report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
         index.checkpoint()
         report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _decode_and_encode(
+    index: Index,
+    todo: list[tuple[FileRecord, FileState | None]],
+    committer: _Committer,
+    options: SyncOptions,
+    progress: Progress | None,
+) -> None:
+    """Read and decode the to-do files in workers, encode them in batches, hand them to the committer."""
+    if progress and not index.encoder_loaded:
+        progress.note(f"Loading model {index.spec.label()} ...")
+    encoder = index.encoder
+    transform = encoder.pixel_transform
+    job = DecodeJob(
+        index.catalog.path, transform or encoder.preprocess, draft_side(encoder), options.max_pixels
+    )
+    use_processes = options.processes and transform is not None and len(todo) >= PROCESS_THRESHOLD
+    if progress:
+        progress.start(len(todo))
+    pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
+    try:
+        window = max(2 * options.batch_size, 4 * options.workers)
+        for prep, old in bounded_map(pool, work, todo, window):
+            committer.take(prep, old)
+            if progress:
+                progress.advance()
+        committer.commit()
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # stop feeding workers before committing
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        cleanup()
         if progress:
             progress.finish()
-    return report

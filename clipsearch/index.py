@@ -157,10 +157,11 @@ class Index:
                 _check_same_model(root, meta, _meta_for(encoder))
             else:
                 assert spec is not None
-                have, want = _label(meta.model, meta.pretrained), _label(spec.name, spec.pretrained)
-                if have != want:
+                try:
+                    _check_spec(root, meta, spec)
+                except ModelMismatchError:
                     catalog.close()
-                    raise _mismatch(root, have, want)
+                    raise
         except BaseException:
             os.close(lock_fd)
             raise
@@ -444,9 +445,14 @@ def check_index_model(path: str | Path, spec: ModelSpec) -> None:
     if not (root / CATALOG_FILE).is_file():
         return
     with Index.open(root) as existing:
-        have = _label(existing.meta.model, existing.meta.pretrained)
-    if have != _label(spec.name, spec.pretrained):
-        raise _mismatch(root, have, _label(spec.name, spec.pretrained))
+        _check_spec(root, existing.meta, spec)
+
+
+def _check_spec(root: Path, have: IndexMeta, spec: ModelSpec) -> None:
+    """Fail if the index records another model name or pretrained tag than ``spec`` (weights unchecked)."""
+    have_label, want_label = _label(have.model, have.pretrained), _label(spec.name, spec.pretrained)
+    if have_label != want_label:
+        raise _mismatch(root, have_label, want_label)
 
 
 def _create_catalog(path: Path, meta: IndexMeta) -> None:

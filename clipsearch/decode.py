@@ -31,26 +31,31 @@ from clipsearch.scan import FileRecord
 
 if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
+    from clipsearch.models import ModelFacts
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class Prepared(NamedTuple):
-    """A file after the worker stage: pixels to encode, or a known hash, or an error."""
+    """A file after the worker stage: pixels to encode, or a known hash, or an error.
+
+    ``pixels`` are ``(H, W, 3)`` uint8 from a :class:`~clipsearch.pixels.PixelTransform`'s
+    ``resize_crop`` (normalised later, a batch at a time), or the model's own ``(3, H, W)`` float32.
+    """
 
     record: FileRecord
     digest: str | None
-    pixels: npt.NDArray[np.float32] | None
+    pixels: npt.NDArray[Any] | None
     width: int
     height: int
     taken: float | None
     error: ImageError | None
 
 
-def draft_side(encoder: Encoder) -> int:
+def draft_side(model: Encoder | ModelFacts) -> int:
     """Shortest side JPEGs are decoded at (``draft``): twice the model's input, so resizing stays sharp."""
-    return 2 * min(encoder.image_size)
+    return 2 * min(model.image_size)
 
 
 def file_digest(data: bytes) -> str:
@@ -86,7 +91,7 @@ def prepare(
     except ImageError as exc:
         return Prepared(record, digest, None, 0, 0, None, exc)
     header = read_header(data)  # the size as stored, not as decoded (JPEG draft shrinks it)
-    pixels = np.asarray(preprocess(image), dtype=np.float32)
+    pixels = np.asarray(preprocess(image))
     width, height = (header.width, header.height) if header.width else image.size
     return Prepared(record, digest, pixels, width, height, header.taken, None)
 

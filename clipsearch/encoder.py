@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from clipsearch.models import ModelSpec
+    from clipsearch.models import ModelFacts, ModelSpec
+    from clipsearch.pixels import PixelTransform
 
 
 def l2_normalize(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -26,7 +27,8 @@ class Encoder:
     """A CLIP model with its own preprocessing and tokenizer.
 
     ``encode_images`` / ``encode_texts`` always return a 2-D float32 array of unit rows, computed
-    in eval mode under ``torch.inference_mode()``; callers never touch the torch model.
+    in eval mode under ``torch.inference_mode()``; callers never touch the torch model. An encoder
+    loaded ``image_only`` (for indexing) has no text tower and refuses ``encode_texts``.
     """
 
     def __init__(
@@ -35,15 +37,12 @@ class Encoder:
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         *,
-        spec: ModelSpec,
-        weights_sha256: str,
+        facts: ModelFacts,
         device: str = "cpu",
         precision: str = "fp32",
+        text: bool = True,
     ) -> None:
-        import open_clip
         import torch
-
-        from clipsearch.pixels import pixel_transform_for
 
         model.eval()  # open_clip returns models in train mode
         if precision not in ("fp32", "bf16"):
@@ -52,19 +51,33 @@ class Encoder:
         self.model: Any = model.to(dtype=self.dtype)
         self.precision = precision
         self.preprocess = preprocess
-        #: the same preprocessing in numpy (picklable, torch-free) where open_clip's config allows
-        self.pixel_transform = pixel_transform_for(open_clip.get_model_preprocess_cfg(model))
         self.tokenizer = tokenizer
-        self.spec = spec
-        self.weights_sha256 = weights_sha256
+        self.facts = facts
         self.device = device
-        self.dim = int(self.encode_texts([""]).shape[1])
+        self.has_text = text
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.facts.spec
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.facts.weights_sha256
+
+    @property
+    def dim(self) -> int:
+        """Length of the embeddings."""
+        return self.facts.dim
+
+    @property
+    def pixel_transform(self) -> PixelTransform | None:
+        """The model's preprocessing in numpy (picklable, torch-free), where open_clip's config allows."""
+        return self.facts.pixel_transform
 
     @property
     def image_size(self) -> tuple[int, int]:
         """The (height, width) the image tower expects."""
-        size = self.model.visual.image_size
-        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return self.facts.image_size
 
     def encode_images(
         self, images: Sequence[Image.Image], *, batch_size: int = 32
@@ -84,18 +97,36 @@ class Encoder:
             out.append(self.encode_pixels(pixels))
         return np.concatenate(out)
 
-    def encode_pixels(self, pixels: torch.Tensor | npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Encode an already preprocessed batch ``(n, 3, H, W)``; lets decoding happen elsewhere."""
+    def encode_pixels(
+        self, pixels: torch.Tensor | npt.NDArray[np.float32], *, threads: int | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Encode an already preprocessed batch ``(n, 3, H, W)``; lets decoding happen elsewhere.
+
+        ``threads``: torch's intra-op threads for this call (default: torch's setting).
+        """
         import torch
 
         batch = torch.as_tensor(pixels).to(self.device, dtype=self.dtype)
-        with torch.inference_mode():
-            features = self.model.encode_image(batch)
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                features = self.model.encode_image(batch)
+        finally:
+            if threads:
+                torch.set_num_threads(previous)
         return l2_normalize(features.float().cpu().numpy())
 
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> npt.NDArray[np.float32]:
         """Encode texts with the model's own tokenizer (truncated to its context length)."""
         import torch
+
+        if not self.has_text:
+            raise RuntimeError(
+                f"This encoder of {self.spec.label()} was loaded image_only, without its text tower; "
+                "load it with load_spec(spec) to encode texts."
+            )
 
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

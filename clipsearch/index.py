@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
     from clipsearch.grammar import Term
     from clipsearch.ingest import Progress, SyncOptions, SyncReport
-    from clipsearch.models import ModelSpec
+    from clipsearch.models import ModelFacts, ModelLoader, ModelSpec
     from clipsearch.onnx_export import ExportOutcome
     from clipsearch.onnx_text import OnnxTextEncoder, TextEncoder
     from clipsearch.search import Filters, Hit
@@ -60,6 +60,8 @@ class Index:
         self._store: VectorStore | None = None
         self._store_gen = -1
         self._encoder: Encoder | None = None
+        self._loader: ModelLoader | None = None  # the image tower alone, loading for a sync
+        self._image_encoder: Encoder | None = None  # what _loader loaded, checked against the index
         self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = "fp32"
 
@@ -127,11 +129,15 @@ class Index:
         root = Path(path).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
+        loader = None
         if encoder is None and (rebuild or not (root / CATALOG_FILE).is_file()):
-            from clipsearch.models import load_spec
+            from clipsearch.models import ModelLoader
 
             assert spec is not None
-            encoder = load_spec(spec, precision=precision)  # a new index records the model's details
+            # a new index records the model's details, known once it is built: its weights load
+            # in the background while the sync starts decoding
+            loader = ModelLoader(spec, precision=precision, image_only=True)
+            loader.facts()
         try:
             root.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_lock(root)
@@ -144,8 +150,9 @@ class Index:
             if rebuild:
                 _remove_index_files(root)
             if not (root / CATALOG_FILE).exists():
-                assert encoder is not None  # loaded above
-                _create_catalog(root / CATALOG_FILE, _meta_for(encoder))
+                facts = encoder.facts if encoder is not None else loader.facts() if loader else None
+                assert facts is not None  # built above
+                _create_catalog(root / CATALOG_FILE, _meta_for(facts))
             catalog = Catalog(root / CATALOG_FILE, writer=True)
             meta = catalog.meta()
             if meta is None:
@@ -154,7 +161,7 @@ class Index:
                     f"{root / CATALOG_FILE} holds no index metadata. Re-create the index with --rebuild."
                 )
             if encoder is not None:
-                _check_same_model(root, meta, _meta_for(encoder))
+                _check_same_model(root, meta, _meta_for(encoder.facts))
             else:
                 assert spec is not None
                 try:
@@ -167,6 +174,7 @@ class Index:
             raise
         index = cls(root, catalog, meta, lock_fd=lock_fd)
         index._encoder = encoder
+        index._loader = loader
         index._precision = precision
         index._sweep_stale_vector_files()
         return index
@@ -193,8 +201,8 @@ class Index:
 
     @property
     def encoder_loaded(self) -> bool:
-        """Whether the model is in memory already (loading it takes seconds)."""
-        return self._encoder is not None
+        """Whether a model to encode images with is in memory already (loading it takes seconds)."""
+        return self._encoder is not None or self._image_encoder is not None
 
     @property
     def encoder(self) -> Encoder:
@@ -203,9 +211,36 @@ class Index:
             from clipsearch.models import load_spec
 
             encoder = load_spec(self.spec, precision=self._precision)
-            _check_same_model(self.path, self.meta, _meta_for(encoder))
+            _check_same_model(self.path, self.meta, _meta_for(encoder.facts))
             self._encoder = encoder
         return self._encoder
+
+    def model_facts(self) -> ModelFacts:
+        """Facts of the model a sync encodes with (input size, preprocessing); unless the model is in
+        memory, this starts loading its image tower in the background and waits only until it is built."""
+        if self._encoder is not None:
+            return self._encoder.facts
+        if self._image_encoder is not None:
+            return self._image_encoder.facts
+        if self._loader is None:
+            from clipsearch.models import ModelLoader
+
+            self._loader = ModelLoader(self.spec, precision=self._precision, image_only=True)
+        return self._loader.facts()
+
+    @property
+    def image_encoder(self) -> Encoder:
+        """What a sync encodes images with: the model if loaded, else its image tower alone (a third
+        less memory for ViT-B-32), loaded on first use (see :meth:`model_facts`)."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._image_encoder is None:
+            self.model_facts()  # starts the loader
+            assert self._loader is not None
+            encoder = self._loader.encoder()
+            _check_same_model(self.path, self.meta, _meta_for(encoder.facts))
+            self._image_encoder, self._loader = encoder, None
+        return self._image_encoder
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -236,8 +271,9 @@ class Index:
             return self._encoder
         from clipsearch.models import load_spec
 
+        self._image_encoder = self._loader = None  # the sync is over: memory for the fp32 model
         encoder = load_spec(self.spec, precision="fp32")
-        _check_same_model(self.path, self.meta, _meta_for(encoder))
+        _check_same_model(self.path, self.meta, _meta_for(encoder.facts))
         if self._encoder is None and self._precision == "fp32":
             self._encoder = encoder
         return encoder
@@ -405,12 +441,12 @@ class Index:
         }
 
 
-def _meta_for(encoder: Encoder) -> IndexMeta:
+def _meta_for(facts: ModelFacts) -> IndexMeta:
     return IndexMeta(
-        model=encoder.spec.name,
-        pretrained=encoder.spec.pretrained,
-        weights_sha256=encoder.weights_sha256,
-        dim=encoder.dim,
+        model=facts.spec.name,
+        pretrained=facts.spec.pretrained,
+        weights_sha256=facts.weights_sha256,
+        dim=facts.dim,
         store_kind=DEFAULT_STORE_KIND,
     )
 

@@ -13,9 +13,10 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from clipsearch.catalog import Catalog, FileState, NewFile
 from clipsearch.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, draft_side, open_decoder
@@ -41,6 +42,9 @@ class SyncOptions:
         workers: processes (or threads) reading and decoding files ahead of the encoder.
         processes: decode in worker processes (true parallelism beside the encoder); threads if
             false, or when there are only a few files to decode.
+        encode_threads: torch threads encoding batches while worker processes decode; None: the
+            cores the workers leave, at least 1 (two pools of busy threads on the same cores slow
+            each other down: torch's threads wait for each other at every step).
         max_pixels: images larger than this are skipped (decompression-bomb guard).
         commit_every: most catalog rows held in memory before a commit.
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
@@ -51,6 +55,7 @@ class SyncOptions:
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
     processes: bool = True
+    encode_threads: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     commit_every: int = 512
     checkpoint_every: int = 20_000
@@ -139,6 +144,7 @@ class _Committer:
         self.rows: list[tuple[FileRecord, str | None, str | None]] = []  # record, digest, error
         self.since_checkpoint = 0
         self.reasons: Counter[str] = Counter()
+        self.threads: int | None = None  # torch threads per encode; set while workers decode
 
     def take(self, prep: Prepared, old: FileState | None) -> None:
         record, report = prep.record, self.report
@@ -178,7 +184,7 @@ class _Committer:
         rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in self.queue]
         if not new and not rows:
             return
-        vectors = self.index.encoder.encode_pixels(np.stack([p.pixels for p in new])) if new else None
+        vectors = self._encode([p.pixels for p in new]) if new else None
         with self.catalog.transaction():
             gen = self.catalog.next_gen()
             ids = {
@@ -195,6 +201,15 @@ class _Committer:
         if self.since_checkpoint >= self.options.checkpoint_every:
             self.index.checkpoint()
             self.since_checkpoint = 0
+
+    def _encode(self, pixels: list[Any]) -> npt.NDArray[np.float32]:
+        """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
+        encoder = self.index.image_encoder  # waits for the model if it is still loading
+        batch = np.stack(pixels)
+        if batch.dtype == np.uint8:
+            assert encoder.pixel_transform is not None  # the only source of uint8 pixels
+            batch = encoder.pixel_transform.normalize(batch)
+        return encoder.encode_pixels(batch, threads=self.threads)
 
     def _file_rows(
         self, rows: list[tuple[FileRecord, str | None, str | None]], new_ids: dict[str, int]
@@ -291,20 +306,31 @@ def _decode_and_encode(
     options: SyncOptions,
     progress: Progress | None,
 ) -> None:
-    """Read and decode the to-do files in workers, encode them in batches, hand them to the committer."""
+    """Read and decode the to-do files in workers, encode them in batches, hand them to the committer.
+
+    Decoding starts as soon as the model is built; its weights load meanwhile (``model_facts``).
+    """
     if progress and not index.encoder_loaded:
         progress.note(f"Loading model {index.spec.label()} ...")
-    encoder = index.encoder
-    transform = encoder.pixel_transform
+    facts = index.model_facts()
+    transform = facts.pixel_transform
     job = DecodeJob(
-        index.catalog.path, transform or encoder.preprocess, draft_side(encoder), options.max_pixels
+        index.catalog.path,
+        transform.resize_crop if transform else facts.preprocess,
+        draft_side(facts),
+        options.max_pixels,
     )
     use_processes = options.processes and transform is not None and len(todo) >= PROCESS_THRESHOLD
     if progress:
         progress.start(len(todo))
     pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
+    if use_processes:
+        free_cores = (os.cpu_count() or 1) - options.workers + 1
+        committer.threads = options.encode_threads or max(1, free_cores)
     try:
-        window = max(2 * options.batch_size, 4 * options.workers)
+        # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
+        # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
+        window = max(4 * options.batch_size, 4 * options.workers)
         for prep, old in bounded_map(pool, work, todo, window):
             committer.take(prep, old)
             if progress:

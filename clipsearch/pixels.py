@@ -31,15 +31,24 @@ class PixelTransform:
     resize_mode: str  # "shortest" (resize + centre crop) or "squash"
 
     def __call__(self, image: Image.Image) -> npt.NDArray[np.float32]:
+        return self.normalize(self.resize_crop(image)[None])[0]
+
+    def resize_crop(self, image: Image.Image) -> npt.NDArray[np.uint8]:
+        """The geometric half: ``(H, W, 3)`` uint8 pixels, a quarter of the float32 size to ship."""
         image = image.convert("RGB") if image.mode != "RGB" else image
         resample = _RESAMPLE[self.interpolation]
         if self.resize_mode == "squash":
             image = image.resize((self.width, self.height), resample)
         else:
             image = self._centre_crop(self._resize_shortest(image, resample))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(array.transpose(2, 0, 1))
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """The arithmetic half, for a batch: ``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float32."""
+        std = np.asarray(self.std, np.float32)
+        scale, shift = 1.0 / (255.0 * std), np.asarray(self.mean, np.float32) / std
+        array = pixels.astype(np.float32) * scale - shift
+        return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
 
     def _resize_shortest(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
         width, height = image.size

@@ -99,3 +99,23 @@ def test_bf16_embeddings_match_fp32(vit) -> None:
         top32 = set(np.argsort(-(fp32_vecs @ fp32_vecs[i]))[:10].tolist())
         top16 = set(np.argsort(-(bf16_vecs @ bf16_vecs[i]))[:10].tolist())
         assert top32 == top16, i
+
+
+def test_encoding_with_fewer_threads_gives_the_same_vectors(tiny_encoder) -> None:
+    import torch
+
+    pixels = np.stack([tiny_encoder.pixel_transform(img) for img in odd_sizes()])
+    before = torch.get_num_threads()
+    one = tiny_encoder.encode_pixels(pixels, threads=1)
+    assert torch.get_num_threads() == before  # restored
+    np.testing.assert_allclose(one, tiny_encoder.encode_pixels(pixels), atol=1e-5)
+
+
+def test_pixel_transform_halves_compose_to_the_whole(tiny_encoder) -> None:
+    transform = tiny_encoder.pixel_transform
+    images = odd_sizes()
+    shipped = np.stack([transform.resize_crop(img) for img in images])
+    assert shipped.dtype == np.uint8 and shipped.shape[1:] == (*tiny_encoder.image_size, 3)
+    np.testing.assert_allclose(
+        transform.normalize(shipped), np.stack([transform(img) for img in images]), atol=1e-6
+    )

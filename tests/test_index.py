@@ -121,10 +121,25 @@ def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny
     with Index.open_for_write(index_dir, spec=spec) as idx:  # a new file: loaded on demand
         assert idx.sync(None).added == 1
         assert idx.encoder_loaded
+        assert not idx.image_encoder.has_text  # syncing loads the image tower alone
         vector = idx.stored_vector(str(extra))
+        text = idx.search_text("a red picture", k=1)  # a text query loads the whole model
+        assert idx.encoder.has_text and text
     assert vector is not None
     fresh = tiny_encoder.encode_images([open_image(extra, min_side=draft_side(tiny_encoder))])[0]
     np.testing.assert_allclose(vector, fresh, atol=1e-3)
+
+
+def test_new_index_from_a_spec_encodes_as_the_loaded_model_does(tmp_path, photos, tiny_encoder) -> None:
+    """A new index starts decoding while the weights load; its vectors are the model's own."""
+    with Index.open_for_write(tmp_path / "new", spec=tiny_encoder.spec) as idx:
+        assert idx.meta.dim == tiny_encoder.dim and idx.meta.weights_sha256 == tiny_encoder.weights_sha256
+        idx.sync([str(photos["coffee"].parent)])
+        for path in photos.values():
+            vector = idx.stored_vector(str(path))
+            assert vector is not None
+            fresh = tiny_encoder.encode_images([open_image(path, min_side=draft_side(tiny_encoder))])[0]
+            np.testing.assert_allclose(vector, fresh, atol=2e-3)
 
 
 def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encoder, tmp_path) -> None:

@@ -53,33 +53,86 @@ def test_tiny_hf_hub_model_encodes_unit_float32_rows(tiny_encoder) -> None:
     assert not tiny_encoder.model.training
 
 
+def _stream(weights, precision: str, *, image_only: bool = False, facts: list | None = None):
+    from clipsearch.models import ModelFacts, _build_streaming
+
+    def built(model, preprocess):
+        model.eval()
+        found = ModelFacts.of(ModelSpec("test", ""), weights.sha256, model, preprocess)
+        (facts if facts is not None else []).append(found)
+        return found
+
+    loaded = _build_streaming(weights, precision, "cpu", image_only=image_only, built=built)
+    return None if loaded is None else loaded[0]
+
+
 def test_streamed_weights_equal_open_clip_loading(tiny_model: str, tmp_path: Path) -> None:
-    """Our one-tensor-at-a-time loader gives exactly the model open_clip's loader gives."""
+    """Our one-tensor-at-a-time loader (no random initialisation) gives exactly open_clip's model."""
     import open_clip
     import torch
 
-    from clipsearch.models import _build_streaming
-
     weights = resolve_weights(ModelSpec.parse(tiny_model, None))
-    streamed, _ = _build_streaming(weights, "fp32", "cpu")
+    facts: list = []
+    streamed = _stream(weights, "fp32", facts=facts)
     reference = open_clip.create_model(tiny_model)
     expected = reference.state_dict()
     for key, value in streamed.state_dict().items():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
-    in_bf16, _ = _build_streaming(weights, "bf16", "cpu")
+    assert torch.nn.init.normal_.__name__ == "normal_"  # restored after the build
+    assert len(facts) == 1 and facts[0].dim == reference.text_projection.shape[1]
+    in_bf16 = _stream(weights, "bf16")
     assert all(p.dtype == torch.bfloat16 for p in in_bf16.parameters())
     # a .bin file, or tensors that do not match the model, go through open_clip's own loader
     torch.save(expected, tmp_path / "weights.bin")
-    assert _build_streaming(replace(weights, checkpoint=tmp_path / "weights.bin"), "fp32", "cpu") is None
+    assert _stream(replace(weights, checkpoint=tmp_path / "weights.bin"), "fp32") is None
     from safetensors.torch import save_file
 
     save_file(
         {k: v for k, v in expected.items() if k != "logit_scale"}, str(tmp_path / "partial.safetensors")
     )
-    assert (
-        _build_streaming(replace(weights, checkpoint=tmp_path / "partial.safetensors"), "fp32", "cpu") is None
+    assert _stream(replace(weights, checkpoint=tmp_path / "partial.safetensors"), "fp32") is None
+    # a truncated file is refused before the model is built (a new index is not created for it)
+    data = weights.checkpoint.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    facts.clear()
+    with pytest.raises(ValueError, match="truncated"):
+        _stream(replace(weights, checkpoint=tmp_path / "cut.safetensors"), "fp32", facts=facts)
+    assert not facts
+
+
+def test_image_only_encoder_has_the_image_tower_and_no_text_tower(tiny_model: str, tiny_encoder) -> None:
+    from clipsearch.models import load_spec
+
+    images = [Image.new("RGB", (50, 40), c) for c in ("red", "blue", "green")]
+    image_only = load_spec(tiny_encoder.spec, image_only=True)
+    np.testing.assert_allclose(
+        image_only.encode_images(images), tiny_encoder.encode_images(images), atol=1e-6
     )
+    assert replace(image_only.facts, preprocess=None) == replace(tiny_encoder.facts, preprocess=None)
+    text_params = [p for n, p in image_only.model.named_parameters() if not n.startswith("visual.")]
+    assert text_params and all(p.numel() == 0 for p in text_params)  # freed, not left as garbage
+    with pytest.raises(RuntimeError, match="without its text tower"):
+        image_only.encode_texts(["a cat"])
+
+
+def test_model_loader_gives_facts_then_the_encoder_and_hands_errors_over(
+    tiny_model: str, tiny_encoder, tmp_path: Path
+) -> None:
+    from clipsearch.models import ModelLoader
+
+    loader = ModelLoader(tiny_encoder.spec, image_only=True)
+    facts = loader.facts()
+    assert (facts.dim, facts.image_size, facts.weights_sha256) == (
+        tiny_encoder.dim,
+        tiny_encoder.image_size,
+        tiny_encoder.weights_sha256,
+    )
+    assert loader.encoder().facts is facts and not loader.encoder().has_text
+    missing = ModelLoader(ModelSpec("ViT-B-32", str(tmp_path / "missing.safetensors")))
+    for wait in (missing.facts, missing.encoder):
+        with pytest.raises(ModelUnavailableError, match="does not exist"):
+            wait()
 
 
 def test_hf_hub_weights_checksum_is_the_blob_sha256(tiny_model: str, hf_cache: Path) -> None:

@@ -3,6 +3,7 @@ cold CLI search that never imports torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -144,8 +145,7 @@ def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encode
         model,
         tiny_encoder.preprocess,
         tiny_encoder.tokenizer,
-        spec=tiny_encoder.spec,
-        weights_sha256="f" * 64,
+        facts=dataclasses.replace(tiny_encoder.facts, weights_sha256="f" * 64),
     )
     assert not _causal_text_tower(model) and _causal_text_tower(tiny_encoder.model)
     meta = IndexMeta(model="test", pretrained="", weights_sha256="f" * 64, dim=encoder.dim)
@@ -243,8 +243,7 @@ def test_unsupported_tokenizer_is_remembered(tmp_path: Path, photos, tiny_encode
         tiny_encoder.model,
         tiny_encoder.preprocess,
         SimpleTokenizer(context_length=16, clean="canonicalize"),
-        spec=tiny_encoder.spec,
-        weights_sha256=tiny_encoder.weights_sha256,
+        facts=tiny_encoder.facts,
     )
     loads = []
     outcome = export_text_encoder(idx.meta, lambda: loads.append(1) or other)

@@ -205,6 +205,11 @@ class Index:
         return self._encoder is not None or self._image_encoder is not None
 
     @property
+    def model_loading(self) -> bool:
+        """Whether a model is being loaded in the background (see :meth:`model_facts`)."""
+        return self._loader is not None
+
+    @property
     def encoder(self) -> Encoder:
         """The model this index was built with, loaded on first use and checked against the index."""
         if self._encoder is None:

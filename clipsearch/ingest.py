@@ -310,7 +310,7 @@ def _decode_and_encode(
 
     Decoding starts as soon as the model is built; its weights load meanwhile (``model_facts``).
     """
-    if progress and not index.encoder_loaded:
+    if progress and not (index.encoder_loaded or index.model_loading):
         progress.note(f"Loading model {index.spec.label()} ...")
     facts = index.model_facts()
     transform = facts.pixel_transform

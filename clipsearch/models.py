@@ -430,8 +430,9 @@ class ModelLoader:
             self._facts = facts
             self._built.set()
 
-        # a daemon: Ctrl-C while the weights load must not wait for them
-        threading.Thread(target=run, name="clipsearch-model-load", daemon=True).start()
+        # not a daemon: torch aborts the process (std::terminate) if the interpreter exits while a
+        # thread is inside it, so an exit (Ctrl-C while loading) waits for the load to end instead
+        threading.Thread(target=run, name="clipsearch-model-load").start()
 
     def facts(self) -> ModelFacts:
         """The built model's facts; waits for them."""

@@ -184,3 +184,16 @@ def test_ctrl_c_stops_fast_keeps_work_and_says_how_to_resume(tmp_path, tiny_mode
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["unchanged"] >= kept
     check_exact(index_dir, folder, tiny_encoder)
+
+
+def test_ctrl_c_while_the_model_loads_exits_cleanly(tmp_path, tiny_model) -> None:
+    """The model loads in a background thread; an interrupt then must not abort inside torch."""
+    folder, index_dir = tmp_path / "photos", tmp_path / "idx"
+    write_corpus(folder, 80, seed=3)
+    proc = subprocess.Popen(index_cmd(folder, index_dir, tiny_model),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.0)  # importing torch: the loader thread has started, nothing is encoded yet
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err and "terminate called" not in err

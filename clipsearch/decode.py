@@ -31,7 +31,7 @@ from clipsearch.scan import FileRecord
 
 if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
-    from clipsearch.models import ModelFacts
+    from clipsearch.models import ModelFacts, ModelPreview
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -53,7 +53,7 @@ class Prepared(NamedTuple):
     error: ImageError | None
 
 
-def draft_side(model: Encoder | ModelFacts) -> int:
+def draft_side(model: Encoder | ModelFacts | ModelPreview) -> int:
     """Shortest side JPEGs are decoded at (``draft``): twice the model's input, so resizing stays sharp."""
     return 2 * min(model.image_size)
 

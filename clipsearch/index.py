@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
     from clipsearch.grammar import Term
     from clipsearch.ingest import Progress, SyncOptions, SyncReport
-    from clipsearch.models import ModelFacts, ModelLoader, ModelSpec
+    from clipsearch.models import ModelFacts, ModelLoader, ModelPreview, ModelSpec
     from clipsearch.onnx_export import ExportOutcome
     from clipsearch.onnx_text import OnnxTextEncoder, TextEncoder
     from clipsearch.search import Filters, Hit
@@ -62,6 +62,7 @@ class Index:
         self._encoder: Encoder | None = None
         self._loader: ModelLoader | None = None  # the image tower alone, loading for a sync
         self._image_encoder: Encoder | None = None  # what _loader loaded, checked against the index
+        self._meta_preview: ModelPreview | None = None  # the unchecked preview a new index's meta came from
         self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = "fp32"
 
@@ -129,15 +130,18 @@ class Index:
         root = Path(path).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise IndexCorruptError(f"{root} is a file, not an index folder. Choose another --index path.")
-        loader = None
+        loader = preview = None
         if encoder is None and (rebuild or not (root / CATALOG_FILE).is_file()):
-            from clipsearch.models import ModelLoader
+            from clipsearch.models import ModelLoader, cached_preview
 
             assert spec is not None
-            # a new index records the model's details, known once it is built: its weights load
-            # in the background while the sync starts decoding
+            # a new index records the model's details: kept on this machine from the model's last
+            # build (checked once it is built), else known once it is built; its weights load in
+            # the background while the sync starts decoding
+            preview = cached_preview(spec)
             loader = ModelLoader(spec, precision=precision, image_only=True)
-            loader.facts()
+            if preview is None:
+                loader.facts()
         try:
             root.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_lock(root)
@@ -149,10 +153,16 @@ class Index:
         try:
             if rebuild:
                 _remove_index_files(root)
-            if not (root / CATALOG_FILE).exists():
-                facts = encoder.facts if encoder is not None else loader.facts() if loader else None
-                assert facts is not None  # built above
-                _create_catalog(root / CATALOG_FILE, _meta_for(facts))
+            created = not (root / CATALOG_FILE).exists()
+            if created and encoder is not None:
+                _create_catalog(root / CATALOG_FILE, _meta_for(encoder.spec, encoder.facts))
+            elif created:
+                assert spec is not None
+                if loader is None:  # the index was removed since the check above
+                    from clipsearch.models import ModelLoader
+
+                    loader = ModelLoader(spec, precision=precision, image_only=True)
+                _create_catalog(root / CATALOG_FILE, _meta_for(spec, preview or loader.facts()))
             catalog = Catalog(root / CATALOG_FILE, writer=True)
             meta = catalog.meta()
             if meta is None:
@@ -161,7 +171,7 @@ class Index:
                     f"{root / CATALOG_FILE} holds no index metadata. Re-create the index with --rebuild."
                 )
             if encoder is not None:
-                _check_same_model(root, meta, _meta_for(encoder.facts))
+                _check_same_model(root, meta, _meta_for(encoder.spec, encoder.facts))
             else:
                 assert spec is not None
                 try:
@@ -175,6 +185,7 @@ class Index:
         index = cls(root, catalog, meta, lock_fd=lock_fd)
         index._encoder = encoder
         index._loader = loader
+        index._meta_preview = preview if created else None
         index._precision = precision
         index._sweep_stale_vector_files()
         return index
@@ -216,9 +227,16 @@ class Index:
             from clipsearch.models import load_spec
 
             encoder = load_spec(self.spec, precision=self._precision)
-            _check_same_model(self.path, self.meta, _meta_for(encoder.facts))
+            _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
             self._encoder = encoder
         return self._encoder
+
+    def start_loading(self) -> None:
+        """Unless a model is in memory, start loading the image tower a sync needs, in the background."""
+        if self._encoder is None and self._image_encoder is None and self._loader is None:
+            from clipsearch.models import ModelLoader
+
+            self._loader = ModelLoader(self.spec, precision=self._precision, image_only=True)
 
     def model_facts(self) -> ModelFacts:
         """Facts of the model a sync encodes with (input size, preprocessing); unless the model is in
@@ -227,11 +245,41 @@ class Index:
             return self._encoder.facts
         if self._image_encoder is not None:
             return self._image_encoder.facts
-        if self._loader is None:
-            from clipsearch.models import ModelLoader
-
-            self._loader = ModelLoader(self.spec, precision=self._precision, image_only=True)
+        self.start_loading()
+        assert self._loader is not None
         return self._loader.facts()
+
+    def cached_preview(self) -> ModelPreview | None:
+        """The model's preview kept on this machine (see :class:`~clipsearch.models.ModelPreview`);
+        None when a model is in memory already."""
+        if self.encoder_loaded:
+            return None
+        from clipsearch.models import cached_preview
+
+        return cached_preview(self.spec)
+
+    def check_preview(self, preview: ModelPreview | None = None) -> bool:
+        """Whether ``preview`` (default: the one a new index's metadata came from) is the model's own.
+
+        Waits until the model is built. If not, the machine's cache is corrected, and a new index
+        made from the preview gets the model's metadata: nothing can have been committed with it.
+        """
+        from clipsearch.models import ModelPreview, remember_preview
+
+        preview = preview or self._meta_preview
+        if preview is None:
+            return True
+        facts = self.model_facts()
+        actual = ModelPreview.of(facts)
+        if actual == preview:
+            self._meta_preview = None
+            return True
+        remember_preview(self.spec, actual)
+        if self._meta_preview is not None:
+            self.meta = _meta_for(self.spec, facts)
+            self.catalog.write_meta(self.meta)
+            self._meta_preview = None
+        return False
 
     @property
     def image_encoder(self) -> Encoder:
@@ -243,7 +291,7 @@ class Index:
             self.model_facts()  # starts the loader
             assert self._loader is not None
             encoder = self._loader.encoder()
-            _check_same_model(self.path, self.meta, _meta_for(encoder.facts))
+            _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
             self._image_encoder, self._loader = encoder, None
         return self._image_encoder
 
@@ -278,7 +326,7 @@ class Index:
 
         self._image_encoder = self._loader = None  # the sync is over: memory for the fp32 model
         encoder = load_spec(self.spec, precision="fp32")
-        _check_same_model(self.path, self.meta, _meta_for(encoder.facts))
+        _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
         if self._encoder is None and self._precision == "fp32":
             self._encoder = encoder
         return encoder
@@ -446,10 +494,10 @@ class Index:
         }
 
 
-def _meta_for(facts: ModelFacts) -> IndexMeta:
+def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview) -> IndexMeta:
     return IndexMeta(
-        model=facts.spec.name,
-        pretrained=facts.spec.pretrained,
+        model=spec.name,
+        pretrained=spec.pretrained,
         weights_sha256=facts.weights_sha256,
         dim=facts.dim,
         store_kind=DEFAULT_STORE_KIND,

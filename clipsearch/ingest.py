@@ -11,7 +11,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -22,10 +22,12 @@ from clipsearch.catalog import Catalog, FileState, NewFile
 from clipsearch.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, draft_side, open_decoder
 from clipsearch.errors import ClipsearchError, IndexAccessError, UsageError
 from clipsearch.images import DEFAULT_MAX_PIXELS
+from clipsearch.models import ModelPreview, remember_preview
 from clipsearch.scan import FileRecord, scan
 
 if TYPE_CHECKING:
     from clipsearch.index import Index
+    from clipsearch.models import ModelFacts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -94,6 +96,10 @@ class SyncReport:
         return asdict(self)
 
 
+class StalePreview(Exception):
+    """The model preview decoding started with is not the model's: nothing was committed, decode again."""
+
+
 class SyncInterrupted(ClipsearchError):
     """Ctrl-C during a sync: what was committed is kept; running the sync again resumes."""
 
@@ -145,6 +151,7 @@ class _Committer:
         self.since_checkpoint = 0
         self.reasons: Counter[str] = Counter()
         self.threads: int | None = None  # torch threads per encode; set while workers decode
+        self.unverified: ModelPreview | None = None  # the cached preview the files were decoded with
 
     def take(self, prep: Prepared, old: FileState | None) -> None:
         record, report = prep.record, self.report
@@ -179,7 +186,18 @@ class _Committer:
         return digest is not None and self.catalog.content_id(digest) is not None
 
     def commit(self, *, encode: bool = True) -> None:
-        """Encode the queued contents and commit them with every accumulated file row."""
+        """Encode the queued contents and commit them with every accumulated file row.
+
+        Raises:
+            StalePreview: the files were decoded with a cached model preview that is not the
+                model's (checked before the first commit, so nothing decoded with it is stored).
+        """
+        if self.unverified is not None:
+            if not encode:  # interrupted before the model was checked: keep nothing, redo on resume
+                return
+            if not self.index.check_preview(self.unverified):
+                raise StalePreview
+            self.unverified = None
         new = list(self.queue.values()) if encode else []
         rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in self.queue]
         if not new and not rows:
@@ -285,7 +303,14 @@ def _sync(
     committer = _Committer(index, report, options)
     try:
         if plan.todo:  # else nothing to decode or encode, and the model is never loaded
-            _decode_and_encode(index, plan.todo, committer, options, progress)
+            try:
+                _decode_and_encode(index, plan.todo, committer, options, progress, cached=True)
+            except StalePreview:
+                report.added = report.updated = report.reused = report.skipped = 0
+                report.unchanged = plan.unchanged
+                committer = _Committer(index, report, options)
+                _decode_and_encode(index, plan.todo, committer, options, progress, cached=False)
+        index.check_preview()  # a new index made from a preview, with nothing to encode
         committer.sweep(plan.gone)
     except KeyboardInterrupt:
         committer.commit(encode=False)
@@ -305,22 +330,29 @@ def _decode_and_encode(
     committer: _Committer,
     options: SyncOptions,
     progress: Progress | None,
+    *,
+    cached: bool,
 ) -> None:
     """Read and decode the to-do files in workers, encode them in batches, hand them to the committer.
 
-    Decoding starts as soon as the model is built; its weights load meanwhile (``model_facts``).
+    The model loads in the background meanwhile. Decoding starts once it is built, or at once with
+    the model's preview kept from an earlier build (``cached``), checked before the first commit.
     """
     if progress and not (index.encoder_loaded or index.model_loading):
         progress.note(f"Loading model {index.spec.label()} ...")
-    facts = index.model_facts()
-    transform = facts.pixel_transform
-    job = DecodeJob(
-        index.catalog.path,
-        transform.resize_crop if transform else facts.preprocess,
-        draft_side(facts),
-        options.max_pixels,
-    )
-    use_processes = options.processes and transform is not None and len(todo) >= PROCESS_THRESHOLD
+    index.start_loading()
+    preview = index.cached_preview() if cached else None
+    model: ModelFacts | ModelPreview
+    if preview is not None:
+        committer.unverified = model = preview
+        transform: Callable[[Any], Any] = preview.pixel_transform.resize_crop
+    else:
+        model = facts = index.model_facts()
+        remember_preview(index.spec, ModelPreview.of(facts))
+        transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
+    side = draft_side(model)
+    job = DecodeJob(index.catalog.path, transform, side, options.max_pixels)
+    use_processes = options.processes and model.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
     if progress:
         progress.start(len(todo))
     pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)

@@ -399,6 +399,73 @@ class ModelFacts:
         )
 
 
+@dataclass(frozen=True)
+class ModelPreview:
+    """What a sync needs of a model before it is built: what a new index records, and the numpy
+    preprocessing that decoding needs. Kept per machine from the model's last build, so a sync can
+    start decoding at once instead of after the seconds torch takes to import; the sync checks it
+    against the built model before it commits anything (``ingest``)."""
+
+    weights_sha256: str
+    dim: int
+    image_size: tuple[int, int]
+    pixel_transform: PixelTransform
+
+    @classmethod
+    def of(cls, facts: ModelFacts) -> ModelPreview | None:
+        """The preview of a built model, or None where its preprocessing needs torch."""
+        if facts.pixel_transform is None:
+            return None
+        return cls(facts.weights_sha256, facts.dim, facts.image_size, facts.pixel_transform)
+
+
+def _preview_file(spec: ModelSpec) -> Path:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from clipsearch.cache import user_cache_dir
+
+    try:
+        open_clip_version = version("open_clip_torch")
+    except PackageNotFoundError:
+        open_clip_version = "?"
+    key = json.dumps([spec.name, spec.pretrained, open_clip_version])
+    return user_cache_dir() / "models" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def cached_preview(spec: ModelSpec) -> ModelPreview | None:
+    """The preview kept for this model on this machine, if any (reads one small file; no torch)."""
+    from clipsearch.pixels import PixelTransform
+
+    try:
+        data = json.loads(_preview_file(spec).read_text())
+        transform = {k: tuple(v) if isinstance(v, list) else v for k, v in data["pixel_transform"].items()}
+        return ModelPreview(
+            str(data["weights_sha256"]),
+            int(data["dim"]),
+            (int(data["image_size"][0]), int(data["image_size"][1])),
+            PixelTransform(**transform),
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # none yet, or unreadable
+        return None
+
+
+def remember_preview(spec: ModelSpec, preview: ModelPreview | None) -> None:
+    """Keep ``preview`` for the next sync of this model, or forget a wrong one (None); best effort."""
+    from dataclasses import asdict
+
+    path = _preview_file(spec)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if preview is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(asdict(preview)))
+        os.replace(tmp, path)
+    except OSError:  # a read-only or full cache only costs the next sync a few seconds
+        tmp.unlink(missing_ok=True)
+
+
 class ModelLoader:
     """:func:`load_spec` in a background thread, so that a caller can work meanwhile.
 
@@ -420,6 +487,7 @@ class ModelLoader:
         def run() -> None:
             try:
                 self._encoder = load_spec(spec, precision=precision, image_only=image_only, on_built=built)
+                _release_free_memory()  # the read buffers sit in this thread's own malloc arena
             except BaseException as exc:  # handed to the thread that waits for the model
                 self._error = exc
             finally:
@@ -449,6 +517,19 @@ class ModelLoader:
             assert self._error is not None
             raise self._error
         return self._encoder
+
+
+def _release_free_memory() -> None:
+    """Give memory that malloc holds free back to the system (glibc's ``malloc_trim``; else nothing).
+
+    Freed blocks in a thread's arena are not reused by other threads, so the ~40 MB of file
+    buffers a model load leaves there would count in the process's memory until it exits.
+    """
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(AttributeError, OSError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 class _DropMessage(logging.Filter):

@@ -80,12 +80,9 @@ class TextOnnxSettings:
 
 def cache_root() -> Path:
     """The folder holding exported text encoders: ``$CLIPSEARCH_CACHE/text-onnx`` or the user cache's."""
-    configured = os.environ.get("CLIPSEARCH_CACHE")
-    if configured:
-        return Path(configured).expanduser() / "text-onnx"
-    import platformdirs
+    from clipsearch.cache import user_cache_dir
 
-    return Path(platformdirs.user_cache_dir("clipsearch")) / "text-onnx"
+    return user_cache_dir() / "text-onnx"
 
 
 def onnx_dir(weights_sha256: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from clipsearch.decode import draft_side
 from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
 from clipsearch.images import open_image
 from clipsearch.index import Index
-from clipsearch.models import load_encoder
+from clipsearch.models import ModelPreview, cached_preview, load_encoder, remember_preview
 from hfcache import add_tiny_model
 
 
@@ -140,6 +141,53 @@ def test_new_index_from_a_spec_encodes_as_the_loaded_model_does(tmp_path, photos
             assert vector is not None
             fresh = tiny_encoder.encode_images([open_image(path, min_side=draft_side(tiny_encoder))])[0]
             np.testing.assert_allclose(vector, fresh, atol=2e-3)
+
+
+def assert_vectors_are_the_models(idx: Index, photos: dict[str, Path], encoder) -> None:
+    for path in photos.values():
+        vector = idx.stored_vector(str(path))
+        assert vector is not None, path
+        fresh = encoder.encode_images([open_image(path, min_side=draft_side(encoder))])[0]
+        np.testing.assert_allclose(vector, fresh, atol=2e-3)
+
+
+def test_a_sync_keeps_the_model_preview_and_the_next_new_index_uses_it(
+    tmp_path, photos, tiny_encoder
+) -> None:
+    spec = tiny_encoder.spec
+    assert cached_preview(spec) is None  # a fresh user cache (conftest)
+    with Index.open_for_write(tmp_path / "first", spec=spec) as idx:
+        idx.sync([str(photos["coffee"].parent)])
+    assert cached_preview(spec) == ModelPreview.of(tiny_encoder.facts)
+    with Index.open_for_write(tmp_path / "second", spec=spec) as idx:
+        assert idx.model_loading and not idx.encoder_loaded  # created from the preview, model still loading
+        assert (idx.meta.dim, idx.meta.weights_sha256) == (tiny_encoder.dim, tiny_encoder.weights_sha256)
+        idx.sync([str(photos["coffee"].parent)])
+        assert_vectors_are_the_models(idx, photos, tiny_encoder)
+
+
+@pytest.mark.parametrize("files", ["photos", "none"])
+def test_a_wrong_model_preview_is_caught_before_anything_is_committed(
+    tmp_path, photos, tiny_encoder, files: str
+) -> None:
+    """A cached preview that is not the model's (say, the weights file was replaced) costs time, never
+    correctness: the files are decoded again with the model's own preprocessing, a new index made
+    from the preview gets the model's own metadata, and the cache is corrected."""
+    spec, transform = tiny_encoder.spec, tiny_encoder.pixel_transform
+    wrong = ModelPreview("0" * 64, tiny_encoder.dim + 1, (48, 48), replace(transform, height=48, width=48))
+    remember_preview(spec, wrong)
+    folder = photos["coffee"].parent if files == "photos" else tmp_path / "empty"
+    folder.mkdir(exist_ok=True)
+    with Index.open_for_write(tmp_path / "idx", spec=spec) as idx:
+        assert idx.meta.dim == tiny_encoder.dim + 1  # made from the (wrong) preview
+        report = idx.sync([str(folder)])
+        assert (idx.meta.dim, idx.meta.weights_sha256) == (tiny_encoder.dim, tiny_encoder.weights_sha256)
+        if files == "photos":
+            assert report.added == len(photos) and report.skipped == 0
+            assert_vectors_are_the_models(idx, photos, tiny_encoder)
+    with Index.open(tmp_path / "idx") as idx:  # the corrected metadata is on disk
+        assert (idx.meta.dim, idx.meta.weights_sha256) == (tiny_encoder.dim, tiny_encoder.weights_sha256)
+    assert cached_preview(spec) == ModelPreview.of(tiny_encoder.facts)
 
 
 def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encoder, tmp_path) -> None:

@@ -135,15 +135,19 @@ class QuantizedStore(FlatStore):
     """Exhaustive inner-product search over vectors stored in 8 bits per dimension (a quarter of fp32).
 
     ``IndexIDMap2(IndexScalarQuantizer)``: each dimension's range is learnt from the vectors present
-    once there are ``TRAIN_MIN`` of them, widened by 25% each side so later vectors rarely clip; until
-    then vectors are kept in fp16, which needs no training. Every query is still compared with every
-    vector: only the storage is compressed. Stored vectors keep cosine >= 0.9999 to the originals on
-    average and >= 0.999 at worst (tests/test_vectors.py).
+    at the first save with ``TRAIN_MIN`` of them or more (fp16 until then, which needs no training),
+    widened by ``RANGE_MARGIN`` of its span each side. A vector added later beyond a range widens it
+    first (same margin), re-encoding the stored codes of that dimension, so nothing is ever clipped:
+    ranges learnt from a first folder of similar photos do not distort the different ones that come
+    later. Every query is still compared with every vector: only the storage is compressed. Stored
+    vectors keep cosine >= 0.9999 to the originals on average and >= 0.999 at worst
+    (tests/test_vectors.py).
     """
 
     kind = "sq8"
-    TRAIN_MIN = 1024
+    TRAIN_MIN = 64
     RANGE_MARGIN = 0.25
+    _CHUNK = 65536  # rows re-encoded at a time when ranges widen
 
     def __init__(self, dim: int, index: object | None = None) -> None:
         import faiss
@@ -153,12 +157,16 @@ class QuantizedStore(FlatStore):
         super().__init__(dim, index)
 
     @staticmethod
-    def _quantizer(dim: int, qtype: int) -> object:
+    def _quantizer(dim: int, qtype: int, ranges: npt.NDArray[np.float32] | None = None) -> object:
+        """An IndexScalarQuantizer; ``ranges``: its trained ``[mins..., spans...]`` (else learnt by train)."""
         import faiss
 
         inner = faiss.IndexScalarQuantizer(dim, qtype, faiss.METRIC_INNER_PRODUCT)
         inner.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
         inner.sq.rangestat_arg = QuantizedStore.RANGE_MARGIN
+        if ranges is not None:
+            faiss.copy_array_to_vector(np.ascontiguousarray(ranges, dtype=np.float32), inner.sq.trained)
+            inner.is_trained = True
         return inner
 
     @property
@@ -168,6 +176,36 @@ class QuantizedStore(FlatStore):
 
         inner = faiss.downcast_index(self._index.index)
         return bool(inner.sq.qtype == faiss.ScalarQuantizer.QT_8bit)
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if self.quantized and len(vectors):
+            self._widen_for(vectors)
+        super().add(ids, vectors)
+
+    def _widen_for(self, vectors: Vectors) -> None:
+        """Widen the ranges that ``vectors`` exceed, re-encoding the stored codes in place."""
+        import faiss
+
+        inner = faiss.downcast_index(self._index.index)
+        ranges = faiss.vector_to_array(inner.sq.trained)
+        low, high = ranges[: self.dim], ranges[: self.dim] + ranges[self.dim :]
+        below, above = vectors.min(axis=0) < low, vectors.max(axis=0) > high
+        if not (below.any() or above.any()):
+            return
+        new_low, new_high = np.minimum(low, vectors.min(axis=0)), np.maximum(high, vectors.max(axis=0))
+        margin = self.RANGE_MARGIN * (new_high - new_low)
+        new_low = np.where(below, new_low - margin, low)
+        new_high = np.where(above, new_high + margin, high)
+        new_ranges = np.concatenate([new_low, new_high - new_low]).astype(np.float32)
+        old = self._quantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, ranges)
+        new = self._quantizer(self.dim, faiss.ScalarQuantizer.QT_8bit, new_ranges)
+        if inner.ntotal:
+            codes = faiss.rev_swig_ptr(inner.codes.data(), inner.codes.size()).reshape(-1, inner.code_size)
+            for start in range(0, len(codes), self._CHUNK):  # in place: no second copy of the codes
+                chunk = codes[start : start + self._CHUNK]
+                chunk[:] = new.sa_encode(old.sa_decode(chunk))
+        faiss.copy_array_to_vector(new_ranges, inner.sq.trained)
 
     def _maybe_quantize(self) -> None:
         """Switch from fp16 to 8 bits, learning the ranges from every vector, once there are enough."""

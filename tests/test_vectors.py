@@ -28,7 +28,7 @@ def filled(request: pytest.FixtureRequest) -> tuple[object, np.ndarray, np.ndarr
     ids = np.random.default_rng(2).permutation(np.arange(1000, 1500)).astype(np.int64)
     store = create_store(request.param, 64)
     store.add(ids, base)
-    if request.param == "sq8":  # below TRAIN_MIN: fp16 storage, within 1e-3 of the input
+    if request.param == "sq8":  # not saved yet: fp16 storage, within 1e-3 of the input
         assert not store.quantized
         np.testing.assert_allclose(store.reconstruct(ids), base, atol=1e-3)
         base = store.reconstruct(ids)
@@ -93,18 +93,19 @@ def test_l2_normalize_keeps_zero_rows() -> None:
 
 
 def test_sq8_learns_ranges_once_big_enough_and_keeps_rankings(tmp_path: Path) -> None:
-    dim, n = 512, QuantizedStore.TRAIN_MIN + 476
+    dim, n = 512, 1500
     base = unit_vectors(n, dim, seed=10)
     ids = np.arange(n, dtype=np.int64) * 3 + 7
     store = create_store("sq8", dim)
-    store.add(ids[:1000], base[:1000])
-    store.save(tmp_path / "a.faiss")  # 1000 < TRAIN_MIN: still fp16
+    small = QuantizedStore.TRAIN_MIN - 1
+    store.add(ids[:small], base[:small])
+    store.save(tmp_path / "a.faiss")  # fewer than TRAIN_MIN: still fp16
     assert not load_store("sq8", tmp_path / "a.faiss").quantized
-    store.add(ids[1000:1400], base[1000:1400])
-    store.save(tmp_path / "b.faiss")  # learns the ranges from all 1400 and re-encodes them
+    store.add(ids[small:1000], base[small:1000])
+    store.save(tmp_path / "b.faiss")  # learns the ranges from all 1000 and re-encodes them
     store = load_store("sq8", tmp_path / "b.faiss")
-    assert store.quantized and len(store) == 1400
-    store.add(ids[1400:], base[1400:])  # added after training: encoded with the learnt ranges
+    assert store.quantized and len(store) == 1000
+    store.add(ids[1000:], base[1000:])  # added after training: encoded with the learnt ranges
     stored = store.reconstruct(ids)
     cosines = np.sum(stored * base, axis=1) / np.linalg.norm(stored, axis=1)
     assert cosines.mean() >= 0.9999 and cosines.min() >= 0.999
@@ -122,3 +123,31 @@ def test_sq8_learns_ranges_once_big_enough_and_keeps_rankings(tmp_path: Path) ->
     exact = brute_force(base, ids, queries, 10)
     overlap = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact, strict=True)])
     assert overlap >= 0.95
+
+
+def test_sq8_ranges_learnt_from_similar_vectors_widen_for_different_ones(tmp_path: Path) -> None:
+    """The first folder indexed is often one event (similar photos): ranges learnt from it alone
+    would clip later, different vectors (worst cosine ~0.96 here without widening)."""
+    dim = 512
+    rng = np.random.default_rng(12)
+    scales = rng.uniform(0.5, 2.0, dim).astype(np.float32)
+    centre = rng.standard_normal(dim).astype(np.float32) * scales
+    similar = l2_normalize(centre + 0.8 * rng.standard_normal((256, dim)).astype(np.float32) * scales)
+    different = l2_normalize(rng.standard_normal((2000, dim)).astype(np.float32) * scales)
+    store = create_store("sq8", dim)
+    store.add(np.arange(256), similar)
+    store.save(tmp_path / "a.faiss")  # ranges learnt from the similar ones only
+    store = load_store("sq8", tmp_path / "a.faiss")
+    for start in range(0, 2000, 250):  # later syncs, in batches
+        store.add(np.arange(256 + start, 256 + start + 250), different[start : start + 250])
+    base = np.concatenate([similar, different])
+    stored = store.reconstruct(np.arange(len(base)))
+    cosines = np.sum(stored * base, axis=1) / np.linalg.norm(stored, axis=1)
+    # the first vectors too: re-encoded on the widened ranges, not spoilt by it
+    assert cosines.mean() >= 0.9999 and cosines.min() >= 0.999, (cosines.mean(), cosines.min())
+    store.save(tmp_path / "b.faiss")  # the widened ranges are what is saved
+    np.testing.assert_array_equal(
+        load_store("sq8", tmp_path / "b.faiss").reconstruct(np.arange(10)), stored[:10]
+    )
+    _, hits = store.search(base[::97], 1)
+    np.testing.assert_array_equal(hits[:, 0], np.arange(len(base))[::97])

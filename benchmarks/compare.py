@@ -133,7 +133,8 @@ def clipsearch_exe() -> str:
 
 def warm_clipsearch(env: dict[str, str], work: Path, precision: str) -> None:
     """One-time set-up, like exporting rclip's model: clipsearch's first index run on a machine exports
-    the model's text encoder to ONNX (in CLIPSEARCH_CACHE, shared by every index of the model)."""
+    the model's text encoder to ONNX and keeps the model's preview (input size, preprocessing) that
+    lets later runs decode while torch imports; both in CLIPSEARCH_CACHE, shared by every index."""
     photos = work / "photos"
     photos.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (64, 48), (200, 30, 30)).save(photos / "warm.jpg")

@@ -6,6 +6,7 @@ stdout carries results only; progress, warnings and errors go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -599,11 +600,23 @@ def demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    import atexit
-    import gc
+    """Console-script entry point.
 
-    # Registered first, so it runs after every other exit handler: the interpreter's last garbage
-    # collection then skips the millions of objects torch and its imports made (0.7 s per command).
-    atexit.register(gc.freeze)
-    app()
+    Once the command is done, its exit handlers run and its output is flushed, the process ends
+    with ``os._exit``: the interpreter's and torch's teardown that it skips cost 0.7 s and a
+    ~120 MB burst of memory at the end of every command that imported torch.
+    """
+    import atexit
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    atexit._run_exitfuncs()  # what a normal exit runs first (multiprocessing's clean-up, logging)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe (| head) must not change the exit code
+            stream.flush()
+    os._exit(code)

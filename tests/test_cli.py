@@ -127,13 +127,15 @@ def test_every_command_and_option_has_help() -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = (
-        "import sys\nsys.argv = ['clipsearch', '--help']\nfrom clipsearch.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)"
+    code = (  # main() ends the process itself, after running the exit handlers
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr))\n"
+        "sys.argv = ['clipsearch', '--help']\nfrom clipsearch.cli import main\nmain()\n"
+        "print('main() returned', file=sys.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "NO-TORCH" in result.stderr and "search" in result.stdout
+    assert "returned" not in result.stderr and result.returncode == 0
 
 
 @pytest.mark.parametrize("command", ["index", "search", "info"])

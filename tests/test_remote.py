@@ -12,10 +12,11 @@ from test_server import _start_serving, _stop
 from clipsearch.index import Index
 from conftest import write_photos
 
-CLI = (
-    "import sys, json\nfrom clipsearch.cli import main\nsys.argv = ['clipsearch', *json.loads(sys.argv[1])]\n"
-    "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-    "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\nsys.exit(code)"
+CLI = (  # main() ends the process itself, after running the exit handlers
+    "import atexit, sys, json\nfrom clipsearch.cli import main\n"
+    "sys.argv = ['clipsearch', *json.loads(sys.argv[1])]\n"
+    "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr))\n"
+    "main()"
 )
 
 

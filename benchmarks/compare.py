@@ -2,6 +2,7 @@
 
     python benchmarks/compare.py                        # 64 12-MP + 200 small JPEGs, about 5 min on 2 cores
     python benchmarks/compare.py --large 4 --small 8 --queries 2     # a quick look
+    python benchmarks/compare.py --large 256 --small 0 --repeat 3    # 12-MP ratios, median of 3 rounds
     python benchmarks/compare.py --json | jq .
 
 The photos are made here: scikit-image's sample photos, cropped, flipped, colour-shifted and
@@ -207,6 +208,21 @@ def attempt(name: str, bench: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": str(error)}
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One engine's figures over the rounds: median index time (and throughput from it), highest
+    peak RSS, the rest from the last round; every round's index time is kept."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    result = dict(runs[-1])
+    times = [r["index_s"] for r in runs]
+    result["index_s"] = statistics.median(times)
+    result["img_per_s"] = result["images"] / result["index_s"]
+    result["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    result["index_s_runs"] = times
+    return result
+
+
 def ratio(results: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
     x, y = results.get(a, {}).get("img_per_s"), results.get(b, {}).get("img_per_s")
     return x / y if x and y else None
@@ -241,6 +257,13 @@ def print_table(record: dict[str, Any]) -> None:
         print(f"{label:34}" + "".join(f"{cell(engines.get(e), key, fmt):>12}" for e in ENGINES))
     for name, value in record["ratios"].items():
         print(f"throughput {name}: {'-' if value is None else f'{value:.2f}x'}")
+    if any(len(engines[e].get("index_s_runs", [])) > 1 for e in engines):
+        rounds = "; ".join(
+            f"{e} {', '.join(f'{t:.1f}' for t in engines[e]['index_s_runs'])}"
+            for e in ENGINES
+            if engines.get(e, {}).get("index_s_runs")
+        )
+        print(f"index times per round (s), median in the table: {rounds}")
 
 
 def print_footer(info: dict[str, Any]) -> None:
@@ -280,6 +303,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--queries", type=int, default=5, metavar="N", help="cold text queries to time (median)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="index each folder N times per engine, in interleaved rounds; the table shows the median",
     )
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive open_clip loop")
     parser.add_argument("--skip-rclip", action="store_true", help="leave out rclip")
@@ -391,20 +421,27 @@ def main(argv: list[str] | None = None) -> None:
             ensure_photos(photos, count, size, args.seed)
             files = jpeg_files(photos)
             log(f"{title}: {len(files)} images")
-            engines: dict[str, dict[str, Any]] = {}
+            benches: dict[str, Callable[[], dict[str, Any]]] = {}
             if not args.skip_naive:
-                engines["naive"] = attempt("naive", partial(bench_naive, photos, work, env, args.batch_size))
+                benches["naive"] = partial(bench_naive, photos, work, env, args.batch_size)
             if rclip_exe is not None:
                 datadir = work / f"rclip-data-{key}"
-                engines["rclip"] = attempt(
-                    "rclip", partial(bench_rclip, rclip_exe, photos, datadir, rclip_models, env, args.queries)
+                benches["rclip"] = partial(
+                    bench_rclip, rclip_exe, photos, datadir, rclip_models, env, args.queries
                 )
-            elif not args.skip_rclip:
-                engines["rclip"] = {"error": rclip_error}
             index = work / f"index-{key}"
-            engines["clipsearch"] = attempt(
-                "clipsearch", partial(bench_clipsearch, photos, index, env, args.queries, args.precision)
+            benches["clipsearch"] = partial(
+                bench_clipsearch, photos, index, env, args.queries, args.precision
             )
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in benches}
+            for round_ in range(args.repeat):  # rounds interleave the engines: drift hits all alike
+                if args.repeat > 1:
+                    log(f"  round {round_ + 1} of {args.repeat}")
+                for name, bench in benches.items():
+                    runs[name].append(attempt(name, bench))
+            engines = {name: combine(results) for name, results in runs.items()}
+            if rclip_exe is None and not args.skip_rclip:
+                engines["rclip"] = {"error": rclip_error}
             record = {
                 "class": key,
                 "title": title,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clipsearch.errors import ModelUnavailableError, UsageError
 
@@ -33,6 +33,7 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "shapes" / "model"}
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -535,18 +536,19 @@ class ModelLoader:
     def facts(self) -> ModelFacts:
         """The built model's facts; waits for them."""
         self._built.wait()
-        if self._facts is None:
-            assert self._error is not None
-            raise self._error
-        return self._facts
+        return self._or_error(self._facts)
 
     def encoder(self) -> Encoder:
         """The loaded encoder; waits for it."""
         self._done.wait()
-        if self._encoder is None:
+        return self._or_error(self._encoder)
+
+    def _or_error(self, value: T | None) -> T:
+        """``value``, or the loading error where the load ended without it."""
+        if value is None:
             assert self._error is not None
             raise self._error
-        return self._encoder
+        return value
 
 
 def _release_free_memory() -> None:

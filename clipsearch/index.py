@@ -288,7 +288,7 @@ class Index:
         if self._encoder is not None:
             return self._encoder
         if self._image_encoder is None:
-            self.model_facts()  # starts the loader
+            self.start_loading()
             assert self._loader is not None
             encoder = self._loader.encoder()
             _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))

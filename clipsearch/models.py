@@ -507,8 +507,6 @@ class ModelLoader:
     def __init__(self, spec: ModelSpec, *, precision: str = "fp32", image_only: bool = False) -> None:
         import threading
 
-        self.spec = spec
-        self.image_only = image_only
         self._facts: ModelFacts | None = None
         self._encoder: Encoder | None = None
         self._error: BaseException | None = None

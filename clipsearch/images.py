@@ -67,7 +67,8 @@ def open_image(
                     "too-large", f"{width}x{height} pixels exceeds the limit of {max_pixels:,} pixels"
                 )
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # without a copy when upright
+            return _to_rgb(img)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:

@@ -51,7 +51,7 @@ def vit(vit_b_32_cache: Path):
 
 def odd_sizes() -> list[Image.Image]:
     base = photos()[0]
-    sizes = [(640, 480), (97, 301), (224, 224), (1000, 33), (33, 1000), (225, 224), (3000, 2000)]
+    sizes = [(640, 480), (480, 640), (97, 301), (224, 224), (1000, 33), (33, 1000), (225, 224), (3000, 2000)]
     return [base.resize(s) for s in sizes] + [Image.new("RGB", (50, 40), "red")]
 
 
@@ -59,11 +59,17 @@ def odd_sizes() -> list[Image.Image]:
 def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.FixtureRequest) -> None:
     encoder = request.getfixturevalue("tiny_encoder" if which == "tiny" else "vit")
     assert encoder.pixel_transform is not None
+    level = 1 / (255 * min(encoder.pixel_transform.std))  # one 8-bit step, normalised
+    differing = total = 0
     for img in odd_sizes():
         ours = encoder.pixel_transform(img)
         theirs = encoder.preprocess(img).numpy()
         assert ours.shape == theirs.shape
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        # shrinking resizes only the crop's box: Pillow's float weights may round a value one step apart
+        np.testing.assert_allclose(ours, theirs, atol=level + 1e-5)
+        differing += int(np.sum(np.abs(ours - theirs) > 1e-5))
+        total += ours.size
+    assert differing <= total / 2000, f"{differing} of {total} values differ"
 
 
 def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> None:

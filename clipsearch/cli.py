@@ -602,12 +602,16 @@ def demo(
 def main() -> None:
     """Console-script entry point.
 
-    Once the command is done, its exit handlers run and its output is flushed, the process ends
+    Sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set. Once the command is done, its exit handlers
+    run and its output is flushed, the process ends
     with ``os._exit``: the interpreter's and torch's teardown that it skips cost 0.7 s and a
     ~120 MB burst of memory at the end of every command that imported torch.
     """
     import atexit
 
+    # torch's OpenMP threads sleep while they wait instead of spinning (read when torch loads): beside
+    # the decoding workers, spinning threads burn the cores the workers need (see SyncOptions)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app()
         code = 0

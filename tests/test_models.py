@@ -178,3 +178,33 @@ def test_missing_weights_offline_gives_one_clear_message(tmp_path: Path, photos:
     ):
         assert needle in message, needle
     assert not (tmp_path / "idx").exists() or not any((tmp_path / "idx").iterdir())
+
+
+def test_building_for_a_checkpoint_skips_random_initialisation() -> None:
+    """Modules that call torch.nn.init by name (MultiheadAttention) are covered too, then restored."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    from clipsearch.models import _no_random_init
+
+    class Calls(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.names.add(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    def build() -> None:
+        torch.nn.MultiheadAttention(8, 2)
+        torch.nn.Linear(4, 4)
+        torch.nn.LayerNorm(4)
+
+    writes = {"uniform_", "normal_", "kaiming_uniform_", "constant_", "fill_", "zero_"}
+    with _no_random_init(), Calls() as skipped:
+        build()
+    assert not skipped.names & writes, skipped.names
+    with Calls() as normal:  # restored: the same modules initialise their weights again
+        build()
+    assert {"uniform_", "constant_"} <= normal.names

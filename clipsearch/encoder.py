@@ -35,7 +35,7 @@ class Encoder:
         self,
         model: torch.nn.Module,
         preprocess: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor] | None,
         *,
         facts: ModelFacts,
         device: str = "cpu",
@@ -128,6 +128,7 @@ class Encoder:
                 "load it with load_spec(spec) to encode texts."
             )
 
+        assert self.tokenizer is not None  # only an image_only encoder has none
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []

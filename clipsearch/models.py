@@ -386,7 +386,7 @@ def _load_spec(
                     _drop_text_tower(model)
             else:
                 model, preprocess, facts = loaded
-            tokenizer = open_clip.get_tokenizer(weights.open_clip_name)
+            tokenizer = None if image_only else open_clip.get_tokenizer(weights.open_clip_name)
     except Exception as exc:  # open_clip/torch raise many types for a bad checkpoint
         raise ModelUnavailableError(
             f"Model {spec.label()}: the weights file {weights.checkpoint} could not be loaded ({exc}). "

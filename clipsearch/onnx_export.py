@@ -111,6 +111,8 @@ def export_text_encoder(meta: IndexMeta, fp32_encoder: Callable[[], Encoder]) ->
 
 def _export(meta: IndexMeta, encoder: Encoder, tmp: Path) -> str | None:
     """Write the checked graph and its settings into the new folder ``tmp``, or say why not."""
+    if encoder.tokenizer is None:
+        return "the model was loaded without its text tower"
     context_length = is_plain_clip_tokenizer(encoder.tokenizer)
     if context_length is None:
         return f"its tokenizer ({type(encoder.tokenizer).__name__}) is not CLIP's BPE"

@@ -28,7 +28,8 @@ class Encoder:
 
     ``encode_images`` / ``encode_texts`` always return a 2-D float32 array of unit rows, computed
     in eval mode under ``torch.inference_mode()``; callers never touch the torch model. An encoder
-    loaded ``image_only`` (for indexing) has no text tower and refuses ``encode_texts``.
+    loaded ``image_only`` (for indexing) has no text tower and no tokenizer (``tokenizer`` None),
+    and refuses ``encode_texts``.
     """
 
     def __init__(
@@ -40,7 +41,6 @@ class Encoder:
         facts: ModelFacts,
         device: str = "cpu",
         precision: str = "fp32",
-        text: bool = True,
     ) -> None:
         import torch
 
@@ -54,7 +54,11 @@ class Encoder:
         self.tokenizer = tokenizer
         self.facts = facts
         self.device = device
-        self.has_text = text
+
+    @property
+    def has_text(self) -> bool:
+        """Whether texts can be encoded (not loaded ``image_only``)."""
+        return self.tokenizer is not None
 
     @property
     def spec(self) -> ModelSpec:
@@ -122,13 +126,12 @@ class Encoder:
         """Encode texts with the model's own tokenizer (truncated to its context length)."""
         import torch
 
-        if not self.has_text:
+        if self.tokenizer is None:
             raise RuntimeError(
                 f"This encoder of {self.spec.label()} was loaded image_only, without its text tower; "
                 "load it with load_spec(spec) to encode texts."
             )
 
-        assert self.tokenizer is not None  # only an image_only encoder has none
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = []

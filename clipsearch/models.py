@@ -393,9 +393,7 @@ def _load_spec(
             "It may be truncated or belong to another architecture; delete it and download it again, "
             "or pass the right file with --pretrained."
         ) from exc
-    return Encoder(
-        model, preprocess, tokenizer, facts=facts, device=device, precision=precision, text=not image_only
-    )
+    return Encoder(model, preprocess, tokenizer, facts=facts, device=device, precision=precision)
 
 
 @dataclass(frozen=True)

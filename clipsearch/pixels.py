@@ -57,7 +57,7 @@ class PixelTransform:
 
         When shrinking, only the pixels the crop keeps are computed: the crop's box of the source is
         resized at the whole image's scale (the filter still reads source pixels outside the box).
-        That is 40% less time for a 4:3 photo, and the same pixels as resizing everything and
+        That is 20-45% less time for a 4:3 photo, and the same pixels as resizing everything and
         cropping after but for float rounding in Pillow's filter weights: about 1 value in 10,000
         differs, by one 8-bit level. Enlarging keeps the plain order (there the box changes more).
         """
@@ -69,13 +69,13 @@ class PixelTransform:
             size = (int(target * width / height), target)
         top = round((size[1] - self.height) / 2.0)
         left = round((size[0] - self.width) / 2.0)
+        crop = (left, top, left + self.width, top + self.height)  # in the resized image
         if size == image.size:
-            return image.crop((left, top, left + self.width, top + self.height))
+            return image.crop(crop)
         if min(width, height) < target:
-            resized = image.resize(size, resample)
-            return resized.crop((left, top, left + self.width, top + self.height))
+            return image.resize(size, resample).crop(crop)
         sx, sy = width / size[0], height / size[1]
-        box = (left * sx, top * sy, (left + self.width) * sx, (top + self.height) * sy)
+        box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)  # the same, in the source
         return image.resize((self.width, self.height), resample, box=box)
 
 

@@ -138,6 +138,28 @@ def test_help_does_not_import_torch() -> None:
     assert "returned" not in result.stderr and result.returncode == 0
 
 
+def test_index_process_waits_passively_and_leaves_triton_out(
+    tiny_model: str, photos: dict[str, Path], index_dir: Path
+) -> None:
+    """What main() sets before torch loads: passive OpenMP waiting (encode on every core) and no
+    Triton, though torchvision's import brings in torch._dynamo, which would import it."""
+    code = (
+        "import atexit, os, sys\n"
+        "def report():\n"
+        "    triton = sys.modules.get('triton', 'absent')\n"
+        "    print('DYNAMO', 'torch._dynamo' in sys.modules, 'TRITON', triton, file=sys.stderr)\n"
+        "    print('OMP', os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)\n"
+        "atexit.register(report)\n"
+        f"sys.argv = ['clipsearch', 'index', {str(photos['astronaut'].parent)!r}, '--index', "
+        f"{str(index_dir)!r}, '--model', {tiny_model!r}, '--quiet']\n"
+        "from clipsearch.cli import main\nmain()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "DYNAMO True TRITON None" in result.stderr and "OMP PASSIVE" in result.stderr
+    assert "triton" not in result.stderr.replace("TRITON", "")  # no "triton not found" warning
+
+
 @pytest.mark.parametrize("command", ["index", "search", "info"])
 def test_console_script_runs(command: str) -> None:
     exe = Path(sys.executable).parent / "clipsearch"

@@ -131,24 +131,20 @@ def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny
     np.testing.assert_allclose(vector, fresh, atol=1e-3)
 
 
-def test_new_index_from_a_spec_encodes_as_the_loaded_model_does(tmp_path, photos, tiny_encoder) -> None:
-    """A new index starts decoding while the weights load; its vectors are the model's own."""
-    with Index.open_for_write(tmp_path / "new", spec=tiny_encoder.spec) as idx:
-        assert idx.meta.dim == tiny_encoder.dim and idx.meta.weights_sha256 == tiny_encoder.weights_sha256
-        idx.sync([str(photos["coffee"].parent)])
-        for path in photos.values():
-            vector = idx.stored_vector(str(path))
-            assert vector is not None
-            fresh = tiny_encoder.encode_images([open_image(path, min_side=draft_side(tiny_encoder))])[0]
-            np.testing.assert_allclose(vector, fresh, atol=2e-3)
-
-
 def assert_vectors_are_the_models(idx: Index, photos: dict[str, Path], encoder) -> None:
     for path in photos.values():
         vector = idx.stored_vector(str(path))
         assert vector is not None, path
         fresh = encoder.encode_images([open_image(path, min_side=draft_side(encoder))])[0]
         np.testing.assert_allclose(vector, fresh, atol=2e-3)
+
+
+def test_new_index_from_a_spec_encodes_as_the_loaded_model_does(tmp_path, photos, tiny_encoder) -> None:
+    """A new index starts decoding while the weights load; its vectors are the model's own."""
+    with Index.open_for_write(tmp_path / "new", spec=tiny_encoder.spec) as idx:
+        assert idx.meta.dim == tiny_encoder.dim and idx.meta.weights_sha256 == tiny_encoder.weights_sha256
+        idx.sync([str(photos["coffee"].parent)])
+        assert_vectors_are_the_models(idx, photos, tiny_encoder)
 
 
 def test_a_sync_keeps_the_model_preview_and_the_next_new_index_uses_it(

@@ -190,10 +190,11 @@ class QuantizedStore(FlatStore):
         inner = faiss.downcast_index(self._index.index)
         ranges = faiss.vector_to_array(inner.sq.trained)
         low, high = ranges[: self.dim], ranges[: self.dim] + ranges[self.dim :]
-        below, above = vectors.min(axis=0) < low, vectors.max(axis=0) > high
+        smallest, largest = vectors.min(axis=0), vectors.max(axis=0)
+        below, above = smallest < low, largest > high
         if not (below.any() or above.any()):
             return
-        new_low, new_high = np.minimum(low, vectors.min(axis=0)), np.maximum(high, vectors.max(axis=0))
+        new_low, new_high = np.minimum(low, smallest), np.maximum(high, largest)
         margin = self.RANGE_MARGIN * (new_high - new_low)
         new_low = np.where(below, new_low - margin, low)
         new_high = np.where(above, new_high + margin, high)

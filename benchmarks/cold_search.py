@@ -30,21 +30,23 @@ import clipsearch.cli
 mark("import cli (typer, click)")
 import typer._adapters  # typer converts option values with pydantic TypeAdapters
 mark("typer option parsing (pydantic import)")
-from clipsearch.grammar import build_terms
-from clipsearch.index import Index
-from clipsearch.search import SearchOptions, finish
+from clipsearch.query.grammar import build_terms
+from clipsearch.api import Index
+from clipsearch.query.rank import SearchOptions, finish
 mark("import library (numpy, sqlite3)")
-from clipsearch.remote import search_remote
-assert search_remote(Index.open(sys.argv[1]).path, {"q": sys.argv[2]}) is None  # no server runs
-mark("server check (remote.py)")
-idx = Index.open(sys.argv[1])
+import os
+from pathlib import Path
+from clipsearch.encoders.cache import ModelCache
+configured = os.environ.get("CLIPSEARCH_CACHE")
+cache = ModelCache(Path(configured)) if configured else ModelCache.default()
+idx = Index.open(sys.argv[1], cache=cache)
 mark("open catalog (sqlite)")
 import onnxruntime
 mark("import onnxruntime")
-from clipsearch.onnx_text import MODEL_FILE, OnnxTextEncoder, onnx_dir, open_session
-from clipsearch.onnx_text import read_tokenizer, usable_settings
-folder = onnx_dir(idx.meta.weights_sha256)
-settings = usable_settings(folder, idx.meta)
+from clipsearch.encoders.onnx_text import MODEL_FILE, OnnxTextEncoder, onnx_dir, open_session
+from clipsearch.encoders.onnx_text import read_tokenizer, usable_settings
+folder = onnx_dir(cache, idx.meta.weights_sha256)
+settings = usable_settings(folder, idx.meta.weights_sha256, idx.meta.dim)
 tokenizer = read_tokenizer(folder, settings.context_length)
 mark("settings + tokenizer (BPE merges JSON)")
 session = open_session(folder / MODEL_FILE)

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         naive_worker(*args.naive_worker, batch_size=args.batch_size)
         return
 
-    from clipsearch.models import resolve_precision
+    from clipsearch.encoders.spec import resolve_precision
 
     info = {**machine(), "clipsearch_precision": resolve_precision(args.precision)}
     hf_cache = args.hf_cache or args.cache / "hf"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch.index import Index
-from clipsearch.models import load_encoder
-from clipsearch.search import SearchOptions, finish
+from clipsearch.api import Index
+from clipsearch.encoders.loading import load_encoder
+from clipsearch.query.rank import SearchOptions, finish
 from clipsearch.shapes import world
 
 

@@ -77,7 +77,7 @@ def main() -> None:
     times = [cli("search", "a cat", "--index", str(index), "--json", env=env)[0] for _ in range(args.queries)]
     print(f"cold text query (process start to results): median {statistics.median(times):.2f} s")
 
-    from clipsearch.index import Index
+    from clipsearch.api import Index
 
     with Index.open(index) as idx:
         idx.search_text("warm-up", 10)

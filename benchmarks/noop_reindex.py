@@ -45,8 +45,8 @@ def make_files(folder: Path, count: int, start: int = 0) -> list[Path]:
 
 def record_copies(index: Path, seeds: list[Path], copies: list[Path]) -> None:
     """Write the catalog rows an index run writes for files that copy already indexed content."""
-    from clipsearch.catalog import Catalog, NewFile
-    from clipsearch.index import CATALOG_FILE
+    from clipsearch.store.catalog import Catalog, NewFile
+    from clipsearch.store.folder import CATALOG_FILE
 
     catalog = Catalog(index / CATALOG_FILE, writer=True)
     known = catalog.files_under(str(seeds[0].parent.parent))

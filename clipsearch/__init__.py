@@ -15,20 +15,36 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Hit", "Index", "ModelSpec", "SyncReport", "__version__", "load_encoder"]
+__all__ = [
+    "Filters",
+    "Hit",
+    "Index",
+    "ModelCache",
+    "ModelSpec",
+    "SyncOptions",
+    "SyncReport",
+    "__version__",
+    "load_encoder",
+]
 
 if TYPE_CHECKING:
-    from clipsearch.index import Index
-    from clipsearch.ingest import SyncReport
-    from clipsearch.models import ModelSpec, load_encoder
-    from clipsearch.search import Hit
+    from clipsearch.api import Index
+    from clipsearch.encoders.cache import ModelCache
+    from clipsearch.encoders.loading import load_encoder
+    from clipsearch.encoders.spec import ModelSpec
+    from clipsearch.ingest.sync import SyncOptions, SyncReport
+    from clipsearch.query.filters import Filters
+    from clipsearch.query.rank import Hit
 
 _LAZY = {
-    "Index": "clipsearch.index",
-    "SyncReport": "clipsearch.ingest",
-    "ModelSpec": "clipsearch.models",
-    "load_encoder": "clipsearch.models",
-    "Hit": "clipsearch.search",
+    "Index": "clipsearch.api",
+    "ModelCache": "clipsearch.encoders.cache",
+    "load_encoder": "clipsearch.encoders.loading",
+    "ModelSpec": "clipsearch.encoders.spec",
+    "SyncOptions": "clipsearch.ingest.sync",
+    "SyncReport": "clipsearch.ingest.sync",
+    "Filters": "clipsearch.query.filters",
+    "Hit": "clipsearch.query.rank",
 }
 
 

@@ -1,7 +1,9 @@
-"""The typer app: thin wrappers that parse, call the library, format output, map errors to exit codes.
+"""The typer app: thin wrappers that parse, call the library (``api``), format output, phrase errors.
 
 Heavy modules (torch, open_clip, faiss) are imported inside the commands, so ``--help`` stays fast.
-stdout carries results only; progress, warnings and errors go to stderr.
+stdout carries results only; progress, warnings and errors go to stderr. Environment variables
+are read here, at the edge, and passed to the library as configuration. Library errors carry
+facts; :func:`phrase` turns them into a message that names the command and flags to use next.
 """
 
 from __future__ import annotations
@@ -14,19 +16,51 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from clipsearch.errors import ClipsearchError
+from clipsearch import __version__
+from clipsearch.errors import (
+    BadValueError,
+    ClipsearchError,
+    FolderNotIndexedError,
+    IndexBusyError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    ModelUnavailableError,
+    NoRootsError,
+)
+
+if TYPE_CHECKING:
+    from clipsearch.encoders.cache import ModelCache
 
 app = typer.Typer(
     name="clipsearch",
     help="Search your photos by text, by image, or both, with CLIP models, fully offline.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""
+        ),
+    ] = False,
+) -> None:
+    """Search your photos by text, by image, or both, with CLIP models, fully offline."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,6 +73,19 @@ def default_index_path() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("clipsearch")) / "index"
+
+
+def index_path_from(option: Path | None) -> Path:
+    """The index folder a command works on: ``--index``, else the default."""
+    return (option or default_index_path()).expanduser().absolute()
+
+
+def model_cache() -> ModelCache:
+    """The per-machine model cache: ``$CLIPSEARCH_CACHE``, else the user's cache folder."""
+    from clipsearch.encoders.cache import ModelCache
+
+    configured = os.environ.get("CLIPSEARCH_CACHE")
+    return ModelCache(Path(configured).expanduser()) if configured else ModelCache.default()
 
 
 IndexOpt = Annotated[
@@ -69,6 +116,76 @@ def echo_path(path: str, *, prefix: str = "") -> None:
     typer.echo(prefix.encode() + os.fsencode(path))
 
 
+#: Library parameter names whose command-line flag is not ``--name`` with dashes.
+_FLAGS = {"k": "-k/--top"}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a library parameter name (``min_side`` -> ``--min-side``)."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def phrase(exc: ClipsearchError) -> str:
+    """A library error as the CLI tells it: the facts, then the command or flag that helps."""
+    from clipsearch.encoders.spec import MissingPretrainedError
+    from clipsearch.ingest.sync import SyncInterrupted
+    from clipsearch.query.grammar import EmptyQueryError, QuerySyntaxError
+
+    if isinstance(exc, SyncInterrupted):
+        return (
+            f"Interrupted. The batches already done are saved in {exc.report.index}; "
+            "run the same command again to resume."
+        )
+    if isinstance(exc, BadValueError):
+        return f"{flag(exc.name)} {exc.value!r}: {exc.problem}."
+    if isinstance(exc, FolderNotIndexedError):
+        return f"--in {exc.folder} is not inside an indexed folder ({', '.join(exc.roots) or 'none yet'})."
+    if isinstance(exc, NoRootsError):
+        return f"No folders to index in {exc.index}. Give one or more: clipsearch index ~/Photos"
+    if isinstance(exc, EmptyQueryError):
+        return "Nothing to search for: give a query, or --image PATH (see clipsearch search --help)."
+    if isinstance(exc, MissingPretrainedError):
+        return (
+            f"Model {exc.model} needs weights: pass --pretrained TAG (one of: {_tags(exc.model)}) "
+            "or --pretrained /path/to/weights.safetensors."
+        )
+    hint = ""
+    if isinstance(exc, QuerySyntaxError):
+        hint = "See `clipsearch search --help` for the query grammar."
+    elif isinstance(exc, ModelMismatchError):
+        hint = (
+            "Re-run with --rebuild to re-index everything with the new model, or use --index to write "
+            "a separate index."
+        )
+    elif isinstance(exc, IndexNotFoundError):
+        hint = f"Create one with: clipsearch index PHOTO_FOLDER --index {exc.index}"
+    elif isinstance(exc, IndexCorruptError):
+        hint = (
+            f"Re-create it with: clipsearch index --rebuild --index {exc.index}"
+            if exc.rebuildable
+            else "Choose another --index path."
+        )
+    elif isinstance(exc, IndexBusyError):
+        hint = "Wait for it to finish, then run this command again. Searching works meanwhile."
+    elif isinstance(exc, ModelUnavailableError) and exc.repo:
+        name = exc.model.split(" (")[0]
+        hint = (
+            f"From the command line: download {exc.filename} from https://huggingface.co/{exc.repo} "
+            f"and pass it with --model {name} --pretrained /path/to/{exc.filename}; "
+            "or try the bundled offline model: --model shapes"
+        )
+    return f"{exc}\n{hint}" if hint and "\n" in str(exc) else f"{exc} {hint}".strip()
+
+
+def _tags(model: str) -> str:
+    try:
+        import open_clip
+
+        return ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none known to open_clip"
+    except Exception:  # only a hint
+        return "see open_clip.list_pretrained_tags_by_model"
+
+
 def handle_errors(fn: F) -> F:
     """Turn library exceptions into a message on stderr and the right exit code, never a traceback."""
 
@@ -80,7 +197,8 @@ def handle_errors(fn: F) -> F:
             report = getattr(exc, "report", None)
             if report is not None and kwargs.get("as_json"):
                 typer.echo(json.dumps(report.to_dict()))
-            err(f"Error: {exc}" if exc.exit_code != 130 else str(exc))
+            message = phrase(exc)
+            err(f"Error: {message}" if exc.exit_code != 130 else message)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err("Interrupted.")
@@ -201,27 +319,41 @@ def index(
     as_json: JsonOpt = False,
 ) -> None:
     """Build or update an index: add new photos, re-encode changed ones, forget deleted ones."""
-    from clipsearch.index import CATALOG_FILE, Index, check_not_busy
-    from clipsearch.ingest import SyncOptions
+    import time
 
-    path = (index_path or default_index_path()).expanduser().absolute()
+    from clipsearch.api import Index
+    from clipsearch.encoders.spec import parse_precision
+    from clipsearch.ingest.sync import SyncOptions
+    from clipsearch.store.folder import check_not_busy, exists
+
+    started = time.monotonic()
+    path = index_path_from(index_path)
+    missing = [str(r) for r in roots or () if not os.path.lexists(os.path.expanduser(r))]
+    if missing:  # before any model is loaded or folder created
+        raise typer.BadParameter(f"No such file or folder: {', '.join(missing)}", param_hint="ROOTS")
+    run_precision = parse_precision(precision)
     spec = _spec_for_index(path, model, pretrained, rebuild)
     check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
-    if not quiet and (rebuild or not (path / CATALOG_FILE).is_file()):
+    if not quiet and (rebuild or not exists(path)):
         err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
     options = SyncOptions(
         include_hidden=include_hidden,
         exclude=tuple(exclude or ()),
         batch_size=batch_size,
         max_pixels=max_pixels,
+        passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
         **({"workers": workers} if workers else {}),
     )
     if not quiet:
         err(f"Writing index {path}")
-    with Index.open_for_write(path, spec=spec, precision=precision, rebuild=rebuild) as idx:
+    with Index.open_for_write(
+        path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache()
+    ) as idx:
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
-        _export_text_encoder(idx, quiet=quiet)
+    report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
+    if report.text_export == "unavailable":
+        err(f"Note: searches of this index will load the full model ({report.text_export_reason}).")
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -237,27 +369,20 @@ def index(
         err("See which files were skipped and why with: clipsearch info --skipped")
 
 
-def _export_text_encoder(idx: Any, *, quiet: bool) -> None:
-    """Once per model and machine: the ONNX text encoder that lets a cold `clipsearch search` skip torch."""
-    from clipsearch.onnx_text import export_pending
-
-    if not export_pending(idx.meta):
-        return
-    if not quiet:
-        err("Exporting the text encoder for fast searches (once per model on this machine) ...")
-    outcome = idx.export_text_encoder()
-    if outcome.path is None:
-        err(f"Note: searches of this index will load the full model ({outcome.reason}).")
-
-
 def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebuild: bool) -> Any:
     """The model to index with: as asked, else the one the existing index records, else the default."""
-    from clipsearch.index import CATALOG_FILE, Index, check_index_model
-    from clipsearch.models import ModelSpec
+    from clipsearch.api import check_index_model, recorded_spec
+    from clipsearch.encoders.spec import ModelSpec
 
-    if model is None and pretrained is None and not rebuild and (path / CATALOG_FILE).is_file():
-        with Index.open(path) as existing:
-            return existing.spec
+    if model is None and pretrained is None:
+        try:
+            recorded = recorded_spec(path)
+        except IndexCorruptError:
+            if not rebuild:
+                raise
+            recorded = None  # a damaged index being re-created: the default model
+        if recorded is not None:
+            return recorded
     spec = ModelSpec.parse(model, pretrained)
     if not rebuild:
         check_index_model(path, spec)
@@ -279,7 +404,7 @@ Examples:
 
 
 def _search_help() -> str:
-    from clipsearch.grammar import GRAMMAR
+    from clipsearch.query.grammar import GRAMMAR
 
     return SEARCH_HELP.format(grammar=GRAMMAR)
 
@@ -395,45 +520,27 @@ def search(
         ),
     ] = None,
 ) -> None:
-    from clipsearch.grammar import build_terms, describe
-    from clipsearch.index import Index
-    from clipsearch.search import Filters, SearchOptions, finish, parse_date
+    from clipsearch.api import Index
+    from clipsearch.encoders.spec import parse_precision
+    from clipsearch.query.filters import parse_filters
+    from clipsearch.query.grammar import build_terms, describe
+    from clipsearch.query.rank import SearchOptions, finish
 
     terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
     options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
-    filters = Filters(
-        folder=str(in_folder.expanduser().absolute()) if in_folder else None,
-        after=parse_date(after, option="--after") if after else None,
-        before=parse_date(before, option="--before") if before else None,
-        types=tuple(t.strip().lower().lstrip(".") for t in types.split(",") if t.strip()) if types else (),
+    filters = parse_filters(
+        folder=str(in_folder) if in_folder else None,
+        after=after,
+        before=before,
+        types=types,
         min_side=min_side,
     )
-    path = (index_path or default_index_path()).expanduser().absolute()
-    hits, empty = None, False
-    if not any(t.kind == "image" for t in terms) and options.k <= 1000:  # a warm `clipsearch serve`?
-        from clipsearch.remote import search_remote
-
-        params = {
-            "q": describe(terms),
-            "k": options.k,
-            "in": filters.folder,
-            "after": after,
-            "before": before,
-        }
-        params |= {
-            "type": types,
-            "min_side": min_side,
-            "threshold": threshold,
-            "cutoff": cutoff,
-            "sort": sort,
-        }
-        hits = search_remote(path, params)
-    if hits is None:
-        with Index.open(path, precision=precision) as idx:
-            hits = finish(idx.search(terms, options.candidates, filters=filters), options)
-            empty = idx.info()["count"] == 0
+    path = index_path_from(index_path)
+    with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
+        hits = finish(idx.search(terms, options.candidates, filters=filters), options)
+        empty = idx.info()["count"] == 0
     if html is not None:
-        from clipsearch.gallery import write_gallery
+        from clipsearch.web.gallery import write_gallery
 
         write_gallery(html, describe(terms), hits)
         err(f"Wrote gallery {html.absolute()}")
@@ -467,12 +574,11 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what is in the index, which model built it, and where it lives."""
-    from clipsearch.index import Index
+    from clipsearch.store.folder import IndexFolder
 
-    path = (index_path or default_index_path()).expanduser().absolute()
-    with Index.open(path) as idx:
-        data = idx.info()
-        skipped_files = idx.catalog.skipped() if skipped else []
+    with IndexFolder.open(index_path_from(index_path)) as folder:
+        data = folder.info()
+        skipped_files = folder.catalog.skipped() if skipped else []
     if skipped:
         for file_path, reason in skipped_files:
             if as_json:
@@ -510,12 +616,11 @@ def duplicates(
     as_json: JsonOpt = False,
 ) -> None:
     """List groups of duplicate photos: identical files, and near-duplicates above --threshold."""
-    from clipsearch.duplicates import find_duplicates
-    from clipsearch.index import Index
+    from clipsearch.query.duplicates import find_duplicates
+    from clipsearch.store.folder import IndexFolder
 
-    path = (index_path or default_index_path()).expanduser().absolute()
-    with Index.open(path) as idx:
-        groups = find_duplicates(idx, threshold=threshold, near=not exact_only)
+    with IndexFolder.open(index_path_from(index_path)) as folder:
+        groups = find_duplicates(folder, threshold=threshold, near=not exact_only)
     for group in groups:
         if as_json:
             typer.echo(json.dumps(group.to_dict()))
@@ -537,9 +642,9 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
 ) -> None:
     """Serve a local web page to search the index (text, upload an image, more like this)."""
-    from clipsearch.server import serve as run_server
+    from clipsearch.web.server import serve as run_server
 
-    run_server((index_path or default_index_path()).expanduser().absolute(), host=host, port=port)
+    run_server(index_path_from(index_path), host=host, port=port, cache=model_cache())
 
 
 @app.command()
@@ -577,6 +682,7 @@ def demo(
         k=top,
         progress=None if quiet else StderrProgress("Indexing"),
         say=err,
+        cache=model_cache(),
     )
     if as_json:
         for result in results:

@@ -11,10 +11,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clipsearch.index import Index
-from clipsearch.ingest import Progress, SyncReport
-from clipsearch.search import Hit
+from clipsearch.api import Index
+from clipsearch.ingest.sync import Progress, SyncReport
+from clipsearch.query.rank import Hit
+
+if TYPE_CHECKING:
+    from clipsearch.encoders.cache import ModelCache
 
 LABELS_FILE = "labels.json"
 
@@ -106,7 +110,7 @@ def demo_queries(labels: dict[str, dict[str, object]]) -> list[DemoQuery]:
 
 def run_queries(index: Index, folder: Path, labels: dict[str, dict[str, object]], k: int) -> list[DemoResult]:
     """Run every demo query against the index and check each hit against the labels."""
-    from clipsearch.query import combine, image_vector, text_vector
+    from clipsearch.query.vector import combine, image_vector, text_vector
 
     results = []
     for query in demo_queries(labels):
@@ -137,9 +141,10 @@ def run_demo(
     k: int = 5,
     progress: Progress | None = None,
     say: Callable[[str], None] = lambda _: None,
+    cache: ModelCache | None = None,
 ) -> tuple[SyncReport, list[DemoResult]]:
     """Generate (once), index (incrementally) and search the demo folder with the shapes model."""
-    from clipsearch.models import load_encoder
+    from clipsearch.encoders.loading import load_encoder
 
     folder = folder.expanduser().absolute()
     say(f"Generating {n} shape images in {folder} ...")
@@ -147,7 +152,7 @@ def run_demo(
     say("Loading the bundled shapes model ...")
     encoder = load_encoder("shapes")
     say(f"Writing index {index_path}")
-    with Index.open_for_write(index_path, encoder) as index:
+    with Index.open_for_write(index_path, encoder, cache=cache) as index:
         report = index.sync([str(folder)], progress=progress)
         results = run_queries(index, folder, labels, k)
     return report, results

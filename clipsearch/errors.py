@@ -1,10 +1,17 @@
-"""Typed exceptions. The library raises these; only the CLI turns them into messages and exit codes."""
+"""Typed exceptions carrying facts. The library raises these; the CLI and the web server phrase them.
+
+A library message says what happened in terms a Python caller understands (which index, which
+model, which path) and never names a command-line flag: ``cli.py`` adds the command to run next,
+``web/server.py`` picks the HTTP status.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class ClipsearchError(Exception):
-    """Base class: the message is written for the user and says what to do next."""
+    """Base class: the message is written for the user."""
 
     exit_code = 1
 
@@ -15,28 +22,108 @@ class UsageError(ClipsearchError):
     exit_code = 2
 
 
+class BadValueError(UsageError):
+    """One named parameter has an unusable value.
+
+    ``name`` is the parameter as the library calls it (``cutoff``, ``in``, ``min_side``); the CLI
+    shows it as its flag (``--cutoff``), the web API as its query parameter.
+    """
+
+    def __init__(self, name: str, value: object, problem: str) -> None:
+        super().__init__(f"{name} {value!r}: {problem}")
+        self.name = name
+        self.value = value
+        self.problem = problem
+
+
 class ModelUnavailableError(ClipsearchError):
-    """Model weights could not be found locally nor downloaded."""
+    """Model weights could not be found locally nor downloaded, or could not be loaded.
+
+    ``repo`` and ``filename`` name the Hugging Face download that would fix it, where there is one.
+    """
+
+    def __init__(self, model: str, problem: str, *, repo: str = "", filename: str = "") -> None:
+        lines = [f"Cannot load the weights of model {model}.", problem]
+        if repo:
+            lines += [
+                "To fix it: connect to the internet once (the weights are then cached for offline use); "
+                f"or, on a machine with internet, download {filename} from https://huggingface.co/{repo} "
+                "and give that file as the model's pretrained weights; or copy a Hugging Face cache that "
+                f"holds {repo} to this machine and point HF_HUB_CACHE at it.",
+            ]
+        super().__init__("\n".join(lines))
+        self.model = model
+        self.problem = problem
+        self.repo = repo
+        self.filename = filename
 
 
 class ModelMismatchError(ClipsearchError):
     """An index built with one model was asked to take vectors from another."""
 
+    def __init__(self, index: Path, have: str, want: str) -> None:
+        super().__init__(
+            f"The index at {index} was built with model {have}, but the model now in use is {want}. "
+            "Vectors of two models cannot be mixed."
+        )
+        self.index = index
+        self.have = have
+        self.want = want
+
 
 class IndexNotFoundError(ClipsearchError):
     """No index exists at the given location."""
 
+    def __init__(self, index: Path) -> None:
+        super().__init__(f"No index at {index}.")
+        self.index = index
+
 
 class IndexCorruptError(ClipsearchError):
-    """Something exists at the index location but it is not a readable clipsearch index."""
+    """Something exists at the index location but it is not a readable clipsearch index.
+
+    ``rebuildable``: the folder is a clipsearch index whose files are damaged (re-creating it
+    helps); False for a foreign file or folder in the index's place.
+    """
+
+    def __init__(self, index: Path, problem: str, *, rebuildable: bool = True) -> None:
+        super().__init__(problem)
+        self.index = index
+        self.rebuildable = rebuildable
 
 
 class IndexAccessError(ClipsearchError):
     """The index folder cannot be read or written (permissions, full disk, removed folder...)."""
 
+    def __init__(self, index: Path, problem: str) -> None:
+        super().__init__(problem)
+        self.index = index
+
 
 class IndexBusyError(ClipsearchError):
     """Another process holds the index's writer lock."""
+
+    def __init__(self, index: Path, pid: str) -> None:
+        super().__init__(f"Another clipsearch process (pid {pid}) is writing to the index at {index}.")
+        self.index = index
+        self.pid = pid
+
+
+class NoRootsError(UsageError):
+    """A sync was asked to re-sync the recorded folders of an index that records none."""
+
+    def __init__(self, index: Path) -> None:
+        super().__init__(f"The index at {index} records no folders to index yet.")
+        self.index = index
+
+
+class FolderNotIndexedError(UsageError):
+    """A search was restricted to a folder that is not inside any indexed folder."""
+
+    def __init__(self, folder: str, roots: list[str]) -> None:
+        super().__init__(f"{folder} is not inside an indexed folder ({', '.join(roots) or 'none yet'}).")
+        self.folder = folder
+        self.roots = roots
 
 
 class ImageError(ClipsearchError):

@@ -46,7 +46,7 @@ def tiny_model(hf_cache: Path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model: str):  # type: ignore[no-untyped-def]
-    from clipsearch.models import load_encoder
+    from clipsearch.encoders.loading import load_encoder
 
     return load_encoder(tiny_model)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 
-from clipsearch.index import Index
-from clipsearch.server import bind, create_app
+from clipsearch.api import Index
+from clipsearch.web.server import bind, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

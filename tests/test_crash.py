@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipsearch.api import Index
 from clipsearch.errors import IndexAccessError, IndexCorruptError
-from clipsearch.index import Index
 
 KILL_SEED = int(os.environ.get("CLIPSEARCH_KILL_SEED", "20261125"))
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from clipsearch.api import Index
 from clipsearch.cli import app
-from clipsearch.index import Index
-from clipsearch.models import BUNDLED_MODELS
+from clipsearch.shapes import MODEL_DIR
 
 pytestmark = pytest.mark.skipif(
-    not (BUNDLED_MODELS["shapes"] / "open_clip_model.safetensors").exists(), reason="shapes model not trained"
+    not (MODEL_DIR / "open_clip_model.safetensors").exists(), reason="shapes model not trained"
 )
 runner = CliRunner()
 

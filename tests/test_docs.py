@@ -30,3 +30,23 @@ def test_ci_runs_the_readme_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert install_and_demo in ci and tests in ci
     assert "pytest" in tests
+
+
+def test_the_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
+    """The Python API section, run unchanged in a folder holding a `demo` folder of shape images."""
+    import subprocess
+    import sys
+
+    from clipsearch.shapes.world import write_dataset
+
+    snippet = re.search(r"## Python API.*?```python\n(.+?)\n```", README, flags=re.S)
+    assert snippet is not None
+    write_dataset(tmp_path / "demo", 24, seed=5)
+    result = subprocess.run(
+        [sys.executable, "-c", snippet.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "24 added, 0 unchanged"
+    assert len(lines) == 6 and all(str(tmp_path / "demo") in line for line in lines[1:])
+    assert (tmp_path / "indexes" / "mine" / "catalog.sqlite").is_file()

@@ -10,9 +10,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from clipsearch.decode import draft_side
-from clipsearch.images import open_image
-from clipsearch.models import load_encoder, resolve_precision
+from clipsearch.encoders.facts import draft_side
+from clipsearch.encoders.images import open_image
+from clipsearch.encoders.loading import load_encoder
+from clipsearch.encoders.spec import resolve_precision
 
 
 def photos() -> list[Image.Image]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipsearch.encoders.images import open_image
 from clipsearch.errors import ImageError
-from clipsearch.images import open_image
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

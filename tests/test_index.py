@@ -11,17 +11,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch.decode import draft_side
+from clipsearch.api import Index
+from clipsearch.cli import phrase
+from clipsearch.encoders.cache import ModelCache
+from clipsearch.encoders.facts import ModelPreview, draft_side
+from clipsearch.encoders.images import open_image
+from clipsearch.encoders.loading import load_encoder
 from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
-from clipsearch.images import open_image
-from clipsearch.index import Index
-from clipsearch.models import ModelPreview, cached_preview, load_encoder, remember_preview
 from hfcache import add_tiny_model
 
 
 def sync(index_dir: Path, encoder, *roots: Path):
-    with Index.open_for_write(index_dir, encoder) as idx:
-        return idx.sync([str(r) for r in roots] if roots else None)
+    from clipsearch.ingest.sync import SyncOptions
+
+    with Index.open_for_write(index_dir, encoder) as idx:  # the text export is test_onnx_text's
+        return idx.sync([str(r) for r in roots] if roots else None, options=SyncOptions(export_text=False))
 
 
 def all_paths(index_dir: Path) -> set[str]:
@@ -107,7 +111,8 @@ def test_unchanged_files_are_not_opened(index_dir, photos, tiny_encoder) -> None
 
 
 def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny_encoder) -> None:
-    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:  # exports the text tower once
+        assert idx.sync([str(photos["coffee"].parent)]).text_export == "exported"
     spec = tiny_encoder.spec
     with Index.open_for_write(index_dir, spec=spec) as idx:  # nothing changed: no model
         report = idx.sync(None)
@@ -151,10 +156,10 @@ def test_a_sync_keeps_the_model_preview_and_the_next_new_index_uses_it(
     tmp_path, photos, tiny_encoder
 ) -> None:
     spec = tiny_encoder.spec
-    assert cached_preview(spec) is None  # a fresh user cache (conftest)
+    assert ModelCache.default().preview(spec) is None  # a fresh user cache (conftest)
     with Index.open_for_write(tmp_path / "first", spec=spec) as idx:
         idx.sync([str(photos["coffee"].parent)])
-    assert cached_preview(spec) == ModelPreview.of(tiny_encoder.facts)
+    assert ModelCache.default().preview(spec) == ModelPreview.of(tiny_encoder.facts)
     with Index.open_for_write(tmp_path / "second", spec=spec) as idx:
         assert idx.model_loading and not idx.encoder_loaded  # created from the preview, model still loading
         assert (idx.meta.dim, idx.meta.weights_sha256) == (tiny_encoder.dim, tiny_encoder.weights_sha256)
@@ -171,7 +176,7 @@ def test_a_wrong_model_preview_is_caught_before_anything_is_committed(
     from the preview gets the model's own metadata, and the cache is corrected."""
     spec, transform = tiny_encoder.spec, tiny_encoder.pixel_transform
     wrong = ModelPreview("0" * 64, tiny_encoder.dim + 1, (48, 48), replace(transform, height=48, width=48))
-    remember_preview(spec, wrong)
+    ModelCache.default().remember_preview(spec, wrong)
     folder = photos["coffee"].parent if files == "photos" else tmp_path / "empty"
     folder.mkdir(exist_ok=True)
     with Index.open_for_write(tmp_path / "idx", spec=spec) as idx:
@@ -183,11 +188,11 @@ def test_a_wrong_model_preview_is_caught_before_anything_is_committed(
             assert_vectors_are_the_models(idx, photos, tiny_encoder)
     with Index.open(tmp_path / "idx") as idx:  # the corrected metadata is on disk
         assert (idx.meta.dim, idx.meta.weights_sha256) == (tiny_encoder.dim, tiny_encoder.weights_sha256)
-    assert cached_preview(spec) == ModelPreview.of(tiny_encoder.facts)
+    assert ModelCache.default().preview(spec) == ModelPreview.of(tiny_encoder.facts)
 
 
 def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encoder, tmp_path) -> None:
-    from clipsearch.ingest import SyncOptions
+    from clipsearch.ingest.sync import SyncOptions
 
     folder = tmp_path / "copies"
     folder.mkdir()
@@ -218,11 +223,13 @@ def test_checkpoint_gives_the_pending_vectors_space_back(index_dir, tmp_path, ti
 
 
 def test_lazy_writer_still_refuses_another_model(index_dir, photos, tiny_encoder) -> None:
-    from clipsearch.models import ModelSpec
+    from clipsearch.encoders.spec import ModelSpec
 
     sync(index_dir, tiny_encoder, photos["coffee"].parent)
-    with pytest.raises(ModelMismatchError, match="--rebuild"):
+    with pytest.raises(ModelMismatchError, match="cannot be mixed") as caught:
         Index.open_for_write(index_dir, spec=ModelSpec.parse("shapes", None))
+    assert (caught.value.have, caught.value.want) == (tiny_encoder.spec.label(), "shapes")
+    assert "--" not in str(caught.value)  # the library names no flag; the CLI adds --rebuild
 
 
 def test_roots_are_synced_independently(index_dir, tmp_path, tiny_encoder) -> None:
@@ -271,7 +278,8 @@ def test_other_model_is_refused_and_rebuild_replaces(index_dir, photos, tiny_enc
     with pytest.raises(ModelMismatchError, match="tiny-clip-other") as info:
         Index.open_for_write(index_dir, other)
     message = str(info.value)
-    assert "built with model hf-hub:clipsearch-test/tiny-clip," in message and "--rebuild" in message
+    assert "built with model hf-hub:clipsearch-test/tiny-clip," in message
+    assert "--rebuild" in phrase(info.value)  # the CLI says what to do
     with Index.open_for_write(index_dir, other, rebuild=True) as idx:
         report = idx.sync([str(photos["coffee"].parent)])
     assert report.added == len(photos)
@@ -280,11 +288,14 @@ def test_other_model_is_refused_and_rebuild_replaces(index_dir, photos, tiny_enc
 
 
 def test_one_writer_at_a_time(index_dir, tiny_encoder) -> None:
-    with Index.open_for_write(index_dir, tiny_encoder), pytest.raises(IndexBusyError, match="Wait for it"):
+    with Index.open_for_write(index_dir, tiny_encoder), pytest.raises(IndexBusyError, match="pid") as info:
         Index.open_for_write(index_dir, tiny_encoder)
+    assert info.value.pid == str(os.getpid()) and "Wait for it" in phrase(info.value)
     Index.open_for_write(index_dir, tiny_encoder).close()  # released
 
 
 def test_open_missing_index(tmp_path) -> None:
-    with pytest.raises(IndexNotFoundError, match="clipsearch index PHOTO_FOLDER"):
+    with pytest.raises(IndexNotFoundError, match="No index at") as info:
         Index.open(tmp_path / "nothing")
+    assert info.value.index == tmp_path / "nothing"
+    assert "clipsearch index PHOTO_FOLDER" in phrase(info.value)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipsearch.encoders.loading import load_encoder
+from clipsearch.encoders.spec import ModelSpec
+from clipsearch.encoders.weights import resolve_weights
 from clipsearch.errors import ModelUnavailableError, UsageError
-from clipsearch.models import ModelSpec, load_encoder, resolve_weights
 
 
 def test_spec_defaults_and_normalisation(tmp_path: Path) -> None:
@@ -54,7 +56,8 @@ def test_tiny_hf_hub_model_encodes_unit_float32_rows(tiny_encoder) -> None:
 
 
 def _stream(weights, precision: str, *, image_only: bool = False, facts: list | None = None):
-    from clipsearch.models import ModelFacts, _build_streaming
+    from clipsearch.encoders.facts import ModelFacts
+    from clipsearch.encoders.loading import _build_streaming
 
     def built(model, preprocess):
         model.eval()
@@ -102,7 +105,7 @@ def test_streamed_weights_equal_open_clip_loading(tiny_model: str, tmp_path: Pat
 
 
 def test_image_only_encoder_has_the_image_tower_and_no_text_tower(tiny_model: str, tiny_encoder) -> None:
-    from clipsearch.models import load_spec
+    from clipsearch.encoders.loading import load_spec
 
     images = [Image.new("RGB", (50, 40), c) for c in ("red", "blue", "green")]
     image_only = load_spec(tiny_encoder.spec, image_only=True)
@@ -119,7 +122,7 @@ def test_image_only_encoder_has_the_image_tower_and_no_text_tower(tiny_model: st
 def test_model_loader_gives_facts_then_the_encoder_and_hands_errors_over(
     tiny_model: str, tiny_encoder, tmp_path: Path
 ) -> None:
-    from clipsearch.models import ModelLoader
+    from clipsearch.encoders.loading import ModelLoader
 
     loader = ModelLoader(tiny_encoder.spec, image_only=True)
     facts = loader.facts()
@@ -185,7 +188,7 @@ def test_building_for_a_checkpoint_skips_random_initialisation() -> None:
     import torch
     from torch.overrides import TorchFunctionMode
 
-    from clipsearch.models import _no_random_init
+    from clipsearch.encoders.loading import _no_random_init
 
     class Calls(TorchFunctionMode):
         def __init__(self) -> None:

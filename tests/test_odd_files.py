@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from clipsearch.decode import prepare
+from clipsearch.api import Index
+from clipsearch.encoders.images import open_image
 from clipsearch.errors import ImageError
-from clipsearch.images import open_image
-from clipsearch.index import Index
-from clipsearch.scan import FileRecord
+from clipsearch.ingest.decode import prepare
+from clipsearch.ingest.scan import FileRecord
 
 
 def scene(size: tuple[int, int] = (96, 64)) -> Image.Image:
@@ -153,7 +153,7 @@ def test_big_jpeg_is_decoded_reduced_not_refused(tmp_path: Path) -> None:
 
 def test_skips_cross_process_boundaries(tmp_path, tiny_encoder) -> None:
     """Enough files for worker processes; the skipped ones' errors travel back intact."""
-    from clipsearch.decode import PROCESS_THRESHOLD
+    from clipsearch.ingest.decode import PROCESS_THRESHOLD
 
     folder = tmp_path / "many"
     folder.mkdir()

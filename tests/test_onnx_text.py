@@ -15,18 +15,29 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+from clipsearch.api import Index
 from clipsearch.cli import app
-from clipsearch.index import Index
-from clipsearch.onnx_export import export_text_encoder
-from clipsearch.onnx_text import (
+from clipsearch.encoders.cache import ModelCache
+from clipsearch.encoders.onnx_export import export_text_encoder
+from clipsearch.encoders.onnx_text import (
     SETTINGS_FILE,
     OnnxTextEncoder,
-    cache_root,
     export_pending,
     load_text_encoder,
     onnx_dir,
     unsupported_file,
 )
+from clipsearch.ingest.sync import SyncOptions
+from clipsearch.store.catalog import IndexMeta
+
+
+def _cache() -> ModelCache:
+    return ModelCache.default()  # the tests' user cache (conftest points XDG_CACHE_HOME at tmp)
+
+
+def _key(meta: IndexMeta) -> tuple[str, int]:
+    return meta.weights_sha256, meta.dim
+
 
 QUERIES = [
     "a red car",
@@ -71,13 +82,12 @@ def write_many_photos(folder: Path, n_crops: int = 6) -> list[Path]:
 
 
 def build(index_dir: Path, folder: Path, encoder: object) -> Index:
-    from clipsearch.onnx_text import usable_settings
+    from clipsearch.encoders.onnx_text import usable_settings
 
     with Index.open_for_write(index_dir, encoder) as idx:  # type: ignore[arg-type]
-        idx.sync([str(folder)])
-        outcome = idx.export_text_encoder()
-    assert outcome.path == onnx_dir(idx.meta.weights_sha256) and outcome.created, outcome
-    settings = usable_settings(outcome.path, idx.meta)
+        report = idx.sync([str(folder)])  # the sync exports the text tower once per model and machine
+    assert report.text_export == "exported", report
+    settings = usable_settings(onnx_dir(_cache(), idx.meta.weights_sha256), *_key(idx.meta))
     assert settings is not None and settings.variable_length  # open_clip's CLIP: only real tokens computed
     return idx
 
@@ -110,7 +120,7 @@ def test_tiny_model_onnx_matches_torch(tmp_path: Path, tiny_encoder) -> None:
 
 
 def test_shapes_model_onnx_matches_torch(tmp_path: Path) -> None:
-    from clipsearch.models import load_encoder
+    from clipsearch.encoders.loading import load_encoder
 
     encoder = load_encoder("shapes")
     folder = tmp_path / "photos"
@@ -120,7 +130,7 @@ def test_shapes_model_onnx_matches_torch(tmp_path: Path) -> None:
 
 
 def test_vit_b_32_onnx_matches_torch(tmp_path: Path, vit_b_32_cache: Path) -> None:
-    from clipsearch.models import load_encoder
+    from clipsearch.encoders.loading import load_encoder
 
     encoder = load_encoder("ViT-B-32", precision="fp32")
     folder = tmp_path / "photos"
@@ -133,11 +143,11 @@ def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encode
     """Pooled at the last position, the padding is part of the answer: the graph must take whole rows."""
     import copy
 
-    from clipsearch.catalog import IndexMeta
-    from clipsearch.encoder import Encoder
-    from clipsearch.onnx_export import MIN_COSINE, _causal_text_tower, _export_graph, _min_cosine
-    from clipsearch.onnx_text import open_session, usable_settings
-    from clipsearch.tokenizer import clip_tokenizer
+    from clipsearch.encoders.encoder import Encoder
+    from clipsearch.encoders.onnx_export import MIN_COSINE, _causal_text_tower, _export_graph, _min_cosine
+    from clipsearch.encoders.onnx_text import open_session, usable_settings
+    from clipsearch.encoders.tokenizer import clip_tokenizer
+    from clipsearch.store.catalog import IndexMeta
 
     model = copy.deepcopy(tiny_encoder.model)
     model.text_pool_type = "last"
@@ -150,11 +160,11 @@ def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encode
     assert not _causal_text_tower(model) and _causal_text_tower(tiny_encoder.model)
     meta = IndexMeta(model="test", pretrained="", weights_sha256="f" * 64, dim=encoder.dim)
     (tmp_path / "index").mkdir()
-    outcome = export_text_encoder(meta, lambda: encoder)
+    outcome = export_text_encoder(_cache(), *_key(meta), lambda: encoder)
     assert outcome.created, outcome
-    settings = usable_settings(outcome.path, meta)
+    settings = usable_settings(outcome.path, *_key(meta))
     assert settings is not None and not settings.variable_length
-    onnx = load_text_encoder(meta)
+    onnx = load_text_encoder(_cache(), *_key(meta))
     assert np.sum(onnx.encode_texts(QUERIES) * encoder.encode_texts(QUERIES), axis=1).min() >= 0.999
 
     # the check that decides between the graphs does catch a cut graph here
@@ -180,7 +190,7 @@ def test_batches_of_any_size(tmp_path: Path, photos, tiny_encoder) -> None:
 
 
 def test_a_bf16_index_is_exported_from_fp32_weights(tmp_path: Path, tiny_model) -> None:
-    from clipsearch.models import load_encoder
+    from clipsearch.encoders.loading import load_encoder
 
     bf16 = load_encoder(tiny_model, precision="bf16")
     write_many_photos(tmp_path / "photos", n_crops=2)
@@ -191,54 +201,54 @@ def test_a_bf16_index_is_exported_from_fp32_weights(tmp_path: Path, tiny_model) 
 def test_export_runs_once_and_is_only_used_for_its_own_weights(tmp_path: Path, photos, tiny_encoder) -> None:
     index_dir = tmp_path / "index"
     idx = build(index_dir, photos["coffee"].parent, tiny_encoder)
-    folder = onnx_dir(idx.meta.weights_sha256)
+    folder = onnx_dir(_cache(), idx.meta.weights_sha256)
     files = ["bpe_merges.json", "model.onnx", "model.onnx.data"]
     assert sorted(p.name for p in folder.iterdir()) == [*files, SETTINGS_FILE]
     assert sorted(json.loads((folder / SETTINGS_FILE).read_text())["files"]) == files
-    assert not export_pending(idx.meta)
+    assert not export_pending(_cache(), *_key(idx.meta))
 
     def must_not_load() -> None:
         raise AssertionError("the model was loaded although the export exists")
 
-    again = export_text_encoder(idx.meta, must_not_load)  # type: ignore[arg-type]
+    again = export_text_encoder(_cache(), *_key(idx.meta), must_not_load)  # type: ignore[arg-type]
     assert again.path == folder and not again.created
 
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     (folder / SETTINGS_FILE).write_text(json.dumps({**settings, "weights_sha256": "0" * 64}))
-    assert load_text_encoder(idx.meta) is None
-    assert export_pending(idx.meta)
+    assert load_text_encoder(_cache(), *_key(idx.meta)) is None
+    assert export_pending(_cache(), *_key(idx.meta))
     with Index.open(index_dir, encoder=tiny_encoder) as reader:
         assert reader.text_encoder is tiny_encoder
     with Index.open(index_dir) as reader:  # falls back to loading the torch model, no error
         assert reader.search_text("a red car", k=3) and reader._encoder is not None
 
     (folder / SETTINGS_FILE).write_text(json.dumps(settings))
-    assert load_text_encoder(idx.meta) is not None
+    assert load_text_encoder(_cache(), *_key(idx.meta)) is not None
     graph = folder / "model.onnx"
     graph.write_bytes(b"\0" * graph.stat().st_size)  # damaged in place: onnxruntime refuses it
-    assert load_text_encoder(idx.meta) is None
+    assert load_text_encoder(_cache(), *_key(idx.meta)) is None
     with Index.open(index_dir) as reader:  # torch answers, no error
         assert len(reader.search_text("a red car", k=3)) == 3
     graph.write_bytes(b"truncated")
-    assert load_text_encoder(idx.meta) is None and export_pending(idx.meta)
+    assert load_text_encoder(_cache(), *_key(idx.meta)) is None and export_pending(_cache(), *_key(idx.meta))
 
-    stale = cache_root() / ".text-onnx-tmp-999999"  # a crashed export leaves this behind
+    stale = _cache().text_onnx / ".text-onnx-tmp-999999"  # a crashed export leaves this behind
     stale.mkdir()
     (stale / "model.onnx").write_bytes(b"half")
     with Index.open_for_write(index_dir, tiny_encoder) as writer:
         redone = writer.export_text_encoder()  # replaces the damaged folder
-    assert redone.created and load_text_encoder(idx.meta) is not None
+    assert redone.created and load_text_encoder(_cache(), *_key(idx.meta)) is not None
     assert not stale.exists()
 
 
 def test_unsupported_tokenizer_is_remembered(tmp_path: Path, photos, tiny_encoder) -> None:
     from open_clip.tokenizer import SimpleTokenizer
 
-    from clipsearch.encoder import Encoder
+    from clipsearch.encoders.encoder import Encoder
 
     index_dir = tmp_path / "index"
     with Index.open_for_write(index_dir, tiny_encoder) as idx:
-        idx.sync([str(photos["coffee"].parent)])
+        idx.sync([str(photos["coffee"].parent)], options=SyncOptions(export_text=False))
     other = Encoder(
         tiny_encoder.model,
         tiny_encoder.preprocess,
@@ -246,14 +256,14 @@ def test_unsupported_tokenizer_is_remembered(tmp_path: Path, photos, tiny_encode
         facts=tiny_encoder.facts,
     )
     loads = []
-    outcome = export_text_encoder(idx.meta, lambda: loads.append(1) or other)
+    outcome = export_text_encoder(_cache(), *_key(idx.meta), lambda: loads.append(1) or other)
     assert outcome.path is None and "tokenizer" in outcome.reason and loads == [1]
-    assert not export_pending(idx.meta)  # a re-index will not load the model for it again
-    second = export_text_encoder(idx.meta, lambda: loads.append(1) or other)
+    assert not export_pending(_cache(), *_key(idx.meta))  # a re-index will not load the model for it again
+    second = export_text_encoder(_cache(), *_key(idx.meta), lambda: loads.append(1) or other)
     assert second.path is None and second.reason == outcome.reason and loads == [1]
     with Index.open(index_dir, encoder=tiny_encoder) as reader:
         assert reader.text_encoder is tiny_encoder and reader.search_text("a cat", k=2)
-    assert unsupported_file(onnx_dir(idx.meta.weights_sha256)).is_file()  # in the cache, not the index
+    assert unsupported_file(onnx_dir(_cache(), idx.meta.weights_sha256)).is_file()  # in the cache
     assert not list(index_dir.glob("*onnx*"))
 
 
@@ -267,7 +277,7 @@ def test_index_command_exports_once_and_keeps_stdout_for_results(tmp_path: Path,
     lines = first.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith("Indexed in") and lines[1] == f"Index: {index_dir}"
     assert "Exporting the text encoder" in first.stderr
-    assert len(list(cache_root().glob("text-onnx-*/model.onnx"))) == 1  # shared, outside the index
+    assert len(list(_cache().text_onnx.glob("text-onnx-*/model.onnx"))) == 1  # shared, outside the index
     assert not list(index_dir.glob("*onnx*"))
     second = runner.invoke(app, ["index", "--index", str(index_dir)])
     assert second.exit_code == 0 and "Exporting" not in second.stderr and "Loading model" not in second.stderr
@@ -314,7 +324,7 @@ def test_cold_cli_search_does_not_import_torch(tmp_path: Path, tiny_encoder) -> 
         assert heavy == [], query
         fast.append(hits)
 
-    shutil.move(next(cache_root().glob("text-onnx-*")), tmp_path / "moved-away")
+    shutil.move(next(_cache().text_onnx.glob("text-onnx-*")), tmp_path / "moved-away")
     for query, onnx_hits in zip(queries, fast, strict=True):
         hits, heavy = cold_search(*query, "--index", str(index_dir), "--precision", "fp32")
         assert "torch" in heavy  # the probe does see torch when it is imported

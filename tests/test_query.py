@@ -12,12 +12,13 @@ import pytest
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
+from clipsearch.api import Index
 from clipsearch.cli import app
 from clipsearch.errors import UsageError
-from clipsearch.grammar import QuerySyntaxError, Term, build_terms, describe, parse_query
-from clipsearch.index import Index
-from clipsearch.query import combine, query_vector
-from clipsearch.search import Filters, SearchOptions, adaptive_cutoff, finish, parse_date
+from clipsearch.query.filters import Filters, parse_date
+from clipsearch.query.grammar import QuerySyntaxError, Term, build_terms, describe, parse_query
+from clipsearch.query.rank import SearchOptions, adaptive_cutoff, finish
+from clipsearch.query.vector import combine, query_vector
 
 runner = CliRunner()
 
@@ -103,10 +104,10 @@ def test_adaptive_cutoff_finds_the_break() -> None:
 
 
 def test_dates() -> None:
-    assert parse_date("2019", option="--after") == parse_date("2019-01-01", option="--after")
-    assert parse_date("2019-07", option="--after") < parse_date("2019-07-14", option="--after")
+    assert parse_date("2019", name="after") == parse_date("2019-01-01", name="after")
+    assert parse_date("2019-07", name="after") < parse_date("2019-07-14", name="after")
     with pytest.raises(UsageError, match="not a date"):
-        parse_date("last summer", option="--after")
+        parse_date("last summer", name="after")
 
 
 @pytest.fixture
@@ -140,12 +141,12 @@ def mixed_index(tmp_path, tiny_encoder):
 
 FILTER_CASES = {
     "folder": (lambda root: Filters(folder=str(root / "b")), lambda t: t[1] == "b"),
-    "after": (lambda root: Filters(after=parse_date("2020", option="--after")), lambda t: t[4] >= 2020),
-    "before": (lambda root: Filters(before=parse_date("2018", option="--before")), lambda t: t[4] < 2018),
+    "after": (lambda root: Filters(after=parse_date("2020", name="after")), lambda t: t[4] >= 2020),
+    "before": (lambda root: Filters(before=parse_date("2018", name="before")), lambda t: t[4] < 2018),
     "types": (lambda root: Filters(types=("jpg",)), lambda t: t[2] == "jpg"),
     "min_side": (lambda root: Filters(min_side=100), lambda t: t[3] >= 100),
     "combined": (
-        lambda root: Filters(types=("png",), min_side=100, after=parse_date("2016", option="--after")),
+        lambda root: Filters(types=("png",), min_side=100, after=parse_date("2016", name="after")),
         lambda t: t[2] == "png" and t[3] >= 100 and t[4] >= 2016,
     ),
 }
@@ -173,7 +174,7 @@ def test_in_folder_outside_the_roots_is_a_usage_error(mixed_index, tiny_encoder,
 
 
 def test_threshold_cap_and_date_sort() -> None:
-    from clipsearch.search import Hit
+    from clipsearch.query.rank import Hit
 
     hits = [Hit(f"/p{i}", 1 - i / 10, i, date=float(i % 3)) for i in range(8)]
     options = SearchOptions.parse(top=5, threshold=0.45, cutoff=None, sort="date")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clipsearch.ingest import normalize_roots
-from clipsearch.scan import scan
+from clipsearch.ingest.scan import scan
+from clipsearch.ingest.sync import normalize_roots
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

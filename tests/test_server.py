@@ -24,10 +24,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from clipsearch.api import Index
 from clipsearch.errors import IndexNotFoundError, UsageError
-from clipsearch.index import Index
-from clipsearch.search import Filters
-from clipsearch.server import bind, create_app, is_local_host, serve
+from clipsearch.query.filters import Filters
+from clipsearch.web.server import bind, create_app, is_local_host, serve
 from conftest import write_photos
 
 LOCAL = "http://127.0.0.1"
@@ -486,14 +486,15 @@ def test_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(UsageError, match="--port"):
+        with pytest.raises(UsageError, match="choose another port") as caught:
             bind("127.0.0.1", taken.getsockname()[1])
+        assert caught.value.name == "port"  # the CLI names it --port
     with pytest.raises(IndexNotFoundError):
         serve(tmp_path / "nothing-here", port=0)
 
 
 def _start_serving(index_dir: Path, host: str) -> tuple[subprocess.Popen[str], str, list[str]]:
-    code = f"import sys; from clipsearch.server import serve; serve(sys.argv[1], {host!r}, 0)"
+    code = f"import sys; from clipsearch.web.server import serve; serve(sys.argv[1], {host!r}, 0)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(index_dir)], stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(90, proc.kill)  # never hang the suite
     watchdog.daemon = True

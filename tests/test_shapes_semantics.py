@@ -25,7 +25,7 @@ def encoder() -> evaluate.Encoder:
     """The shipped model, through the package's loader when it exists, else through open_clip directly."""
     assert (MODEL_DIR / CONFIG_FILE).is_file() and (MODEL_DIR / WEIGHTS_FILE).is_file()
     try:
-        from clipsearch.models import load_encoder
+        from clipsearch.encoders.loading import load_encoder
     except ImportError:
         return OpenClipEncoder.from_dir(MODEL_DIR)
     return load_encoder("shapes")

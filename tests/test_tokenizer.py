@@ -11,7 +11,13 @@ import open_clip
 import pytest
 from open_clip.tokenizer import SimpleTokenizer, bytes_to_unicode
 
-from clipsearch.tokenizer import _FTFY_NOOP, ClipTokenizer, clean_text, is_plain_clip_tokenizer, vocab_path
+from clipsearch.encoders.tokenizer import (
+    _FTFY_NOOP,
+    ClipTokenizer,
+    clean_text,
+    is_plain_clip_tokenizer,
+    vocab_path,
+)
 
 TRICKY = [
     "a red car",
@@ -81,9 +87,9 @@ def test_every_vocabulary_word_gets_open_clips_ids(reference: SimpleTokenizer) -
 
 
 def test_the_models_own_tokenizers_are_recognised_and_matched() -> None:
-    from clipsearch.models import BUNDLED_MODELS
+    from clipsearch.shapes import MODEL_DIR
 
-    shapes = open_clip.get_tokenizer(f"local-dir:{BUNDLED_MODELS['shapes']}")
+    shapes = open_clip.get_tokenizer(f"local-dir:{MODEL_DIR}")
     assert is_plain_clip_tokenizer(shapes) == 32
     assert is_plain_clip_tokenizer(open_clip.get_tokenizer("ViT-B-32")) == 77
     assert (shapes(TRICKY).numpy() == ClipTokenizer(32)(TRICKY)).all()
@@ -124,7 +130,7 @@ def test_ascii_fast_path_is_what_ftfy_does() -> None:
 def test_no_torch_and_no_open_clip_import() -> None:
     code = (
         "import sys\n"
-        "from clipsearch.tokenizer import ClipTokenizer\n"
+        "from clipsearch.encoders.tokenizer import ClipTokenizer\n"
         "assert ClipTokenizer(77)(['a red café &amp; 🚗']).shape == (1, 77)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')))\n"
     )
@@ -137,7 +143,7 @@ def test_no_torch_and_no_open_clip_import() -> None:
 def test_merges_saved_as_json_give_the_same_tokens() -> None:
     import json
 
-    from clipsearch.tokenizer import read_merges
+    from clipsearch.encoders.tokenizer import read_merges
 
     merges, sha = read_merges()
     assert len(sha) == 64 and merges[0] == "i n"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.encoder import l2_normalize
-from clipsearch.vectors import QuantizedStore, create_store, load_store
+from clipsearch.encoders.encoder import l2_normalize
+from clipsearch.store.vectors import QuantizedStore, create_store, load_store
 
 
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:

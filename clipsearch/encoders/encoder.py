@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from clipsearch.models import ModelFacts, ModelSpec
-    from clipsearch.pixels import PixelTransform
+    from clipsearch.encoders.facts import ModelFacts
+    from clipsearch.encoders.pixels import PixelTransform
+    from clipsearch.encoders.spec import ModelSpec, RunPrecision
 
 
 def l2_normalize(vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -40,7 +41,7 @@ class Encoder:
         *,
         facts: ModelFacts,
         device: str = "cpu",
-        precision: str = "fp32",
+        precision: RunPrecision = "fp32",
     ) -> None:
         import torch
 

@@ -3,6 +3,8 @@
 Each stage is a plain function over plain records, so another engine (processes, Ray) can run
 them. Ordering follows STYLE.md: stat (size, mtime_ns) decides what to open; the content hash
 decides what to encode (a moved or copied file reuses its vector); what disappeared is swept last.
+A sync takes an :class:`~clipsearch.store.folder.IndexFolder` and a :class:`SyncModel` (the model,
+loaded lazily and checked against the index by whoever hands it over), never the façade.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.catalog import Catalog, FileState, NewFile
-from clipsearch.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, draft_side, open_decoder
-from clipsearch.errors import ClipsearchError, IndexAccessError, UsageError
-from clipsearch.images import DEFAULT_MAX_PIXELS
-from clipsearch.models import ModelPreview, remember_preview
-from clipsearch.scan import FileRecord, scan
+from clipsearch.encoders.facts import ModelFacts, ModelPreview, draft_side
+from clipsearch.encoders.images import DEFAULT_MAX_PIXELS
+from clipsearch.errors import ClipsearchError, IndexAccessError, NoRootsError, UsageError
+from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
+from clipsearch.ingest.scan import FileRecord, scan
+from clipsearch.store.catalog import Catalog, FileState, NewFile
+from clipsearch.store.folder import IndexFolder
 
 if TYPE_CHECKING:
-    from clipsearch.index import Index
-    from clipsearch.models import ModelFacts
+    from clipsearch.encoders.encoder import Encoder
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,12 +47,15 @@ class SyncOptions:
         processes: decode in worker processes (true parallelism beside the encoder); threads if
             false, or when there are only a few files to decode.
         encode_threads: torch threads encoding batches while worker processes decode; None:
-            every core where torch's OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``,
-            which the CLI sets), else the cores the workers leave, at least 1: OpenMP threads that
-            spin while they wait for each other burn the cores the workers need.
+            every core when ``passive_wait``, else the cores the workers leave, at least 1: OpenMP
+            threads that spin while they wait for each other burn the cores the workers need.
+        passive_wait: torch's OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE`` was
+            set before torch was imported; the CLI does that).
         max_pixels: images larger than this are skipped (decompression-bomb guard).
         commit_every: most catalog rows held in memory before a commit.
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
+        export_text: after the sync, export the model's text tower for fast cold text searches
+            (once per model and machine; see :mod:`clipsearch.encoders.onnx_export`).
     """
 
     include_hidden: bool = False
@@ -59,9 +64,11 @@ class SyncOptions:
     workers: int = max(1, min(4, os.cpu_count() or 1))
     processes: bool = True
     encode_threads: int | None = None
+    passive_wait: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     commit_every: int = 512
     checkpoint_every: int = 20_000
+    export_text: bool = True
 
 
 class Progress(Protocol):
@@ -79,7 +86,8 @@ class Progress(Protocol):
 
 @dataclass
 class SyncReport:
-    """What a sync did. ``skip_reasons`` counts skipped files per reason code."""
+    """What a sync did. ``skip_reasons`` counts skipped files per reason code; ``seconds`` is the
+    whole call, model load and text export included."""
 
     index: str
     added: int = 0
@@ -92,9 +100,44 @@ class SyncReport:
     missing_roots: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    #: "exported" when this sync exported the model's text tower, "unavailable" when it cannot be
+    #: (``text_export_reason`` says why), "" when there was nothing to do
+    text_export: str = ""
+    text_export_reason: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+class SyncModel(Protocol):
+    """The model a sync encodes with, as the façade hands it over.
+
+    It loads lazily (in the background once :meth:`start` is called) and is checked against the
+    index by its provider: the sync only asks for what it needs, when it needs it.
+    """
+
+    @property
+    def label(self) -> str:
+        """The model's name for messages."""
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the model is loaded or loading already (no status line needed)."""
+
+    def start(self) -> None:
+        """Start loading the image tower in the background, unless it is in memory."""
+
+    def preview(self) -> ModelPreview | None:
+        """The preview kept on this machine from the model's last build (None if in memory or none)."""
+
+    def facts(self) -> ModelFacts:
+        """The built model's facts (waits until it is built, not for its weights)."""
+
+    def confirm(self, preview: ModelPreview | None) -> bool:
+        """Whether ``preview`` (None: the one a new index was made from) is the model's own."""
+
+    def encoder(self) -> Encoder:
+        """The loaded image encoder (waits for its weights)."""
 
 
 class StalePreview(Exception):
@@ -142,9 +185,12 @@ def plan_sync(catalog: Catalog, roots: list[str], records: Iterable[FileRecord])
 class _Committer:
     """Accumulates prepared files and commits them in transactions: vectors and rows together."""
 
-    def __init__(self, index: Index, report: SyncReport, options: SyncOptions) -> None:
-        self.index = index
-        self.catalog = index.catalog
+    def __init__(
+        self, folder: IndexFolder, model: SyncModel, report: SyncReport, options: SyncOptions
+    ) -> None:
+        self.folder = folder
+        self.model = model
+        self.catalog = folder.catalog
         self.report = report
         self.options = options
         self.queue: dict[str, Prepared] = {}  # digest -> first file with that new content
@@ -196,7 +242,7 @@ class _Committer:
         if self.unverified is not None:
             if not encode:  # interrupted before the model was checked: keep nothing, redo on resume
                 return
-            if not self.index.check_preview(self.unverified):
+            if not self.model.confirm(self.unverified):
                 raise StalePreview
             self.unverified = None
         new = list(self.queue.values()) if encode else []
@@ -218,12 +264,12 @@ class _Committer:
         self.rows = [] if encode else [r for r in self.rows if r not in rows]
         self.since_checkpoint += len(new)
         if self.since_checkpoint >= self.options.checkpoint_every:
-            self.index.checkpoint()
+            self.folder.checkpoint()
             self.since_checkpoint = 0
 
     def _encode(self, pixels: list[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
-        encoder = self.index.image_encoder  # waits for the model if it is still loading
+        encoder = self.model.encoder()  # waits for the model if it is still loading
         batch = np.stack(pixels)
         if batch.dtype == np.uint8:
             assert encoder.pixel_transform is not None  # the only source of uint8 pixels
@@ -248,7 +294,7 @@ class _Committer:
         self.report.removed = len(gone)
 
 
-def encode_threads_beside(workers: int) -> int:
+def encode_threads_beside(workers: int, *, passive_wait: bool) -> int:
     """Torch threads to encode with while ``workers`` processes decode; see SyncOptions.encode_threads.
 
     On 2 cores, 2 workers, 256 12-MP and 1000 0.8-MP photos, three interleaved rounds: 1 thread
@@ -256,7 +302,7 @@ def encode_threads_beside(workers: int) -> int:
     27.0-28.8 s.
     """
     cores = os.cpu_count() or 1
-    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+    if passive_wait:
         return cores
     return max(1, cores - workers + 1)
 
@@ -272,31 +318,46 @@ def normalize_roots(roots: Iterable[str]) -> list[str]:
 
 
 def sync(
-    index: Index, roots: list[str] | None, options: SyncOptions, progress: Progress | None
+    folder: IndexFolder,
+    model: SyncModel,
+    roots: list[str] | None,
+    options: SyncOptions,
+    progress: Progress | None,
 ) -> SyncReport:
-    """Bring ``index`` in line with the image files under ``roots``; see :meth:`Index.sync`.
+    """Bring the index in ``folder`` in line with the image files under ``roots``.
+
+    Args:
+        folder: the index, opened for writing.
+        model: what encodes new images (see :class:`SyncModel`).
+        roots: folders or files to index; None: every root the index records.
 
     Raises:
-        UsageError: a root does not exist, or there is no root at all.
+        UsageError: a root does not exist.
+        NoRootsError: no roots given and none recorded.
         IndexAccessError: the index could not be written (full disk, permissions, folder removed);
             what was committed before stays intact.
         SyncInterrupted: Ctrl-C; committed batches are kept.
     """
     try:
-        return _sync(index, roots, options, progress)
+        return _sync(folder, model, roots, options, progress)
     except (sqlite3.Error, OSError) as exc:
         raise IndexAccessError(
-            f"Writing the index at {index.path} failed: {exc}. Everything committed before is intact; "
-            "fix the cause (free disk space, permissions, the folder) and run the same command again."
+            folder.path,
+            f"Writing the index at {folder.path} failed: {exc}. Everything committed before is intact; "
+            "fix the cause (free disk space, permissions, the folder) and sync again to resume.",
         ) from exc
 
 
 def _sync(
-    index: Index, roots: list[str] | None, options: SyncOptions, progress: Progress | None
+    folder: IndexFolder,
+    model: SyncModel,
+    roots: list[str] | None,
+    options: SyncOptions,
+    progress: Progress | None,
 ) -> SyncReport:
     started = time.monotonic()
-    catalog = index.catalog
-    report = SyncReport(index=str(index.path))
+    catalog = folder.catalog
+    report = SyncReport(index=str(folder.path))
     if roots:
         roots = normalize_roots(roots)
         missing = [r for r in roots if not os.path.exists(r)]
@@ -305,7 +366,7 @@ def _sync(
     else:
         roots = catalog.roots()
         if not roots:
-            raise UsageError("No folders to index. Give one or more: clipsearch index ~/Photos")
+            raise NoRootsError(folder.path)
         report.missing_roots = [r for r in roots if not os.path.exists(r)]
         roots = [r for r in roots if os.path.exists(r)]  # e.g. an unplugged drive: keep its entries
     with catalog.transaction():
@@ -314,17 +375,17 @@ def _sync(
         catalog, roots, scan(roots, include_hidden=options.include_hidden, exclude=options.exclude)
     )
     report.unchanged = plan.unchanged
-    committer = _Committer(index, report, options)
+    committer = _Committer(folder, model, report, options)
     try:
         if plan.todo:  # else nothing to decode or encode, and the model is never loaded
             try:
-                _decode_and_encode(index, plan.todo, committer, options, progress, cached=True)
+                _decode_and_encode(folder, model, plan.todo, committer, options, progress, cached=True)
             except StalePreview:
                 report.added = report.updated = report.reused = report.skipped = 0
                 report.unchanged = plan.unchanged
-                committer = _Committer(index, report, options)
-                _decode_and_encode(index, plan.todo, committer, options, progress, cached=False)
-        index.check_preview()  # a new index made from a preview, with nothing to encode
+                committer = _Committer(folder, model, report, options)
+                _decode_and_encode(folder, model, plan.todo, committer, options, progress, cached=False)
+        model.confirm(None)  # a new index made from a preview, with nothing to encode
         committer.sweep(plan.gone)
     except KeyboardInterrupt:
         committer.commit(encode=False)
@@ -333,13 +394,14 @@ def _sync(
     finally:
         for reason, count in committer.reasons.items():
             report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
-        index.checkpoint()
+        folder.checkpoint()
         report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
 def _decode_and_encode(
-    index: Index,
+    folder: IndexFolder,
+    model: SyncModel,
     todo: list[tuple[FileRecord, FileState | None]],
     committer: _Committer,
     options: SyncOptions,
@@ -352,26 +414,26 @@ def _decode_and_encode(
     The model loads in the background meanwhile. Decoding starts once it is built, or at once with
     the model's preview kept from an earlier build (``cached``), checked before the first commit.
     """
-    if progress and not (index.encoder_loaded or index.model_loading):
-        progress.note(f"Loading model {index.spec.label()} ...")
-    index.start_loading()
-    preview = index.cached_preview() if cached else None
-    model: ModelFacts | ModelPreview
+    if progress and not model.in_memory:
+        progress.note(f"Loading model {model.label} ...")
+    model.start()
+    preview = model.preview() if cached else None
+    known: ModelFacts | ModelPreview
     if preview is not None:
-        committer.unverified = model = preview
+        committer.unverified = known = preview
         transform: Callable[[Any], Any] = preview.pixel_transform.resize_crop
     else:
-        model = facts = index.model_facts()
-        remember_preview(index.spec, ModelPreview.of(facts))
+        known = facts = model.facts()
         transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
-    side = draft_side(model)
-    job = DecodeJob(index.catalog.path, transform, side, options.max_pixels)
-    use_processes = options.processes and model.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
+    job = DecodeJob(folder.catalog.path, transform, draft_side(known), options.max_pixels)
+    use_processes = options.processes and known.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
     if progress:
         progress.start(len(todo))
     pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
     if use_processes:
-        committer.threads = options.encode_threads or encode_threads_beside(options.workers)
+        committer.threads = options.encode_threads or encode_threads_beside(
+            options.workers, passive_wait=options.passive_wait
+        )
     try:
         # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
         # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat

@@ -1,8 +1,8 @@
 """The index's text tower as an ONNX graph, so a cold text query needs neither torch nor open_clip.
 
-``clipsearch index`` exports it once per model weights and machine (see :mod:`clipsearch.onnx_export`)
-into the user's cache (``$CLIPSEARCH_CACHE`` or e.g. ``~/.cache/clipsearch``), shared by every index
-of that model, like downloaded weights::
+A sync exports it once per model weights and machine (see :mod:`clipsearch.encoders.onnx_export`)
+into the model cache (:class:`~clipsearch.encoders.cache.ModelCache`: ``$CLIPSEARCH_CACHE`` for the
+CLI, else e.g. ``~/.cache/clipsearch``), shared by every index of that model, like downloaded weights::
 
     text-onnx-<first 16 hex digits of the weights' sha256>/
         model.onnx, model.onnx.data   tokens (n, length) int64 -> unit float32 rows (n, dim)
@@ -11,13 +11,12 @@ of that model, like downloaded weights::
                                       file sizes, whether the graph takes shorter token rows
 
 A search uses it only when its settings name the index's own weights and a tokenizer that
-:mod:`clipsearch.tokenizer` reproduces, and its files have the sizes recorded; anything else (no
+:mod:`clipsearch.encoders.tokenizer` reproduces, and its files have the sizes recorded; anything else (no
 folder, another model, a Hugging Face tokenizer, a damaged file) means the torch model, as before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -29,10 +28,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.tokenizer import KIND, ClipTokenizer
+from clipsearch.encoders.tokenizer import KIND, ClipTokenizer
 
 if TYPE_CHECKING:
-    from clipsearch.catalog import IndexMeta
+    from clipsearch.encoders.cache import ModelCache
 
 FORMAT = 1
 DIR_PREFIX = "text-onnx-"
@@ -78,16 +77,9 @@ class TextOnnxSettings:
         return settings
 
 
-def cache_root() -> Path:
-    """The folder holding exported text encoders: ``$CLIPSEARCH_CACHE/text-onnx`` or the user cache's."""
-    from clipsearch.cache import user_cache_dir
-
-    return user_cache_dir() / "text-onnx"
-
-
-def onnx_dir(weights_sha256: str) -> Path:
+def onnx_dir(cache: ModelCache, weights_sha256: str) -> Path:
     """Where the text encoder for these weights lives (shared by every index of the model)."""
-    return cache_root() / f"{DIR_PREFIX}{weights_sha256[:16]}"
+    return cache.text_onnx / f"{DIR_PREFIX}{weights_sha256[:16]}"
 
 
 def unsupported_file(folder: Path) -> Path:
@@ -95,8 +87,8 @@ def unsupported_file(folder: Path) -> Path:
     return folder.with_name(folder.name + ".unsupported")
 
 
-def usable_settings(folder: Path, meta: IndexMeta) -> TextOnnxSettings | None:
-    """The settings of the text encoder in ``folder`` if it is complete and made for ``meta``'s weights."""
+def usable_settings(folder: Path, weights_sha256: str, dim: int) -> TextOnnxSettings | None:
+    """The settings of the text encoder in ``folder`` if it is complete and made for these weights."""
     try:
         settings = TextOnnxSettings.read(folder / SETTINGS_FILE)
     except (OSError, ValueError, TypeError, KeyError):
@@ -104,8 +96,8 @@ def usable_settings(folder: Path, meta: IndexMeta) -> TextOnnxSettings | None:
     ok = (
         settings.format == FORMAT
         and settings.tokenizer == KIND
-        and settings.weights_sha256 == meta.weights_sha256
-        and settings.dim == meta.dim
+        and settings.weights_sha256 == weights_sha256
+        and settings.dim == dim
         and settings.model_file == MODEL_FILE
         and all(_size(folder / name) == size for name, size in settings.files.items())
     )
@@ -119,11 +111,11 @@ def _size(path: Path) -> int:
         return -1
 
 
-def export_pending(meta: IndexMeta) -> bool:
+def export_pending(cache: ModelCache, weights_sha256: str, dim: int) -> bool:
     """Whether the model lacks a usable text encoder and no earlier export found it unsupported
     (cheap: reads one small file)."""
-    folder = onnx_dir(meta.weights_sha256)
-    return usable_settings(folder, meta) is None and not unsupported_file(folder).is_file()
+    folder = onnx_dir(cache, weights_sha256)
+    return usable_settings(folder, weights_sha256, dim) is None and not unsupported_file(folder).is_file()
 
 
 class OnnxTextEncoder:
@@ -164,10 +156,10 @@ def open_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def load_text_encoder(meta: IndexMeta) -> OnnxTextEncoder | None:
-    """The ONNX text encoder of the index's model, or None (absent, unreadable): then use torch."""
-    folder = onnx_dir(meta.weights_sha256)
-    settings = usable_settings(folder, meta)
+def load_text_encoder(cache: ModelCache, weights_sha256: str, dim: int) -> OnnxTextEncoder | None:
+    """The ONNX text encoder of these weights, or None (absent, unreadable): then use torch."""
+    folder = onnx_dir(cache, weights_sha256)
+    settings = usable_settings(folder, weights_sha256, dim)
     if settings is None:
         return None
     try:
@@ -200,13 +192,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def remove_text_encoders(index_path: Path) -> None:
-    """Delete text encoders that older versions exported inside the index folder (for ``--rebuild``)."""
-    for entry in [*index_path.glob(f"{DIR_PREFIX}*"), *index_path.glob(f"{TMP_PREFIX}*")]:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                entry.unlink()

@@ -1,7 +1,8 @@
-"""Export the index's text tower to ONNX (see :mod:`clipsearch.onnx_text` for the files and their use).
+"""Export the index's text tower to ONNX (see :mod:`clipsearch.encoders.onnx_text` for the files
+and their use).
 
-``clipsearch index`` calls this once per model weights and machine: the model is at hand there, the
-cost lands on a command that is slow anyway, and searching stays read-only. The graph is written to
+A sync calls this once per model weights and machine (``Index.sync``): the model is at hand there,
+the cost lands on a command that is slow anyway, and searching stays read-only. The graph is written to
 ``.text-onnx-tmp-<pid>/`` in the cache, checked against torch, and renamed into place, so a reader
 sees all of it or nothing; of two processes exporting the same model at once, the first rename wins.
 """
@@ -22,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.errors import ClipsearchError
-from clipsearch.onnx_text import (
+from clipsearch.encoders.onnx_text import (
     MERGES_FILE,
     MODEL_FILE,
     SETTINGS_FILE,
@@ -37,13 +37,15 @@ from clipsearch.onnx_text import (
     unsupported_file,
     usable_settings,
 )
-from clipsearch.tokenizer import clip_tokenizer, is_plain_clip_tokenizer, same_tokens
+from clipsearch.encoders.tokenizer import clip_tokenizer, is_plain_clip_tokenizer, same_tokens
+from clipsearch.errors import ClipsearchError
+from clipsearch.files import fsync_path
 
 if TYPE_CHECKING:
     import torch
 
-    from clipsearch.catalog import IndexMeta
-    from clipsearch.encoder import Encoder
+    from clipsearch.encoders.cache import ModelCache
+    from clipsearch.encoders.encoder import Encoder
 
 #: Lowest cosine between the graph's and torch's embeddings of :data:`PROBES` that is accepted.
 MIN_COSINE = 0.9999
@@ -69,7 +71,9 @@ class ExportOutcome:
     reason: str = ""
 
 
-def export_text_encoder(meta: IndexMeta, fp32_encoder: Callable[[], Encoder]) -> ExportOutcome:
+def export_text_encoder(
+    cache: ModelCache, weights_sha256: str, dim: int, fp32_encoder: Callable[[], Encoder]
+) -> ExportOutcome:
     """Export the text tower of the index's model into the cache, unless it is there already.
 
     Never raises for a model that cannot be exported (another tokenizer, unsupported layers, a
@@ -77,13 +81,14 @@ def export_text_encoder(meta: IndexMeta, fp32_encoder: Callable[[], Encoder]) ->
     searches keep using torch.
 
     Args:
-        meta: the index's metadata (the export is keyed to ``meta.weights_sha256``).
+        cache: the model cache to export into.
+        weights_sha256, dim: the model's weights and embedding length (the export is keyed to them).
         fp32_encoder: returns the index's model in fp32; called only when an export is needed.
     """
     started = time.monotonic()
-    folder = onnx_dir(meta.weights_sha256)
+    folder = onnx_dir(cache, weights_sha256)
     unsupported = unsupported_file(folder)
-    if usable_settings(folder, meta) is not None:
+    if usable_settings(folder, weights_sha256, dim) is not None:
         return ExportOutcome(folder)
     with contextlib.suppress(OSError):
         return ExportOutcome(None, reason=unsupported.read_text(encoding="utf-8").strip())
@@ -94,9 +99,9 @@ def export_text_encoder(meta: IndexMeta, fp32_encoder: Callable[[], Encoder]) ->
     sweep_unfinished(folder.parent)
     tmp = folder.parent / f"{TMP_PREFIX}{os.getpid()}"
     try:
-        reason = _export(meta, fp32_encoder(), tmp)
+        reason = _export(weights_sha256, fp32_encoder(), tmp)
         if reason is None:
-            _commit(tmp, folder, lambda: usable_settings(folder, meta) is not None)
+            _commit(tmp, folder, lambda: usable_settings(folder, weights_sha256, dim) is not None)
             return ExportOutcome(folder, created=True, seconds=round(time.monotonic() - started, 3))
     except (ClipsearchError, OSError) as exc:  # weights gone or changed, disk full: try again next time
         return ExportOutcome(None, reason=_first_line(exc))
@@ -109,7 +114,7 @@ def export_text_encoder(meta: IndexMeta, fp32_encoder: Callable[[], Encoder]) ->
     return ExportOutcome(None, reason=reason)
 
 
-def _export(meta: IndexMeta, encoder: Encoder, tmp: Path) -> str | None:
+def _export(weights_sha256: str, encoder: Encoder, tmp: Path) -> str | None:
     """Write the checked graph and its settings into the new folder ``tmp``, or say why not."""
     if encoder.tokenizer is None:
         return "the model was loaded without its text tower"
@@ -135,7 +140,7 @@ def _export(meta: IndexMeta, encoder: Encoder, tmp: Path) -> str | None:
         if cosine >= MIN_COSINE:
             files = {entry.name: entry.stat().st_size for entry in sorted(tmp.iterdir())}
             settings = TextOnnxSettings(
-                meta.weights_sha256,
+                weights_sha256,
                 encoder.dim,
                 context_length,
                 tokenizer.vocab_sha256,
@@ -241,7 +246,6 @@ def _export_graph(
 
 def _commit(tmp: Path, folder: Path, usable: Callable[[], bool]) -> None:
     """Make the finished files durable, then move the folder into place in one rename."""
-    from clipsearch.vectors import fsync_path
 
     for entry in tmp.iterdir():
         with entry.open("rb") as fh:

@@ -8,13 +8,11 @@ import contextlib
 import copy
 import io
 import ipaddress
-import json
 import os
 import re
 import socket
 import sqlite3
 import sys
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -31,11 +29,16 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsearch.errors import ClipsearchError, ImageError, UsageError
-from clipsearch.grammar import QuerySyntaxError, Term, parse_query
-from clipsearch.images import DEFAULT_MAX_PIXELS, open_image
-from clipsearch.index import Index
-from clipsearch.search import Filters, Hit, SearchOptions, files_of, finish, parse_date
+from clipsearch.api import Index
+from clipsearch.encoders.cache import ModelCache
+from clipsearch.encoders.facts import draft_side
+from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.errors import BadValueError, ClipsearchError, ImageError, UsageError
+from clipsearch.files import write_atomic
+from clipsearch.query.filters import Filters, parse_filters
+from clipsearch.query.grammar import QuerySyntaxError, Term, parse_query
+from clipsearch.query.rank import Hit, SearchOptions, finish
+from clipsearch.query.vector import image_vector
 
 #: Host names a loopback-bound server answers to (anything else is a DNS-rebinding attempt).
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -129,14 +132,8 @@ def search_params(
     """The CLI's filters and result options, validated by the library."""
     options = SearchOptions.parse(top=k, threshold=threshold, cutoff=cutoff or None, sort=sort)
     if folder and not folder.startswith("/"):
-        raise UsageError(f"in {folder!r}: give an absolute folder path inside an indexed folder.")
-    filters = Filters(
-        folder=os.path.normpath(folder) if folder else None,
-        after=parse_date(after, option="after") if after else None,
-        before=parse_date(before, option="before") if before else None,
-        types=tuple(t.strip().lower().lstrip(".") for t in types.split(",") if t.strip()) if types else (),
-        min_side=min_side,
-    )
+        raise BadValueError("in", folder, "give an absolute folder path inside an indexed folder")
+    filters = parse_filters(folder=folder, after=after, before=before, types=types, min_side=min_side)
     return filters, options
 
 
@@ -171,6 +168,7 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     thumbnail_dir: Path | None = None,
     allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
+    cache: ModelCache | None = None,
 ) -> FastAPI:
     """The web app for the index at ``index_path``.
 
@@ -179,11 +177,12 @@ def create_app(
         max_upload_bytes: largest image accepted by ``POST /api/search/image`` (larger: 413).
         thumbnail_dir: where thumbnails are cached (default ``<index>/thumbnails``).
         allowed_hosts: ``Host`` header names answered (DNS-rebinding guard); None answers any.
+        cache: the per-machine model cache (default: the user's cache folder).
 
     Raises:
         IndexNotFoundError, IndexCorruptError: as :meth:`Index.open`.
     """
-    index = Index.open(index_path)
+    index = Index.open(index_path, cache=cache)
     state = _State(index, threading.Lock(), thumbnail_dir or index.path / "thumbnails", max_upload_bytes)
 
     @contextlib.asynccontextmanager
@@ -234,7 +233,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
         filters, options = params
         cid = parse_id(content_id)
         with state.lock:
-            own = files_of(index.catalog, [cid]).get(cid)
+            own = index.catalog.entries_of([cid]).get(cid)
             if not own:
                 raise HTTPException(404, "No image with this id in the index.")
             try:
@@ -300,9 +299,6 @@ def _add_api(app: FastAPI, state: _State) -> None:
 def _search_image_bytes(
     state: _State, data: bytes, filters: Filters, options: SearchOptions
 ) -> dict[str, Any]:
-    from clipsearch.decode import draft_side
-    from clipsearch.query import image_vector
-
     with state.lock:
         encoder = state.index.encoder
     try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
@@ -343,7 +339,7 @@ def _displayable(value: Any) -> Any:
 def _servable_file(state: _State, content_id: int) -> str:
     """The real path of a readable file holding this content, inside an indexed root; else 404."""
     with state.lock:
-        files = files_of(state.index.catalog, [content_id]).get(content_id, [])
+        files = state.index.catalog.entries_of([content_id]).get(content_id, [])
         roots = state.index.catalog.roots()
     real_roots = [os.path.realpath(r) for r in roots]
     for hit in files:
@@ -390,15 +386,7 @@ def _write_atomic(target: Path, data: bytes) -> bool:
     """Write via a unique temp file and rename, so readers never see half a thumbnail."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(target, data)
     except OSError:
         return False
     return True
@@ -540,22 +528,22 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (port 0: any free port).
 
     Raises:
-        UsageError: the address cannot be used (in use, not this machine's, no permission).
+        BadValueError: the host (not this machine's) or the port (in use, no permission) cannot be used.
     """
     try:
         found = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = found[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError, OverflowError) as exc:
-        raise UsageError(f"Cannot serve on {host}:{port}: {exc}. Check --host and --port.") from None
+        raise BadValueError("host", host, f"cannot serve on {host}:{port} ({exc})") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise UsageError(
-            f"Cannot serve on {host}:{port}: {exc.strerror or exc}. Choose another port with --port."
+        raise BadValueError(
+            "port", port, f"cannot serve on {host}:{port} ({exc.strerror or exc}); choose another port"
         ) from None
     return sock
 
@@ -568,13 +556,16 @@ def _log_config() -> dict[str, Any]:
     return config
 
 
-def serve(index_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    index_path: Path, host: str = "127.0.0.1", port: int = 8000, *, cache: ModelCache | None = None
+) -> None:
     """Serve the search page and its API until interrupted (Ctrl+C); messages go to stderr.
 
     Args:
         index_path: the index folder to search.
         host: interface to listen on; anything but a loopback address exposes every indexed photo.
         port: TCP port (0: any free port).
+        cache: the per-machine model cache (default: the user's cache folder).
 
     Raises:
         IndexNotFoundError, IndexCorruptError: no usable index at ``index_path``.
@@ -584,7 +575,7 @@ def serve(index_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     local = is_local_host(host)
-    app = create_app(index_path, allowed_hosts=[*LOCAL_HOSTS, host] if local else None)
+    app = create_app(index_path, allowed_hosts=[*LOCAL_HOSTS, host] if local else None, cache=cache)
     state: _State = app.state.clipsearch
     try:
         sock = bind(host, port)  # before loading the model: a port in use fails at once
@@ -608,33 +599,10 @@ def serve(index_path: Path, host: str = "127.0.0.1", port: int = 8000) -> None:
             "mean to share it.\n"
         )
     config = uvicorn.Config(app, log_config=_log_config(), server_header=False, lifespan="on")
-    announced = announce(state.index.path, url) if local else None
     sys.stderr.write(f"Serving {state.index.path} at {url} (press Ctrl+C to stop)\n")
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on; stopping is the normal end
         pass
     finally:
-        if announced is not None:
-            withdraw(announced)
         sock.close()
-
-
-#: Written into the index folder while a local server runs, so `clipsearch search` can ask it.
-SERVER_FILE = "server.json"
-
-
-def announce(index_path: Path, url: str) -> Path | None:
-    """Record this server's address in the index folder (best effort: a read-only index just skips it)."""
-    target = index_path / SERVER_FILE
-    data = json.dumps({"pid": os.getpid(), "url": url}).encode()
-    return target if _write_atomic(target, data) else None
-
-
-def withdraw(target: Path) -> None:
-    """Remove the record, if it is still ours."""
-    try:
-        if json.loads(target.read_text()).get("pid") == os.getpid():
-            target.unlink()
-    except (OSError, ValueError):
-        pass

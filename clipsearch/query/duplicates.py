@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.index import Index
-from clipsearch.search import Hit, files_of
-from clipsearch.vectors import VectorStore
+from clipsearch.store.catalog import Entry
+from clipsearch.store.folder import IndexFolder
+from clipsearch.store.vectors import VectorStore
 
 #: Default cosine similarity above which two different files count as near-duplicates.
 NEAR_THRESHOLD = 0.95
@@ -33,7 +33,7 @@ class DuplicateGroup:
 
 
 def find_duplicates(
-    index: Index, *, threshold: float = NEAR_THRESHOLD, near: bool = True
+    index: IndexFolder, *, threshold: float = NEAR_THRESHOLD, near: bool = True
 ) -> list[DuplicateGroup]:
     """Groups of duplicate files, largest first.
 
@@ -43,7 +43,7 @@ def find_duplicates(
     """
     store = index.store
     ids = store.ids()
-    files = files_of(index.catalog, sorted(int(i) for i in ids))
+    files = index.catalog.entries_of(sorted(int(i) for i in ids))
     groups = [
         DuplicateGroup("exact", [h.path for h in hits], 1.0) for hits in files.values() if len(hits) > 1
     ]
@@ -53,7 +53,7 @@ def find_duplicates(
 
 
 def _near_groups(
-    store: VectorStore, ids: npt.NDArray[np.int64], files: dict[int, list[Hit]], threshold: float
+    store: VectorStore, ids: npt.NDArray[np.int64], files: dict[int, list[Entry]], threshold: float
 ) -> list[DuplicateGroup]:
     parent = {int(i): int(i) for i in ids}
 

@@ -15,6 +15,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.files import fsync_path
+
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
 
@@ -239,12 +241,3 @@ def create_store(kind: str, dim: int) -> VectorStore:
 def load_store(kind: str, path: Path) -> VectorStore:
     """Read a store written by :meth:`VectorStore.save`."""
     return STORE_KINDS[kind].load(path)
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's entries to disk (a directory fsync makes a rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

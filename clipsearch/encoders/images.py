@@ -9,6 +9,11 @@ from typing import NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+#: File name extensions of the image formats decoded here (lower case, with the dot).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
 #: Images that would decode to more pixels than this are refused before decoding (decompression-bomb
 #: guard). JPEGs count at their reduced ``draft`` size, so a 100-megapixel JPEG is fine, a PNG is not.
 DEFAULT_MAX_PIXELS = 50_000_000

@@ -71,6 +71,77 @@ class IndexMeta:
     schema_version: int = SCHEMA_VERSION
 
 
+class Entry(NamedTuple):
+    """An indexed file as a search result shows it (``date``: EXIF date, else mtime, POSIX time)."""
+
+    path: str
+    content_id: int
+    size: int
+    width: int
+    height: int
+    date: float
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    """Which indexed files a search may return (every field optional).
+
+    Args:
+        folder: only files under this folder (absolute path).
+        after / before: only files dated on/after, before this POSIX time (EXIF date, else mtime).
+        suffixes: only names ending in one of these (lower case, with the dot: ``.jpg``).
+        min_side: only images whose shorter side has at least this many pixels.
+    """
+
+    folder: str | None = None
+    after: float | None = None
+    before: float | None = None
+    suffixes: tuple[str, ...] = ()
+    min_side: int | None = None
+
+    def active(self) -> bool:
+        return any(
+            v not in (None, ()) for v in (self.folder, self.after, self.before, self.suffixes, self.min_side)
+        )
+
+    def sql(self) -> tuple[str, list[object]]:
+        """WHERE clause (over files f JOIN contents c) and its parameters."""
+        clauses: list[str] = ["f.content_id IS NOT NULL"]
+        params: list[object] = []
+        if self.folder is not None:
+            low, high = under(self.folder)
+            clauses.append("f.path >= ? AND f.path < ?")
+            params += [low, high]
+        if self.after is not None:
+            clauses.append("COALESCE(c.taken, f.mtime_ns / 1e9) >= ?")
+            params.append(self.after)
+        if self.before is not None:
+            clauses.append("COALESCE(c.taken, f.mtime_ns / 1e9) < ?")
+            params.append(self.before)
+        if self.min_side is not None:
+            clauses.append("min(c.width, c.height) >= ?")
+            params.append(self.min_side)
+        if self.suffixes:
+            clauses.append(
+                "(" + " OR ".join("lower(CAST(f.path AS TEXT)) LIKE ?" for _ in self.suffixes) + ")"
+            )
+            params += [f"%{s}" for s in self.suffixes]
+        return " AND ".join(clauses), params
+
+
+_ENTRY_SQL = """SELECT f.path, f.content_id, f.size, c.width, c.height,
+    COALESCE(c.taken, f.mtime_ns / 1e9) AS date FROM files f JOIN contents c ON c.id = f.content_id"""
+
+
+def _group(rows: Iterable[tuple[bytes, int, int, int | None, int | None, float]]) -> dict[int, list[Entry]]:
+    out: dict[int, list[Entry]] = {}
+    for path, cid, size, width, height, date in sorted(rows, key=lambda r: r[0]):
+        out.setdefault(int(cid), []).append(
+            Entry(os.fsdecode(path), int(cid), int(size), int(width or 0), int(height or 0), float(date))
+        )
+    return out
+
+
 class FileState(NamedTuple):
     """A file row as the planner needs it."""
 
@@ -122,16 +193,16 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
                 raise IndexAccessError(
+                    path.parent,
                     f"Cannot open the index catalog {path}: {exc}. Check that the folder exists and "
-                    "is readable (and writable, to index), then run the command again."
+                    "is readable (and writable, to index).",
                 ) from exc
-            raise IndexCorruptError(
-                f"{path} is not a clipsearch catalog ({exc}). Move it away, or choose another --index."
-            ) from exc
+            raise IndexCorruptError(path.parent, f"{path} is not a clipsearch catalog ({exc}).") from exc
         if version is not None and int(version) != SCHEMA_VERSION:
             raise IndexCorruptError(
+                path.parent,
                 f"{path} has catalog schema version {version}; this clipsearch reads version "
-                f"{SCHEMA_VERSION}. Re-create the index with --rebuild."
+                f"{SCHEMA_VERSION}.",
             )
 
     @staticmethod
@@ -239,6 +310,20 @@ class Catalog:
             "vectors": one("SELECT count(*) FROM contents").fetchone()[0],
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
+
+    def entries_matching(self, where: FileFilter) -> dict[int, list[Entry]]:
+        """content id -> its files that pass the filter."""
+        clause, params = where.sql()
+        return _group(self.conn.execute(f"{_ENTRY_SQL} WHERE {clause}", params))
+
+    def entries_of(self, content_ids: Sequence[int]) -> dict[int, list[Entry]]:
+        """content id -> its files, for the ids given."""
+        out: dict[int, list[Entry]] = {}
+        for start in range(0, len(content_ids), 500):
+            chunk = [int(i) for i in content_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            out.update(_group(self.conn.execute(f"{_ENTRY_SQL} WHERE f.content_id IN ({marks})", chunk)))
+        return out
 
     def skipped(self) -> list[tuple[str, str]]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path")

@@ -13,13 +13,16 @@ from clipsearch.errors import UsageError
 GRAMMAR = (
     "A query is one or more terms joined by ' + ' or ' - ' (spaces around the sign), e.g.\n"
     "  a dog on a beach - people + ./holiday.jpg\n\n"
+    "A sign stuck to the next word after a space subtracts or adds it too (red circle -blue). "
     "A term is text, or an image when it starts with '/', './', '../' or '~/'. Put a term in double "
     "quotes to keep a '+', '-' or spaces in it (\"rock + roll\", \"./my photos/cat.jpg\"). A weight is "
     "written after a colon (dog:0.5) or before a star (0.5*dog); the default is 1.\n\n"
     "The terms are combined in embedding space: each term is encoded to a unit vector, multiplied by "
-    "its weight (negative after '-'), summed, and the sum is re-normalised."
+    "its weight (negative after '-'; weights between -100 and 100), summed, and the sum is re-normalised."
 )
 
+#: Largest weight a term may carry (the sum is re-normalised: larger weights only drown the others).
+MAX_WEIGHT = 100.0
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _IMAGE_PREFIXES = ("/", "./", "../", "~/")
 
@@ -33,13 +36,20 @@ class Term:
     weight: float = 1.0
 
 
+class EmptyQueryError(UsageError):
+    """A search with no terms at all."""
+
+    def __init__(self) -> None:
+        super().__init__("Nothing to search for: give a query or an image.")
+
+
 class QuerySyntaxError(UsageError):
     """A malformed query expression; the message points at the problem."""
 
     def __init__(self, expr: str, position: int, problem: str) -> None:
         super().__init__(
             f"Bad query at position {position + 1}: {problem}\n  {expr}\n  {' ' * position}^\n"
-            "See `clipsearch search --help` for the query grammar."
+            "The query grammar: terms joined by ' + ' or ' - ', quotes, weights (dog:0.5)."
         )
         self.position = position
 
@@ -59,6 +69,8 @@ def _split_weight(atom: str, expr: str, position: int) -> tuple[str, float]:
         raise QuerySyntaxError(expr, position, "a weight needs a term (e.g. dog:0.5)")
     if weight == 0:
         raise QuerySyntaxError(expr, position, "a weight of 0 removes the term; leave the term out instead")
+    if not abs(weight) <= MAX_WEIGHT:  # also catches inf and nan
+        raise QuerySyntaxError(expr, position, f"a weight must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
     return atom, weight
 
 
@@ -108,7 +120,11 @@ def parse_query(expr: str) -> list[Term]:
             i = close + 1
             continue
         at_boundary = i == 0 or expr[i - 1].isspace()
-        if ch in "+-" and at_boundary and (i + 1 == len(expr) or expr[i + 1].isspace()):
+        has_term = bool("".join(atom_chars).strip()) or bool(terms)
+        spaced = i + 1 == len(expr) or expr[i + 1].isspace()
+        # "red circle -blue": a sign after a space, stuck to the next word, subtracts it too
+        stuck = has_term and pending_op is None and not spaced and expr[i + 1] not in "+-"
+        if ch in "+-" and at_boundary and (spaced or stuck):
             if "".join(atom_chars).strip() or terms or pending_op is not None:
                 flush(i)
             pending_op = i
@@ -148,9 +164,7 @@ def build_terms(
     terms += [make_term(v, -1.0, image=False) for v in sub]
     terms += [make_term(v, -1.0, image=True) for v in sub_images]
     if not terms:
-        raise UsageError(
-            "Nothing to search for: give a query, or --image PATH (see clipsearch search --help)."
-        )
+        raise EmptyQueryError
     return terms
 
 

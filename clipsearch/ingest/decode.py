@@ -19,19 +19,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.catalog import Catalog, FileState
+from clipsearch.encoders.images import open_image, read_header
 from clipsearch.errors import ImageError
-from clipsearch.images import open_image, read_header
-from clipsearch.scan import FileRecord
-
-if TYPE_CHECKING:
-    from clipsearch.encoder import Encoder
-    from clipsearch.models import ModelFacts, ModelPreview
+from clipsearch.ingest.scan import FileRecord
+from clipsearch.store.catalog import Catalog, FileState
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,7 +36,7 @@ R = TypeVar("R")
 class Prepared(NamedTuple):
     """A file after the worker stage: pixels to encode, or a known hash, or an error.
 
-    ``pixels`` are ``(H, W, 3)`` uint8 from a :class:`~clipsearch.pixels.PixelTransform`'s
+    ``pixels`` are ``(H, W, 3)`` uint8 from a :class:`~clipsearch.encoders.pixels.PixelTransform`'s
     ``resize_crop`` (normalised later, a batch at a time), or the model's own ``(3, H, W)`` float32.
     """
 
@@ -51,11 +47,6 @@ class Prepared(NamedTuple):
     height: int
     taken: float | None
     error: ImageError | None
-
-
-def draft_side(model: Encoder | ModelFacts | ModelPreview) -> int:
-    """Shortest side JPEGs are decoded at (``draft``): twice the model's input, so resizing stays sharp."""
-    return 2 * min(model.image_size)
 
 
 def file_digest(data: bytes) -> str:

@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
+from clipsearch.encoders.images import open_image
 from clipsearch.errors import ImageError
-from clipsearch.images import open_image
-from clipsearch.search import Hit
+from clipsearch.query.rank import Hit
 
 THUMB_SIDE = 256
 

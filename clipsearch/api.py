@@ -1,0 +1,521 @@
+"""The façade: an index folder (store) composed with its model (encoders), synced (ingest), searched (query).
+
+:class:`Index` is what a Python user, the CLI, the web server and the demo hold. It owns the model's
+lifecycle (loaded lazily, the image tower alone for a sync, the exported ONNX text tower for a cold
+text search) and is the one place that checks a model against an index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.encoders.spec import ModelSpec, Precision, parse_precision
+from clipsearch.errors import FolderNotIndexedError, ModelMismatchError, UsageError
+from clipsearch.store.catalog import IndexMeta
+from clipsearch.store.folder import IndexFolder, exists, index_root
+from clipsearch.store.vectors import DEFAULT_STORE_KIND, VectorStore
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from PIL import Image
+
+    from clipsearch.encoders.cache import ModelCache
+    from clipsearch.encoders.encoder import Encoder
+    from clipsearch.encoders.facts import ModelFacts, ModelPreview
+    from clipsearch.encoders.loading import ModelLoader
+    from clipsearch.encoders.onnx_export import ExportOutcome
+    from clipsearch.encoders.onnx_text import OnnxTextEncoder, TextEncoder
+    from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
+    from clipsearch.query.filters import Filters
+    from clipsearch.query.grammar import Term
+    from clipsearch.query.rank import Hit
+    from clipsearch.store.catalog import Catalog
+
+
+class Index:
+    """An index folder and its model. Open with :meth:`open` (search) or :meth:`open_for_write` (sync)."""
+
+    def __init__(
+        self,
+        folder: IndexFolder,
+        *,
+        encoder: Encoder | None = None,
+        precision: Precision = "fp32",
+        cache: ModelCache | None = None,
+    ) -> None:
+        from clipsearch.encoders.cache import ModelCache
+
+        self.folder = folder
+        self.cache = cache or ModelCache.default()
+        self._encoder = encoder  # the whole model (image and text towers)
+        self._loader: ModelLoader | None = None  # the image tower alone, loading for a sync
+        self._image_encoder: Encoder | None = None  # what _loader loaded, checked against the index
+        self._meta_preview: ModelPreview | None = None  # the unchecked preview a new index's meta came from
+        self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
+        self._precision = parse_precision(precision)
+        if encoder is not None:
+            _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        encoder: Encoder | None = None,
+        precision: Precision = "fp32",
+        cache: ModelCache | None = None,
+    ) -> Index:
+        """Open an existing index for searching.
+
+        Args:
+            path: the index folder.
+            encoder: the index's model if already loaded; else it is loaded on first use.
+            precision: precision to load the model with (``fp32``, ``bf16`` or ``auto``).
+            cache: the per-machine model cache (default: the user's cache folder).
+
+        Raises:
+            IndexNotFoundError: nothing is there.
+            IndexCorruptError: something is there but it is not a clipsearch index.
+            ModelMismatchError: ``encoder`` is not the index's model.
+        """
+        folder = IndexFolder.open(path)
+        try:
+            return cls(folder, encoder=encoder, precision=precision, cache=cache)
+        except BaseException:
+            folder.close()
+            raise
+
+    @classmethod
+    def open_for_write(
+        cls,
+        path: str | Path,
+        encoder: Encoder | None = None,
+        *,
+        spec: ModelSpec | None = None,
+        precision: Precision = "fp32",
+        rebuild: bool = False,
+        cache: ModelCache | None = None,
+    ) -> Index:
+        """Open (creating if needed) an index to sync, holding the writer lock.
+
+        Args:
+            path: the index folder.
+            encoder: the model to sync with, already loaded.
+            spec: instead of ``encoder``, the model to sync with; when the index exists and records
+                this model, the model is loaded only once a file needs encoding (a sync that finds
+                nothing changed never loads it).
+            precision: precision to load ``spec`` with.
+            rebuild: delete the index's contents first.
+            cache: the per-machine model cache (default: the user's cache folder).
+
+        Raises:
+            UsageError: neither ``encoder`` nor ``spec`` given.
+            IndexBusyError: another process is writing to this index.
+            ModelMismatchError: the index was built with another model (use ``rebuild=True``).
+        """
+        from clipsearch.encoders.cache import ModelCache
+        from clipsearch.encoders.loading import ModelLoader
+
+        if encoder is None and spec is None:
+            raise UsageError("open_for_write needs the encoder or the spec of the model to index with.")
+        cache = cache or ModelCache.default()
+        precision = parse_precision(precision)
+        want = encoder.spec if encoder is not None else spec
+        assert want is not None
+        loader: ModelLoader | None = None
+        preview: ModelPreview | None = None
+        if encoder is None and (rebuild or not exists(path)):
+            # a new index records the model's details: kept on this machine from the model's last
+            # build (checked once it is built), else known once it is built (a missing model fails
+            # here, before any folder is made); its weights load in the background meanwhile
+            preview = cache.preview(want)
+            loader = ModelLoader(want, precision=precision, image_only=True)
+            if preview is None:
+                loader.facts()
+
+        from_preview = False
+
+        def new_meta() -> IndexMeta:
+            if encoder is not None:
+                return _meta_for(encoder.spec, encoder.facts)
+            nonlocal loader, from_preview
+            from_preview = preview is not None
+            if loader is None:  # the index was removed since the check above
+                loader = ModelLoader(want, precision=precision, image_only=True)
+            return _meta_for(want, preview or loader.facts())
+
+        if not rebuild:
+            check_index_model(path, want)  # before the lock and any model load
+        folder = IndexFolder.open_for_write(path, new_meta, rebuild=rebuild)
+        try:
+            if encoder is not None:
+                _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
+            else:
+                _check_spec(folder.path, folder.meta, want)
+        except BaseException:
+            folder.close()
+            raise
+        index = cls(folder, encoder=encoder, precision=precision, cache=cache)
+        index._loader = loader
+        index._meta_preview = preview if from_preview else None
+        return index
+
+    def close(self) -> None:
+        self.folder.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- what the index records ---------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @property
+    def meta(self) -> IndexMeta:
+        return self.folder.meta
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.folder.catalog
+
+    @property
+    def store(self) -> VectorStore:
+        """The vector store as of the last committed batch."""
+        return self.folder.store
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.meta.model, self.meta.pretrained)
+
+    def info(self) -> dict[str, Any]:
+        """What is in the index, which model, where it lives."""
+        return self.folder.info()
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """Files that were skipped, with their reasons, by path."""
+        return self.catalog.skipped()
+
+    def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
+        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        return self.folder.stored_vector(path)
+
+    def checkpoint(self) -> None:
+        """Fold the vectors committed since the last checkpoint into the FAISS file."""
+        self.folder.checkpoint()
+
+    # -- the model ----------------------------------------------------------------------------
+
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether a model to encode images with is in memory already (loading it takes seconds)."""
+        return self._encoder is not None or self._image_encoder is not None
+
+    @property
+    def model_loading(self) -> bool:
+        """Whether a model is being loaded in the background (see :meth:`model_facts`)."""
+        return self._loader is not None
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model this index was built with, loaded on first use and checked against the index."""
+        if self._encoder is None:
+            from clipsearch.encoders.loading import load_spec
+
+            encoder = load_spec(self.spec, precision=self._precision)
+            _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
+            self._encoder = encoder
+        return self._encoder
+
+    def start_loading(self) -> None:
+        """Unless a model is in memory, start loading the image tower a sync needs, in the background."""
+        if self._encoder is None and self._image_encoder is None and self._loader is None:
+            from clipsearch.encoders.loading import ModelLoader
+
+            self._loader = ModelLoader(self.spec, precision=self._precision, image_only=True)
+
+    def model_facts(self) -> ModelFacts:
+        """Facts of the model a sync encodes with (input size, preprocessing); unless the model is in
+        memory, this starts loading its image tower in the background and waits only until it is built."""
+        if self._encoder is not None:
+            return self._encoder.facts
+        if self._image_encoder is not None:
+            return self._image_encoder.facts
+        self.start_loading()
+        assert self._loader is not None
+        return self._loader.facts()
+
+    def check_preview(self, preview: ModelPreview | None = None) -> bool:
+        """Whether ``preview`` (default: the one a new index's metadata came from) is the model's own.
+
+        Waits until the model is built. If not, the machine's cache is corrected, and a new index
+        made from the preview gets the model's metadata: nothing can have been committed with it.
+        """
+        from clipsearch.encoders.facts import ModelPreview
+
+        preview = preview or self._meta_preview
+        if preview is None:
+            return True
+        facts = self.model_facts()
+        actual = ModelPreview.of(facts)
+        if actual == preview:
+            self._meta_preview = None
+            return True
+        self.cache.remember_preview(self.spec, actual)
+        if self._meta_preview is not None:
+            self.folder.write_meta(_meta_for(self.spec, facts))
+            self._meta_preview = None
+        return False
+
+    @property
+    def image_encoder(self) -> Encoder:
+        """What a sync encodes images with: the model if loaded, else its image tower alone (a third
+        less memory for ViT-B-32), loaded on first use (see :meth:`model_facts`)."""
+        if self._encoder is not None:
+            return self._encoder
+        if self._image_encoder is None:
+            self.start_loading()
+            assert self._loader is not None
+            encoder = self._loader.encoder()
+            _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
+            self._image_encoder, self._loader = encoder, None
+        return self._image_encoder
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """What encodes query texts: the model if loaded, else the exported ONNX text encoder of the
+        index's model (no torch import: a cold search starts in well under a second), else the model."""
+        if self._encoder is None and self._onnx_text is None:
+            from clipsearch.encoders.onnx_text import load_text_encoder
+
+            self._onnx_text = load_text_encoder(self.cache, self.meta.weights_sha256, self.meta.dim) or False
+        if self._encoder is None and self._onnx_text:
+            return self._onnx_text  # type: ignore[return-value]
+        return self.encoder
+
+    def text_export_pending(self) -> bool:
+        """Whether this model's text tower still needs its ONNX export on this machine (cheap)."""
+        from clipsearch.encoders.onnx_text import export_pending
+
+        return export_pending(self.cache, self.meta.weights_sha256, self.meta.dim)
+
+    def export_text_encoder(self) -> ExportOutcome:
+        """Write the ONNX text encoder that lets later cold text searches skip torch (once per weights).
+
+        Needs the writer lock (:meth:`open_for_write`); :meth:`sync` calls it. Loads the model in
+        fp32 only when the export is missing; a model that cannot be exported is no error (see the
+        outcome's ``reason``).
+        """
+        from clipsearch.encoders.onnx_export import export_text_encoder
+
+        if not self.folder.writable:
+            raise UsageError("export_text_encoder needs an index opened with Index.open_for_write.")
+        return export_text_encoder(self.cache, self.meta.weights_sha256, self.meta.dim, self._fp32_encoder)
+
+    def _fp32_encoder(self) -> Encoder:
+        if self._encoder is not None and self._encoder.precision == "fp32":
+            return self._encoder
+        from clipsearch.encoders.loading import load_spec
+
+        self._image_encoder = self._loader = None  # the sync is over: memory for the fp32 model
+        encoder = load_spec(self.spec, precision="fp32")
+        _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
+        if self._encoder is None and self._precision == "fp32":
+            self._encoder = encoder
+        return encoder
+
+    # -- what a query needs (query.vector.QueryEncoder) ---------------------------------------
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.encoder.image_size
+
+    def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return self.text_encoder.encode_texts(texts)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        return self.encoder.encode_images(images)
+
+    # -- syncing and searching ----------------------------------------------------------------
+
+    def sync(
+        self,
+        roots: list[str] | None = None,
+        *,
+        options: SyncOptions | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Bring the index in line with ``roots`` (default: every root indexed before).
+
+        Afterwards (unless ``options.export_text`` is false), the model's text tower is exported
+        once per model and machine, so that a cold text search in a new process skips torch.
+        """
+        import time
+
+        from clipsearch.ingest.sync import SyncOptions, sync
+
+        started = time.monotonic()
+        options = options or SyncOptions()
+        report = sync(self.folder, _SyncModel(self), roots, options, progress)
+        if options.export_text and self.text_export_pending():
+            if progress is not None:
+                progress.note(
+                    "Exporting the text encoder for fast searches (once per model on this machine) ..."
+                )
+            outcome = self.export_text_encoder()
+            report.text_export = "exported" if outcome.path is not None else "unavailable"
+            report.text_export_reason = outcome.reason
+        report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    def search_vectors(
+        self, queries: npt.NDArray[np.float32], k: int = 10, *, filters: Filters | None = None
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension).
+
+        Args:
+            queries: ``(d,)`` or ``(n, d)`` unit vectors.
+            k: most files returned per query.
+            filters: restrict the candidates (folder, dates, types, size) before the top-k cut.
+
+        Raises:
+            FolderNotIndexedError: ``filters.folder`` is not inside an indexed folder.
+        """
+        from clipsearch.query.rank import rank
+
+        if filters is not None and filters.folder is not None:
+            self._check_folder(filters.folder)
+        return rank(self.store, self.catalog, np.atleast_2d(queries), k, filters=filters)
+
+    def _check_folder(self, folder: str) -> None:
+        roots = self.catalog.roots()
+        if not any(
+            folder == r or folder.startswith(r.rstrip("/") + "/") or r.startswith(folder.rstrip("/") + "/")
+            for r in roots
+        ):
+            raise FolderNotIndexedError(folder, roots)
+
+    def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+        """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""
+        from clipsearch.query.grammar import parse_query
+        from clipsearch.query.vector import query_vector
+
+        terms = parse_query(query) if isinstance(query, str) else query
+        return self.search_vectors(query_vector(self, terms), k, filters=filters)[0]
+
+    def search_text(self, text: str, k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+        """Images best matching a text."""
+        from clipsearch.query.vector import text_vector
+
+        return self.search_vectors(text_vector(self, text), k, filters=filters)[0]
+
+    def search_image(
+        self, image: str | Path | Image.Image, k: int = 10, *, filters: Filters | None = None
+    ) -> list[Hit]:
+        """Images most similar to an image: a file path (indexed or not) or a PIL image."""
+        from clipsearch.query.vector import image_vector
+
+        return self.search_vectors(image_vector(self, image), k, filters=filters)[0]
+
+
+class _SyncModel:
+    """The index's model as a sync asks for it (:class:`clipsearch.ingest.sync.SyncModel`)."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    @property
+    def label(self) -> str:
+        return self.index.spec.label()
+
+    @property
+    def in_memory(self) -> bool:
+        return self.index.encoder_loaded or self.index.model_loading
+
+    def start(self) -> None:
+        self.index.start_loading()
+
+    def preview(self) -> ModelPreview | None:
+        return None if self.index.encoder_loaded else self.index.cache.preview(self.index.spec)
+
+    def facts(self) -> ModelFacts:
+        from clipsearch.encoders.facts import ModelPreview
+
+        facts = self.index.model_facts()
+        actual = ModelPreview.of(facts)
+        if actual != self.index.cache.preview(self.index.spec):
+            self.index.cache.remember_preview(self.index.spec, actual)
+        return facts
+
+    def confirm(self, preview: ModelPreview | None) -> bool:
+        return self.index.check_preview(preview)
+
+    def encoder(self) -> Encoder:
+        return self.index.image_encoder
+
+
+# -- the one place that checks a model against an index -------------------------------------
+
+
+def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview) -> IndexMeta:
+    return IndexMeta(
+        model=spec.name,
+        pretrained=spec.pretrained,
+        weights_sha256=facts.weights_sha256,
+        dim=facts.dim,
+        store_kind=DEFAULT_STORE_KIND,
+    )
+
+
+def _label(model: str, pretrained: str) -> str:
+    return f"{model} ({pretrained})" if pretrained else model
+
+
+def _check_same_model(root: Path, have: IndexMeta, want: IndexMeta) -> None:
+    have_label, want_label = _label(have.model, have.pretrained), _label(want.model, want.pretrained)
+    if have_label != want_label:
+        raise ModelMismatchError(root, have_label, want_label)
+    if (have.weights_sha256, have.dim) != (want.weights_sha256, want.dim):
+        raise ModelMismatchError(
+            root,
+            f"{have_label} with weights sha256 {have.weights_sha256[:12]}",
+            f"{want_label} with weights sha256 {want.weights_sha256[:12]}",
+        )
+
+
+def _check_spec(root: Path, have: IndexMeta, spec: ModelSpec) -> None:
+    """Fail if the index records another model name or pretrained tag than ``spec`` (weights unchecked)."""
+    have_label, want_label = _label(have.model, have.pretrained), _label(spec.name, spec.pretrained)
+    if have_label != want_label:
+        raise ModelMismatchError(root, have_label, want_label)
+
+
+def check_index_model(path: str | Path, spec: ModelSpec) -> None:
+    """Before loading any weights: fail if the index at ``path`` records another model than ``spec``."""
+    from clipsearch.store.folder import exists
+
+    if not exists(path):
+        return
+    with IndexFolder.open(path) as existing:
+        _check_spec(index_root(path), existing.meta, spec)
+
+
+def recorded_spec(path: str | Path) -> ModelSpec | None:
+    """The model the index at ``path`` records, or None when there is no index."""
+    from clipsearch.store.folder import exists
+
+    if not exists(path):
+        return None
+    with IndexFolder.open(path) as existing:
+        return ModelSpec(existing.meta.model, existing.meta.pretrained)

@@ -1,0 +1,139 @@
+"""Vector -> ranked hits: filters applied before top-k, FAISS ids mapped back to catalogued files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.errors import BadValueError
+from clipsearch.query.filters import Filters
+from clipsearch.store.catalog import Catalog, Entry
+from clipsearch.store.vectors import VectorStore
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: an absolute path, its cosine similarity to the query, and file facts."""
+
+    path: str
+    score: float
+    content_id: int
+    size: int = 0
+    width: int = 0
+    height: int = 0
+    date: float = 0.0  # EXIF DateTimeOriginal, else the file's mtime (POSIX time)
+
+    @classmethod
+    def of(cls, entry: Entry, score: float) -> Hit:
+        return cls(entry.path, score, entry.content_id, entry.size, entry.width, entry.height, entry.date)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "score": round(self.score, 6),
+            "content_id": self.content_id,
+            "size": self.size,
+            "width": self.width,
+            "height": self.height,
+            "date": datetime.fromtimestamp(self.date, timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def rank(
+    store: VectorStore,
+    catalog: Catalog,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    *,
+    filters: Filters | None = None,
+) -> list[list[Hit]]:
+    """Top-``k`` files for each query row (exact inner product), best first.
+
+    Identical files share one vector; each of their paths is returned with the same score, and
+    the list is cut at ``k`` paths. Filters restrict the candidates before the top-k cut.
+    """
+    if k < 1 or len(store) == 0:
+        return [[] for _ in range(len(queries))]
+    allowed = None
+    where = filters.for_catalog() if filters is not None else None
+    if where is not None and where.active():
+        allowed = catalog.entries_matching(where)
+        if not allowed:
+            return [[] for _ in range(len(queries))]
+    allowed_ids = np.fromiter(allowed, dtype=np.int64) if allowed is not None else None
+    scores, ids = store.search(queries, k, allowed=allowed_ids)
+    files = (
+        allowed
+        if allowed is not None
+        else catalog.entries_of(sorted({int(i) for i in ids.ravel() if i >= 0}))
+    )
+    results = []
+    for row_scores, row_ids in zip(scores, ids, strict=True):
+        hits: list[Hit] = []
+        for score, cid in zip(row_scores, row_ids, strict=True):
+            # a content deleted after the store was loaded has no files left: skip it
+            hits.extend(Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
+        results.append(hits[:k])
+    return results
+
+
+#: Candidates examined by the adaptive cutoff when no larger -k is given.
+CUTOFF_CANDIDATES = 100
+
+
+def adaptive_cutoff(scores: npt.NDArray[np.float32] | list[float]) -> int:
+    """How many of these best-first scores are relevant: the cut where the distribution breaks.
+
+    Two-class split of the candidate scores (Otsu's method: the threshold that maximises the
+    between-class variance of "relevant" above and "the rest" below). Returns at least 1.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    if n <= 2:
+        return n
+    prefix = np.cumsum(s)
+    counts = np.arange(1, n)
+    mean_top = prefix[:-1] / counts
+    mean_rest = (prefix[-1] - prefix[:-1]) / (n - counts)
+    between = counts * (n - counts) * (mean_top - mean_rest) ** 2
+    return int(np.argmax(between)) + 1
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How many results to keep and in which order, once the candidates are ranked."""
+
+    k: int = 10
+    candidates: int = 10
+    threshold: float | None = None
+    cutoff: bool = False
+    sort: str = "score"
+
+    @classmethod
+    def parse(
+        cls, *, top: int | None, threshold: float | None, cutoff: str | None, sort: str
+    ) -> SearchOptions:
+        """Validate CLI-style values."""
+        if cutoff not in (None, "auto"):
+            raise BadValueError("cutoff", cutoff, "the only cutoff is 'auto'")
+        if sort not in ("score", "date"):
+            raise BadValueError("sort", sort, "choose score or date")
+        if threshold is not None and not -1.0 <= threshold <= 1.0:
+            raise BadValueError("threshold", threshold, "scores are cosine similarities, between -1 and 1")
+        k = top if top is not None else (CUTOFF_CANDIDATES if cutoff else 10)
+        return cls(k=k, candidates=k, threshold=threshold, cutoff=cutoff == "auto", sort=sort)
+
+
+def finish(hits: list[Hit], options: SearchOptions) -> list[Hit]:
+    """Apply the threshold, the adaptive cutoff, the cap and the sort order to ranked hits."""
+    if options.threshold is not None:
+        hits = [h for h in hits if h.score >= options.threshold]
+    if options.cutoff and hits:
+        hits = hits[: adaptive_cutoff([h.score for h in hits])]
+    hits = hits[: options.k]
+    if options.sort == "date":
+        hits = sorted(hits, key=lambda h: -h.date)
+    return hits

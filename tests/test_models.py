@@ -82,7 +82,6 @@ def test_streamed_weights_equal_open_clip_loading(tiny_model: str, tmp_path: Pat
     for key, value in streamed.state_dict().items():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
-    assert torch.nn.init.normal_.__name__ == "normal_"  # restored after the build
     assert len(facts) == 1 and facts[0].dim == reference.text_projection.shape[1]
     in_bf16 = _stream(weights, "bf16")
     assert all(p.dtype == torch.bfloat16 for p in in_bf16.parameters())
@@ -114,7 +113,7 @@ def test_image_only_encoder_has_the_image_tower_and_no_text_tower(tiny_model: st
     )
     assert replace(image_only.facts, preprocess=None) == replace(tiny_encoder.facts, preprocess=None)
     text_params = [p for n, p in image_only.model.named_parameters() if not n.startswith("visual.")]
-    assert text_params and all(p.numel() == 0 for p in text_params)  # freed, not left as garbage
+    assert text_params and all(p.is_meta for p in text_params)  # never allocated, never read
     with pytest.raises(RuntimeError, match="without its text tower"):
         image_only.encode_texts(["a cat"])
 
@@ -183,31 +182,39 @@ def test_missing_weights_offline_gives_one_clear_message(tmp_path: Path, photos:
     assert not (tmp_path / "idx").exists() or not any((tmp_path / "idx").iterdir())
 
 
-def test_building_for_a_checkpoint_skips_random_initialisation() -> None:
-    """Modules that call torch.nn.init by name (MultiheadAttention) are covered too, then restored."""
+def test_building_for_a_checkpoint_allocates_nothing_and_changes_no_global_state(tiny_model: str) -> None:
+    """The model is built on the meta device (no memory, no random numbers), in this thread only: torch's
+    init functions and default dtype stay as they were, and the weights then fill every tensor."""
+    import threading
+
     import torch
-    from torch.overrides import TorchFunctionMode
+    import torch.nn.modules.activation as activation
 
-    from clipsearch.encoders.loading import _no_random_init
+    weights = resolve_weights(ModelSpec.parse(tiny_model, None))
+    before = (torch.nn.init.normal_, activation.xavier_uniform_, torch.get_default_dtype())
+    seen: dict[str, object] = {}
 
-    class Calls(TorchFunctionMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.names: set[str] = set()
+    def other_thread() -> None:  # a module built meanwhile elsewhere gets real, initialised weights
+        seen["linear"] = torch.nn.Linear(4, 4)
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            self.names.add(getattr(func, "__name__", str(func)))
-            return func(*args, **(kwargs or {}))
+    def built(model, preprocess):  # type: ignore[no-untyped-def]
+        from clipsearch.encoders.facts import ModelFacts
 
-    def build() -> None:
-        torch.nn.MultiheadAttention(8, 2)
-        torch.nn.Linear(4, 4)
-        torch.nn.LayerNorm(4)
+        seen["meta"] = all(p.is_meta for p in model.parameters())
+        seen["default_dtype"] = torch.get_default_dtype()
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        return ModelFacts.of(ModelSpec("test", ""), weights.sha256, model, preprocess)
 
-    writes = {"uniform_", "normal_", "kaiming_uniform_", "constant_", "fill_", "zero_"}
-    with _no_random_init(), Calls() as skipped:
-        build()
-    assert not skipped.names & writes, skipped.names
-    with Calls() as normal:  # restored: the same modules initialise their weights again
-        build()
-    assert {"uniform_", "constant_"} <= normal.names
+    from clipsearch.encoders.loading import _build_streaming
+
+    loaded = _build_streaming(weights, "bf16", "cpu", image_only=False, built=built)
+    assert loaded is not None
+    model = loaded[0]
+    assert seen["meta"] is True and seen["default_dtype"] == torch.float32
+    linear = seen["linear"]
+    assert not linear.weight.is_meta and linear.weight.abs().sum() > 0  # type: ignore[attr-defined]
+    assert (torch.nn.init.normal_, activation.xavier_uniform_, torch.get_default_dtype()) == before
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    assert model.attn_mask.shape[0] == model.context_length and torch.isinf(model.attn_mask[0, 1])

@@ -38,9 +38,10 @@ class ModelFacts:
 
         size = model.visual.image_size
         height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        dtype = next(model.visual.parameters()).dtype
-        with torch.inference_mode():  # the embedding's length, whatever the weights hold yet
-            dim = int(model.encode_image(torch.zeros(1, 3, height, width, dtype=dtype)).shape[-1])
+        param = next(model.visual.parameters())
+        with torch.inference_mode():  # the embedding's length, whatever the weights hold yet (or on meta)
+            probe = torch.zeros(1, 3, height, width, dtype=param.dtype, device=param.device)
+            dim = int(model.encode_image(probe).shape[-1])
         return cls(
             spec,
             weights_sha256,

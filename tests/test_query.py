@@ -71,6 +71,30 @@ def test_grammar_errors_point_at_the_problem(expr: str, position: int, problem: 
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize("expr", ["dog:1e20", "dog:1e400", "cat + dog:-101", "3.5e38*dog", "dog:0"])
+def test_weights_outside_the_range_are_refused_where_they_are(expr: str) -> None:
+    with pytest.raises(QuerySyntaxError) as info:
+        parse_query(expr)
+    term_start = expr.rfind(" ") + 2  # the position of the term that carries the weight
+    assert f"position {term_start}:" in str(info.value)
+    assert "between -100 and 100" in str(info.value) or "weight of 0" in str(info.value)
+
+
+def test_weights_at_the_limits_and_words_after_a_colon() -> None:
+    assert parse_query("dog:100 - cat:1e2") == [Term("text", "dog", 100), Term("text", "cat", -100)]
+    assert parse_query("dog:inf") == [Term("text", "dog:inf")]  # not a number: text, here and on the web
+    assert parse_query("red circle -blue") == [Term("text", "red circle"), Term("text", "blue", -1)]
+    assert parse_query("t-shirt -2019") == [Term("text", "t-shirt"), Term("text", "2019", -1)]
+
+
+@pytest.mark.parametrize("weight", [1e20, -1e20, float("inf"), float("-inf"), float("nan"), 0.0, 100.5])
+def test_terms_built_in_python_are_held_to_the_same_range(weight: float) -> None:
+    with pytest.raises(UsageError, match="weight"):
+        Term("text", "dog", weight)
+    with pytest.raises(UsageError):
+        build_terms(None, add=[f"dog:{weight!r}"] if weight == weight else ["dog:1e400"])
+
+
 def test_options_build_terms_and_describe_round_trips() -> None:
     terms = build_terms(
         "a beach at sunset", images=["./ref.jpg:0.5"], add=["dog"], sub=["people:2"], sub_images=["/x.png"]
@@ -101,6 +125,21 @@ def test_adaptive_cutoff_finds_the_break() -> None:
     scores = [0.31, 0.30, 0.30, 0.29, 0.28] + [0.15 - 0.001 * i for i in range(60)]
     assert adaptive_cutoff(scores) == 5
     assert adaptive_cutoff([0.5]) == 1 and adaptive_cutoff([]) == 0
+
+
+def test_the_cutoff_break_does_not_move_with_k() -> None:
+    """-k only caps --cutoff auto: the break is found among the same 100 candidates for every k."""
+    from clipsearch.query.rank import Hit
+
+    rng = np.random.default_rng(7)
+    scores = np.sort(np.concatenate([0.30 + 0.01 * rng.random(3), 0.2 + 0.06 * rng.random(400)]))[::-1]
+    ranked = [Hit(f"/p{i}", float(s), i) for i, s in enumerate(scores)]  # what the index ranks, best first
+    widest = finish(ranked[:100], SearchOptions.parse(top=100, threshold=None, cutoff="auto", sort="score"))
+    assert 0 < len(widest) < 100
+    for k in (1, 2, 3, 5, 10, 20, 40, 100, 1000):
+        options = SearchOptions.parse(top=k, threshold=None, cutoff="auto", sort="score")
+        assert finish(ranked[: options.candidates], options) == widest[:k], k
+        assert finish(ranked, options) == widest[:k], k  # more hits than candidates: the same break
 
 
 def test_dates() -> None:
@@ -171,6 +210,53 @@ def test_in_folder_outside_the_roots_is_a_usage_error(mixed_index, tiny_encoder,
     index_dir, _, _ = mixed_index
     with Index.open(index_dir, encoder=tiny_encoder) as idx, pytest.raises(UsageError, match="not inside"):
         idx.search("x", filters=Filters(folder=str(tmp_path / "elsewhere")))
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, tiny_encoder):
+    """120 small images (png, jpg, jpeg, JPG) in two folders, indexed: more than the cutoff's 100 candidates."""
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("library") / "lib"
+    for i in range(120):
+        folder = root / ("a", "b")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = ("png", "jpg", "jpeg", "JPG")[i % 4]
+        base = rng.integers(0, 255, 3)
+        pixels = np.clip(base + rng.integers(-40, 40, (24, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.{ext}", format="PNG" if ext == "png" else "JPEG")
+    index_dir = root.parent / "idx"
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        idx.sync([str(root)])
+    return index_dir, root
+
+
+def _search(index_dir: Path, *args: str):
+    return runner.invoke(app, ["search", *args, "--index", str(index_dir)])
+
+
+def _json_paths(result) -> list[str]:
+    assert result.exit_code == 0, result.stderr
+    return [json.loads(line)["path"] for line in result.stdout.splitlines()]
+
+
+def test_cli_refuses_weights_out_of_range(library) -> None:
+    index_dir, _ = library
+    for args in (["dog:1e20"], ["cat", "--add", "dog:1e400"], ["cat", "--sub", "dog:-1e39"], ["3.5e38*dog"]):
+        result = _search(index_dir, *args)
+        assert result.exit_code == 2, (args, result.stdout)
+        assert "between -100 and 100" in result.stderr and "No results" not in result.stderr, args
+        assert "Traceback" not in result.stderr and result.stdout == ""
+    assert len(_json_paths(_search(index_dir, "dog:100 - cat:0.5", "--json"))) == 10
+
+
+def test_cli_cutoff_auto_is_capped_by_k_not_moved(library) -> None:
+    index_dir, _ = library
+    widest = _json_paths(_search(index_dir, "a photo", "--cutoff", "auto", "-k", "100", "--json"))
+    assert 0 < len(widest) < 100
+    assert _json_paths(_search(index_dir, "a photo", "--cutoff", "auto", "--json")) == widest  # default cap
+    for k in ("1", "3", "5", "10", "20", "40"):
+        found = _json_paths(_search(index_dir, "a photo", "--cutoff", "auto", "-k", k, "--json"))
+        assert found == widest[: int(k)], k
 
 
 def test_threshold_cap_and_date_sort() -> None:

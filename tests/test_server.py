@@ -148,6 +148,28 @@ def test_threshold_cutoff_and_sort(served: Served) -> None:
     assert 1 <= auto["count"] <= len(everything)
 
 
+def test_cutoff_auto_is_capped_by_k_not_moved(served: Served) -> None:
+    for endpoint in ("/api/search", f"/api/similar/{served.ids['coffee']}"):
+        params = {"q": "a cup of coffee", "cutoff": "auto"}
+        widest = [r["path"] for r in served.client.get(endpoint, params={**params, "k": 100}).json()["results"]]
+        assert 0 < len(widest) < len(served.photos), endpoint
+        for k in range(1, len(served.photos) + 1):
+            body = served.client.get(endpoint, params={**params, "k": k}).json()
+            assert [r["path"] for r in body["results"]] == widest[:k], (endpoint, k)
+
+
+@pytest.mark.parametrize("expr", ["dog:1e20", "cat + dog:1e400", "cat - 1e39*dog", "dog:-100.5"])
+def test_weights_out_of_range_are_a_400(served: Served, expr: str) -> None:
+    assert "between -100 and 100" in _error(served.client.get("/api/search", params={"q": expr}), 400)
+
+
+def test_a_word_after_a_colon_is_text_as_in_the_library(served: Served) -> None:
+    with Index.open(served.index_dir) as idx:
+        expected = [_shown(h.path) for h in idx.search("dog:inf", 3)]
+    body = served.client.get("/api/search", params={"q": "dog:inf", "k": 3}).json()
+    assert [r["path"] for r in body["results"]] == expected
+
+
 def test_more_like_this_is_brute_force_without_the_image_itself(served: Served) -> None:
     paths, matrix = _stored(served)
     for name, cid in served.ids.items():

@@ -80,7 +80,8 @@ def rank(
     return results
 
 
-#: Candidates examined by the adaptive cutoff when no larger -k is given.
+#: Candidates the adaptive cutoff looks at: always the best 100, so that ``k`` caps the results
+#: without moving the break.
 CUTOFF_CANDIDATES = 100
 
 
@@ -104,7 +105,11 @@ def adaptive_cutoff(scores: npt.NDArray[np.float32] | list[float]) -> int:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How many results to keep and in which order, once the candidates are ranked."""
+    """How many results to keep and in which order, once the candidates are ranked.
+
+    ``candidates`` is how many hits to rank before :func:`finish`: ``k``, or with the adaptive
+    cutoff the fixed :data:`CUTOFF_CANDIDATES` (the break is found among them, then capped at ``k``).
+    """
 
     k: int = 10
     candidates: int = 10
@@ -123,12 +128,20 @@ class SearchOptions:
             raise BadValueError("sort", sort, "choose score or date")
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise BadValueError("threshold", threshold, "scores are cosine similarities, between -1 and 1")
-        k = top if top is not None else (CUTOFF_CANDIDATES if cutoff else 10)
-        return cls(k=k, candidates=k, threshold=threshold, cutoff=cutoff == "auto", sort=sort)
+        auto = cutoff == "auto"
+        k = top if top is not None else (CUTOFF_CANDIDATES if auto else 10)
+        return cls(
+            k=k, candidates=CUTOFF_CANDIDATES if auto else k, threshold=threshold, cutoff=auto, sort=sort
+        )
 
 
 def finish(hits: list[Hit], options: SearchOptions) -> list[Hit]:
-    """Apply the threshold, the adaptive cutoff, the cap and the sort order to ranked hits."""
+    """Apply the threshold, the adaptive cutoff, the cap and the sort order to ranked hits.
+
+    The cutoff looks at the best ``options.candidates`` hits only, however many are given.
+    """
+    if options.cutoff:
+        hits = hits[: options.candidates]
     if options.threshold is not None:
         hits = [h for h in hits if h.score >= options.threshold]
     if options.cutoff and hits:

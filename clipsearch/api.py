@@ -7,6 +7,7 @@ text search) and is the one place that checks a model against an index.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -405,6 +406,9 @@ class Index:
             for r in roots
         ):
             raise FolderNotIndexedError(folder, roots)
+        # a folder that is gone may still hold indexed files (an unplugged drive); a typo holds none
+        if not os.path.isdir(folder) and not self.catalog.files_under(folder):
+            raise FolderNotIndexedError(folder, roots, missing=True)
 
     def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
         """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""

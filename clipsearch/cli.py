@@ -139,7 +139,7 @@ def phrase(exc: ClipsearchError) -> str:
     if isinstance(exc, BadValueError):
         return f"{flag(exc.name)} {exc.value!r}: {exc.problem}."
     if isinstance(exc, FolderNotIndexedError):
-        return f"--in {exc.folder} is not inside an indexed folder ({', '.join(exc.roots) or 'none yet'})."
+        return f"--in {exc}" if not exc.missing else f"--in {exc} Check the folder's name."
     if isinstance(exc, NoRootsError):
         return f"No folders to index in {exc.index}. Give one or more: clipsearch index ~/Photos"
     if isinstance(exc, EmptyQueryError):

@@ -259,6 +259,35 @@ def test_cli_cutoff_auto_is_capped_by_k_not_moved(library) -> None:
         assert found == widest[: int(k)], k
 
 
+def test_cli_type_aliases_and_typos(library) -> None:
+    index_dir, root = library
+    jpegs = {str(p) for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")}
+    for types in ("jpeg", "jpg", "JPG", ".jpe", "jpeg,jpg"):
+        found = _json_paths(_search(index_dir, "a photo", "--type", types, "-k", "500", "--json"))
+        assert set(found) == jpegs, types
+    both = _json_paths(_search(index_dir, "a photo", "--type", "png, tiff,jpeg", "-k", "500", "--json"))
+    assert len(both) == 120
+    for types, unknown in (("foo", "foo"), ("jpg,pgn", "pgn"), ("mp4", "mp4")):
+        result = _search(index_dir, "a photo", "--type", types)
+        assert result.exit_code == 2 and result.stdout == "", types
+        assert f"--type '{types}': unknown file type {unknown}; known: " in result.stderr
+        assert "jpeg" in result.stderr and "No results" not in result.stderr
+
+
+def test_cli_in_a_folder_that_is_not_indexed_is_a_usage_error(library, tmp_path) -> None:
+    index_dir, root = library
+    assert len(_json_paths(_search(index_dir, "a photo", "--in", str(root / "a"), "-k", "500", "--json"))) == 60
+    elsewhere = _search(index_dir, "a photo", "--in", str(tmp_path))
+    assert elsewhere.exit_code == 2 and elsewhere.stdout == ""
+    assert f"--in {tmp_path} is not inside an indexed folder ({root})" in elsewhere.stderr
+    typo = _search(index_dir, "a photo", "--in", str(root / "aa"))  # inside the root, but no such folder
+    assert typo.exit_code == 2 and typo.stdout == ""
+    assert f"--in {root / 'aa'}: no such folder, and no indexed file lies under it" in typo.stderr
+    (root / "empty").mkdir()
+    empty = _search(index_dir, "a photo", "--in", str(root / "empty"))  # a real folder, nothing in it yet
+    assert empty.exit_code == 0 and "No results" in empty.stderr
+
+
 def test_threshold_cap_and_date_sort() -> None:
     from clipsearch.query.rank import Hit
 

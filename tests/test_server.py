@@ -370,10 +370,21 @@ def test_image_paths_in_a_web_query_are_refused(served: Served, expr: str) -> No
         ({"before": "2019-13"}, 400, "not a date"),
         ({"in": "relative/folder"}, 400, "absolute folder"),
         ({"in": "/somewhere/else"}, 400, "not inside an indexed folder"),
+        ({"type": "foo"}, 400, "unknown file type foo; known: "),
+        ({"type": "jpg,pgn"}, 400, "unknown file type pgn"),
     ],
 )
 def test_bad_parameters_are_4xx_json(served: Served, params: dict, status: int, words: str) -> None:
     assert words in _error(served.client.get("/api/search", params={"q": "cat", **params}), status)
+
+
+def test_type_aliases_and_a_folder_typo(served: Served) -> None:
+    jpegs = sorted(_shown(str(p)) for p in served.photos.values() if p.suffix == ".jpg")
+    for types in ("jpeg", "JPG", "jpe,jpeg"):
+        body = served.client.get("/api/search", params={"q": "cat", "k": 100, "type": types}).json()
+        assert sorted(r["path"] for r in body["results"]) == jpegs, types
+    typo = str(served.root / "photos" / "extr")
+    assert "no such folder" in _error(served.client.get("/api/search", params={"q": "cat", "in": typo}), 400)
 
 
 def test_missing_query_and_unknown_routes_are_json_errors(served: Served) -> None:

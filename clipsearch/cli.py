@@ -31,6 +31,7 @@ from clipsearch.errors import (
     ModelMismatchError,
     ModelUnavailableError,
     NoRootsError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -330,7 +331,10 @@ def index(
     path = index_path_from(index_path)
     missing = [str(r) for r in roots or () if not os.path.lexists(os.path.expanduser(r))]
     if missing:  # before any model is loaded or folder created
-        raise typer.BadParameter(f"No such file or folder: {', '.join(missing)}", param_hint="ROOTS")
+        raise UsageError(
+            f"No such file or folder: {', '.join(missing)}. Give existing folders (an unplugged drive "
+            "must be mounted first); with no folder, every folder indexed before is re-synced."
+        )
     run_precision = parse_precision(precision)
     spec = _spec_for_index(path, model, pretrained, rebuild)
     check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write

@@ -112,6 +112,43 @@ def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def _run_main(*args: str) -> subprocess.CompletedProcess[str]:
+    """``clipsearch ARGS`` in a fresh process through main(); stderr ends with whether torch was imported."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr))\n"
+        f"sys.argv = ['clipsearch', *{list(args)!r}]\nfrom clipsearch.cli import main\nmain()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_index_input_is_refused_before_any_model_loads_or_folder_is_made(tmp_path, photos) -> None:
+    idx, folder = tmp_path / "idx", str(photos["coffee"].parent)
+    missing = _run_main("index", str(tmp_path / "nonexistent"), folder, "--index", str(idx))  # default model
+    assert missing.returncode == 2, missing.stderr
+    assert f"No such file or folder: {tmp_path / 'nonexistent'}" in missing.stderr
+    assert "weights" not in missing.stderr and "Loading" not in missing.stderr
+    unknown = _run_main("index", folder, "--index", str(idx), "--model", "ViT-Z-99")
+    assert unknown.returncode == 2, unknown.stderr
+    assert "Error: Unknown model 'ViT-Z-99'. Did you mean ViT-" in unknown.stderr
+    assert "--pretrained" not in unknown.stderr and "Loading" not in unknown.stderr
+    close = _run_main("index", folder, "--index", str(idx), "--model", "vit-b-33")
+    assert close.returncode == 2 and "Did you mean ViT-B-32" in close.stderr
+    for result in (missing, unknown, close):
+        assert result.stderr.rstrip().endswith("NO-TORCH") and "Traceback" not in result.stderr
+        assert result.stdout == ""
+    assert not idx.exists()
+
+
+def test_an_unknown_pretrained_tag_is_a_usage_error_naming_the_known_ones(tmp_path, photos) -> None:
+    idx = tmp_path / "idx"
+    result = cli("index", photos["coffee"].parent, "--index", idx, "--model", "ViT-B-32", "--pretrained", "nope")
+    assert result.exit_code == 2
+    assert "Unknown pretrained tag 'nope' for model ViT-B-32. Known tags: " in result.stderr
+    assert "laion2b_s34b_b79k" in result.stderr and "Traceback" not in result.stderr
+    assert not (idx / "catalog.sqlite").exists()
+
+
 def test_every_command_and_option_has_help() -> None:
     import typer.main
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from clipsearch import __version__
 from clipsearch.errors import (
@@ -37,11 +38,33 @@ from clipsearch.errors import (
 if TYPE_CHECKING:
     from clipsearch.encoders.cache import ModelCache
 
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value: show none in --help (typer would show ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """The app's command group: its own flags, and every command's, show no value in --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _bare_flags(command.get_params(ctx))
+        return command
+
+
 app = typer.Typer(
     name="clipsearch",
     help="Search your photos by text, by image, or both, with CLIP models, fully offline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -56,7 +79,7 @@ def _main(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
 ) -> None:

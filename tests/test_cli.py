@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,37 @@ def test_every_command_and_option_has_help() -> None:
         for param in command.params:
             if param.name != "help":
                 assert getattr(param, "help", None), f"{name} {param.name} has no help text"
+
+
+def test_version_completion_and_flags_without_a_value_in_help() -> None:
+    from clipsearch import __version__
+
+    version = cli("--version")
+    assert version.exit_code == 0 and version.stdout == f"clipsearch {__version__}\n"
+    top = cli("--help").stdout
+    assert "--install-completion" in top and "--show-completion" in top
+    for command in ("index", "search", "info", "duplicates", "serve", "demo"):
+        text = cli(command, "--help").stdout
+        assert "<bool>" not in text, command
+        assert re.search(r"--json +Machine-readable", text) or command == "serve", command
+    assert "<bool>" not in top and re.search(r"--help +Show this message", top)
+    index_help = cli("index", "--help").stdout
+    assert re.search(r"--rebuild +Delete", index_help) and re.search(r"--quiet +-q +No progress", index_help)
+    assert re.search(r"--batch-size +<int range>", index_help)  # options that take a value still say so
+    search_help = cli("search", "--help").stdout
+    assert re.search(r"--null +-0 +Print only paths", search_help)
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    def complete(words: str, cword: int) -> list[str]:
+        code = "import sys\nsys.argv = ['clipsearch']\nfrom clipsearch.cli import main\nmain()\n"
+        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(cword), "_CLIPSEARCH_COMPLETE": "complete_bash"}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("clipsearch se", 1) == ["search", "serve"]
+    assert complete("clipsearch search --so", 2) == ["--sort"]
 
 
 def test_help_does_not_import_torch() -> None:

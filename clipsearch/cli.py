@@ -38,6 +38,7 @@ from clipsearch.errors import (
 if TYPE_CHECKING:
     from clipsearch.encoders.cache import ModelCache
 
+
 def _bare_flags(params: list[Any]) -> list[Any]:
     """Flags take no value: show none in --help (typer would show ``<bool>``)."""
     for param in params:
@@ -78,9 +79,7 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit."
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Search your photos by text, by image, or both, with CLIP models, fully offline."""

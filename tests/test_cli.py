@@ -143,7 +143,9 @@ def test_bad_index_input_is_refused_before_any_model_loads_or_folder_is_made(tmp
 
 def test_an_unknown_pretrained_tag_is_a_usage_error_naming_the_known_ones(tmp_path, photos) -> None:
     idx = tmp_path / "idx"
-    result = cli("index", photos["coffee"].parent, "--index", idx, "--model", "ViT-B-32", "--pretrained", "nope")
+    result = cli(
+        "index", photos["coffee"].parent, "--index", idx, "--model", "ViT-B-32", "--pretrained", "nope"
+    )
     assert result.exit_code == 2
     assert "Unknown pretrained tag 'nope' for model ViT-B-32. Known tags: " in result.stderr
     assert "laion2b_s34b_b79k" in result.stderr and "Traceback" not in result.stderr
@@ -186,8 +188,15 @@ def test_version_completion_and_flags_without_a_value_in_help() -> None:
 def test_shell_completion_completes_commands_and_options() -> None:
     def complete(words: str, cword: int) -> list[str]:
         code = "import sys\nsys.argv = ['clipsearch']\nfrom clipsearch.cli import main\nmain()\n"
-        env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": str(cword), "_CLIPSEARCH_COMPLETE": "complete_bash"}
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        env = {
+            **os.environ,
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(cword),
+            "_CLIPSEARCH_COMPLETE": "complete_bash",
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 

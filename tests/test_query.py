@@ -214,7 +214,7 @@ def test_in_folder_outside_the_roots_is_a_usage_error(mixed_index, tiny_encoder,
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory, tiny_encoder):
-    """120 small images (png, jpg, jpeg, JPG) in two folders, indexed: more than the cutoff's 100 candidates."""
+    """120 small images (png, jpg, jpeg, JPG) in two folders, indexed: more than the 100 cutoff candidates."""
     rng = np.random.default_rng(11)
     root = tmp_path_factory.mktemp("library") / "lib"
     for i in range(120):
@@ -276,7 +276,9 @@ def test_cli_type_aliases_and_typos(library) -> None:
 
 def test_cli_in_a_folder_that_is_not_indexed_is_a_usage_error(library, tmp_path) -> None:
     index_dir, root = library
-    assert len(_json_paths(_search(index_dir, "a photo", "--in", str(root / "a"), "-k", "500", "--json"))) == 60
+    assert (
+        len(_json_paths(_search(index_dir, "a photo", "--in", str(root / "a"), "-k", "500", "--json"))) == 60
+    )
     elsewhere = _search(index_dir, "a photo", "--in", str(tmp_path))
     assert elsewhere.exit_code == 2 and elsewhere.stdout == ""
     assert f"--in {tmp_path} is not inside an indexed folder ({root})" in elsewhere.stderr

@@ -151,7 +151,9 @@ def test_threshold_cutoff_and_sort(served: Served) -> None:
 def test_cutoff_auto_is_capped_by_k_not_moved(served: Served) -> None:
     for endpoint in ("/api/search", f"/api/similar/{served.ids['coffee']}"):
         params = {"q": "a cup of coffee", "cutoff": "auto"}
-        widest = [r["path"] for r in served.client.get(endpoint, params={**params, "k": 100}).json()["results"]]
+        widest = [
+            r["path"] for r in served.client.get(endpoint, params={**params, "k": 100}).json()["results"]
+        ]
         assert 0 < len(widest) < len(served.photos), endpoint
         for k in range(1, len(served.photos) + 1):
             body = served.client.get(endpoint, params={**params, "k": k}).json()

@@ -642,6 +642,8 @@ def duplicates(
     as_json: JsonOpt = False,
 ) -> None:
     """List groups of duplicate photos: identical files, and near-duplicates above --threshold."""
+    import math
+
     from clipsearch.query.duplicates import find_duplicates
     from clipsearch.store.folder import IndexFolder
 
@@ -651,11 +653,29 @@ def duplicates(
         if as_json:
             typer.echo(json.dumps(group.to_dict()))
             continue
-        typer.echo(f"{group.kind} ({len(group.paths)} files, similarity >= {group.min_score:.3f}):")
-        for file_path in group.paths:
-            echo_path(file_path, prefix="  ")
+        if group.kind == "exact":
+            typer.echo(f"exact ({len(group.paths)} identical files):")
+            for file_path in group.paths:
+                echo_path(file_path, prefix="  ")
+            continue
+        marks = {i: _letters(n) for n, same in enumerate(group.identical) for i in same}
+        legend = "; the same letter marks identical files" if marks else ""
+        floor = math.floor(group.min_score * 1000) / 1000  # rounding up could overstate it
+        typer.echo(f"near ({len(group.paths)} files, similarity >= {floor:.3f}{legend}):")
+        for i, file_path in enumerate(group.paths):
+            echo_path(file_path, prefix=f"  {marks.get(i, ''):<2} " if marks else "  ")
     if not groups:
         err("No duplicates found.")
+
+
+def _letters(n: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA: labels for the sets of identical files in a group."""
+    label = ""
+    n += 1
+    while n:
+        n, rest = divmod(n - 1, 26)
+        label = chr(ord("A") + rest) + label
+    return label
 
 
 @app.command()

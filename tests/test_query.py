@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -325,28 +326,45 @@ def test_cli_outputs(mixed_index, tmp_path) -> None:
     assert runner.invoke(app, [*base, "--after", "yesterday"]).exit_code == 2
 
 
-def test_duplicates(tmp_path, tiny_encoder) -> None:
+def test_duplicates_put_each_file_in_one_group(tmp_path, tiny_encoder) -> None:
     folder = tmp_path / "dups"
     folder.mkdir()
     for i, color in enumerate(["red", "blue", "green", "black", "white", "yellow"]):
         img = Image.new("RGB", (64, 64), color)
         ImageDraw.Draw(img).ellipse((10 + i * 5, 10, 40 + i * 3, 50), fill="gray")
         img.save(folder / f"u{i}.png")
-    (folder / "copy-of-u0.png").write_bytes((folder / "u0.png").read_bytes())
-    (folder / "copy2-of-u0.png").write_bytes((folder / "u0.png").read_bytes())
-    Image.open(folder / "u1.png").save(folder / "u1-recompressed.jpg", quality=92)
+    for copy in ("copy-of-u0.png", "copy2-of-u0.png"):
+        (folder / copy).write_bytes((folder / "u0.png").read_bytes())
+    Image.open(folder / "u0.png").save(folder / "u0-recompressed.jpg", quality=92)  # near u0, not identical
+    (folder / "copy-of-u2.png").write_bytes((folder / "u2.png").read_bytes())  # identical, near nothing else
     with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
         idx.sync([str(folder)])
-    result = runner.invoke(
-        app, ["duplicates", "--index", str(tmp_path / "idx"), "--json", "--threshold", "0.99"]
+    base = ["duplicates", "--index", str(tmp_path / "idx"), "--threshold", "0.99"]
+    groups = [json.loads(x) for x in runner.invoke(app, [*base, "--json"]).stdout.splitlines()]
+    names = [[Path(p).name for p in g["paths"]] for g in groups]
+    everyone = [name for group in names for name in group]
+    assert len(everyone) == len(set(everyone))  # no file in two groups
+    assert [g["kind"] for g in groups] == ["near", "exact"]
+    assert names[0] == ["copy-of-u0.png", "copy2-of-u0.png", "u0-recompressed.jpg", "u0.png"]
+    assert groups[0]["identical"] == [[0, 1, 3]] and groups[0]["count"] == 4
+    assert groups[0]["min_score"] >= 0.99 and groups[1]["min_score"] == 1
+    assert names[1] == ["copy-of-u2.png", "u2.png"] and groups[1]["identical"] == [[0, 1]]
+
+    text = runner.invoke(app, base).stdout
+    assert "exact (2 identical files):\n" in text
+    assert not [line for line in text.splitlines() if line.startswith("exact") and "similarity" in line]
+    assert re.search(
+        r"^near \(4 files, similarity >= (0\.99\d|1\.000); the same letter marks identical files\):$",
+        text,
+        re.M,
     )
-    groups = [json.loads(x) for x in result.stdout.splitlines()]
-    exact = [g for g in groups if g["kind"] == "exact"]
-    assert [sorted(Path(p).name for p in g["paths"]) for g in exact] == [
-        ["copy-of-u0.png", "copy2-of-u0.png", "u0.png"]
-    ]
-    near = [sorted(Path(p).name for p in g["paths"]) for g in groups if g["kind"] == "near"]
-    assert ["u1-recompressed.jpg", "u1.png"] in near
-    assert groups[0]["count"] >= groups[-1]["count"]
-    only_exact = runner.invoke(app, ["duplicates", "--index", str(tmp_path / "idx"), "--exact"]).stdout
-    assert "near" not in only_exact and "exact (3 files" in only_exact
+    lines = text.splitlines()
+    near_lines = lines[1:5]  # the near group comes first: a mark (or blanks), then the path
+    marks = {Path(line.split()[-1]).name: line[:5] for line in near_lines}
+    assert marks == {n: "  A  " for n in ("copy-of-u0.png", "copy2-of-u0.png", "u0.png")} | {
+        "u0-recompressed.jpg": "     "  # not identical to the others: no mark
+    }
+
+    only_exact = runner.invoke(app, [*base, "--exact"]).stdout
+    assert "near" not in only_exact and "exact (3 identical files):" in only_exact
+    assert "exact (2 identical files):" in only_exact

@@ -134,9 +134,12 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def echo_path(path: str, *, prefix: str = "") -> None:
-    """Print a path exactly as the file system spells it, even when it is not valid UTF-8."""
-    typer.echo(prefix.encode() + os.fsencode(path))
+def echo_path(path: str, *, prefix: str = "", table: bool = False) -> None:
+    """Print a path as the file system spells it, even when it is not valid UTF-8; in a ``table``
+    (a line with other columns), control characters are escaped so a name cannot break the line."""
+    from clipsearch.paths import for_terminal
+
+    typer.echo(prefix.encode() + os.fsencode(for_terminal(path) if table else path))
 
 
 #: Library parameter names whose command-line flag is not ``--name`` with dashes.
@@ -578,7 +581,7 @@ def search(
             typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
     elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
-            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ")
+            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ", table=True)
     else:
         for hit in hits:
             echo_path(hit.path)
@@ -600,6 +603,7 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what is in the index, which model built it, and where it lives."""
+    from clipsearch.paths import for_terminal, json_fields, json_list
     from clipsearch.store.folder import IndexFolder
 
     with IndexFolder.open(index_path_from(index_path)) as folder:
@@ -608,12 +612,12 @@ def info(
     if skipped:
         for file_path, reason in skipped_files:
             if as_json:
-                typer.echo(json.dumps({"path": file_path, "reason": reason}))
+                typer.echo(json.dumps({**json_fields(file_path), "reason": reason}))
             else:
-                echo_path(file_path, prefix=f"{reason}\t")
+                echo_path(file_path, prefix=f"{for_terminal(reason)}\t", table=True)
         return
     if as_json:
-        typer.echo(json.dumps(data))
+        typer.echo(json.dumps(data | json_fields(data["index"], "index") | json_list(data["roots"], "roots")))
         return
     model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
     typer.echo(
@@ -656,14 +660,14 @@ def duplicates(
         if group.kind == "exact":
             typer.echo(f"exact ({len(group.paths)} identical files):")
             for file_path in group.paths:
-                echo_path(file_path, prefix="  ")
+                echo_path(file_path, prefix="  ", table=True)
             continue
         marks = {i: _letters(n) for n, same in enumerate(group.identical) for i in same}
         legend = "; the same letter marks identical files" if marks else ""
         floor = math.floor(group.min_score * 1000) / 1000  # rounding up could overstate it
         typer.echo(f"near ({len(group.paths)} files, similarity >= {floor:.3f}{legend}):")
         for i, file_path in enumerate(group.paths):
-            echo_path(file_path, prefix=f"  {marks.get(i, ''):<2} " if marks else "  ")
+            echo_path(file_path, prefix=f"  {marks.get(i, ''):<2} " if marks else "  ", table=True)
     if not groups:
         err("No duplicates found.")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import re
@@ -75,23 +77,89 @@ def test_reindex_uses_recorded_model_and_reports_changes(tmp_path, photos, tiny_
     assert result.stdout == f"{rows[0]['reason']}\t{rows[0]['path']}\n"
 
 
+def _exact(row: dict, key: str = "path") -> str:
+    """The path a JSON row names, exactly: from ``path_bytes`` when there is one."""
+    raw = row.get(f"{key}_bytes")
+    return os.fsdecode(base64.b64decode(raw)) if raw is not None else row[key]
+
+
 def test_odd_file_names_round_trip(tmp_path, tiny_model) -> None:
     from PIL import Image
 
     folder = tmp_path / "odd"
     folder.mkdir()
     odd = os.fsdecode(os.fsencode(str(folder)) + b"/caf\xe9 latin-1.png")  # not valid UTF-8
+    twin = os.fsdecode(os.fsencode(str(folder)) + b"/twin \x9b[2J.png")  # a C1 byte: CSI on some terminals
     newline = folder / "two\nlines.png"
     Image.new("RGB", (40, 40), "red").save(odd)
     Image.new("RGB", (40, 40), "blue").save(newline)
+    Path(twin).write_bytes(Path(odd).read_bytes())
+    broken = os.fsdecode(os.fsencode(str(folder)) + b"/bad\xff\ttab.jpg")
+    Path(broken).write_bytes(b"not a picture")
     idx = tmp_path / "idx"
-    assert (
-        json.loads(cli("index", folder, "--index", idx, "--model", tiny_model, "--json").stdout)["added"] == 2
-    )
-    hits = [json.loads(line) for line in cli("search", "x", "--index", idx, "--json").stdout.splitlines()]
-    assert sorted(h["path"] for h in hits) == sorted([odd, str(newline)])
+    report = cli("index", folder, "--index", idx, "--model", tiny_model, "--json").stdout
+    counts = json.loads(report)
+    assert (counts["added"] + counts["reused"], counts["skipped"]) == (3, 1)  # the twin reuses odd's vector
+
+    result = cli("search", "x", "--index", idx, "--json")
+    result.stdout_bytes.decode("utf-8")  # strict: valid UTF-8, no lone surrogates, jq can read it
+    assert "\\ud" not in result.stdout
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(_exact(h) for h in hits) == sorted([odd, twin, str(newline)])
+    by_path = {_exact(h): h for h in hits}
+    assert by_path[odd]["path"] == f"{folder}/caf\ufffd latin-1.png"
+    assert base64.b64decode(by_path[odd]["path_bytes"]) == os.fsencode(odd)
+    assert by_path[str(newline)]["path"] == str(newline) and "path_bytes" not in by_path[str(newline)]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", h["date"]) for h in hits)
     plain = runner.invoke(app, ["search", "--image", odd, "--index", str(idx), "-k", "1"])
-    assert plain.stdout_bytes == os.fsencode(odd) + b"\n"
+    assert plain.stdout_bytes == os.fsencode(odd) + b"\n"  # piped paths stay raw bytes
+    nul = runner.invoke(app, ["search", "x", "--index", str(idx), "-0"]).stdout_bytes
+    assert sorted(nul.split(b"\0")[:-1]) == sorted(os.fsencode(p) for p in (odd, twin, str(newline)))
+
+    skipped = cli("info", "--index", idx, "--skipped", "--json")
+    skipped.stdout_bytes.decode("utf-8")
+    row = json.loads(skipped.stdout)
+    assert _exact(row) == broken and row["path"] == f"{folder}/bad\ufffd\ttab.jpg"
+    table = cli("info", "--index", idx, "--skipped").stdout_bytes
+    assert table.count(b"\n") == 1 and table.endswith(os.fsencode(str(folder)) + b"/bad\xff\\ttab.jpg\n")
+
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert info["roots"] == [str(folder)] and "roots_bytes" not in info
+
+    groups = [json.loads(line) for line in cli("duplicates", "--index", idx, "--json").stdout.splitlines()]
+    assert len(groups) == 1 and groups[0]["identical"] == [[0, 1]]
+    assert [os.fsdecode(base64.b64decode(b)) for b in groups[0]["paths_bytes"]] == sorted([odd, twin])
+    text = cli("duplicates", "--index", idx).stdout_bytes
+    assert b"\x9b" not in text and b"twin \\x9b[2J.png" in text  # no raw control byte reaches the terminal
+
+
+def test_search_table_on_a_terminal_escapes_control_characters(tmp_path, tiny_encoder) -> None:
+    import pty
+
+    from PIL import Image
+
+    from clipsearch.api import Index
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), "blue").save(folder / "two\nlines\x1b[31m.png")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        idx.sync([str(folder)])
+    main, secondary = pty.openpty()
+    code = "import sys\nfrom clipsearch.cli import main\nsys.argv = ['clipsearch', *sys.argv[1:]]\nmain()\n"
+    args = ["search", "x", "--index", str(tmp_path / "idx")]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], stdout=secondary, stderr=subprocess.PIPE, timeout=120
+    )
+    os.close(secondary)
+    out = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(main, 4096):
+            out += chunk
+    os.close(main)
+    assert proc.returncode == 0, proc.stderr
+    line = out.decode().replace("\r\n", "\n")
+    assert re.fullmatch(r" +1 +-?\d\.\d{3}  .*/two\\nlines\\x1b\[31m\.png\n", line), line
 
 
 def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -201,6 +203,24 @@ def test_uploaded_image_finds_itself_and_its_near_copy(served: Served) -> None:
     assert upload(tilted)["results"][0]["path"] == str(served.photos["rocket"])
     only_png = upload(served.photos["coffee"].read_bytes(), type="png")["results"]
     assert only_png and all(r["path"].endswith(".png") for r in only_png)
+
+
+def test_names_that_are_not_utf8_come_with_their_exact_bytes(served: Served) -> None:
+    response = served.client.get("/api/search", params={"q": "cat", "k": 100})
+    response.content.decode("utf-8")  # strict
+    results = response.json()["results"]
+    assert len(results) == len(served.photos)
+    latin1 = [r for r in results if r["content_id"] == served.ids["latin1"]]
+    assert latin1[0]["path"] == _shown(str(served.photos["latin1"])) and "\ufffd" in latin1[0]["path"]
+    assert base64.b64decode(latin1[0]["path_bytes"]) == os.fsencode(served.photos["latin1"])
+    assert all("path_bytes" not in r for r in results if r is not latin1[0])
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["date"]) for r in results)
+    similar = served.client.get(f"/api/similar/{served.ids['coffee']}", params={"k": 100}).json()["results"]
+    assert [r.get("path_bytes") for r in similar if r["content_id"] == served.ids["latin1"]] == [
+        latin1[0]["path_bytes"]
+    ]
+    schema = served.client.get("/openapi.json").json()["components"]["schemas"]["Result"]
+    assert "path_bytes" in schema["properties"] and "path_bytes" not in schema["required"]
 
 
 def test_info_describes_the_index(served: Served) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from clipsearch.paths import json_list
 from clipsearch.store.catalog import Entry
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.vectors import VectorStore
@@ -34,7 +35,7 @@ class DuplicateGroup:
             "kind": self.kind,
             "count": len(self.paths),
             "min_score": round(self.min_score, 6),
-            "paths": self.paths,
+            **json_list(self.paths),
             "identical": self.identical,
         }
 

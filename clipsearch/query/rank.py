@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import BadValueError
+from clipsearch.paths import json_fields
 from clipsearch.query.filters import Filters
 from clipsearch.store.catalog import Catalog, Entry
 from clipsearch.store.vectors import VectorStore
@@ -16,7 +17,11 @@ from clipsearch.store.vectors import VectorStore
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: an absolute path, its cosine similarity to the query, and file facts."""
+    """One result: an absolute path, its cosine similarity to the query, and file facts.
+
+    ``date`` is a POSIX time (seconds, a float) here; :meth:`to_dict`, and so every JSON output,
+    gives it as ISO 8601 in UTC (``2019-07-14T16:02:11+00:00``).
+    """
 
     path: str
     score: float
@@ -32,7 +37,7 @@ class Hit:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "path": self.path,
+            **json_fields(self.path),
             "score": round(self.score, 6),
             "content_id": self.content_id,
             "size": self.size,

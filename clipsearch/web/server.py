@@ -35,6 +35,7 @@ from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
 from clipsearch.errors import BadValueError, ClipsearchError, ImageError, UsageError
 from clipsearch.files import write_atomic
+from clipsearch.paths import json_fields, json_list
 from clipsearch.query.filters import Filters, parse_filters
 from clipsearch.query.grammar import QuerySyntaxError, Term, parse_query
 from clipsearch.query.rank import Hit, SearchOptions, finish
@@ -73,10 +74,15 @@ _UPLOAD_BODY = {
 
 
 class Result(BaseModel):
-    """One search result; ``thumb`` and ``image`` are the URLs of its pictures."""
+    """One search result; ``thumb`` and ``image`` are the URLs of its pictures.
+
+    ``path`` shows U+FFFD where a name is not valid UTF-8; ``path_bytes`` (only then) holds the
+    exact bytes in base64. ``date`` is ISO 8601 in UTC.
+    """
 
     rank: int
     path: str
+    path_bytes: str | None = None
     score: float
     content_id: int
     size: int
@@ -100,6 +106,8 @@ class ErrorBody(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
 }
+#: Results leave out the fields they do not need (``path_bytes`` for a name that is valid UTF-8).
+_SPARSE: dict[str, Any] = {"response_model_exclude_unset": True}
 _PICTURE = _ERRORS | {200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The picture."}}
 
 
@@ -215,7 +223,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
     index = state.index
     route = app.get
 
-    @route("/api/search", response_model=Results, responses=_ERRORS, tags=["search"])
+    @route("/api/search", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
     def search_text(
         q: Annotated[str, Query(max_length=2000, description="A query in the CLI's grammar (text terms).")],
         params: SearchParams,
@@ -227,7 +235,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
             hits = finish(index.search(terms, options.candidates, filters=filters), options)
         return _results(q, hits)
 
-    @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"])
+    @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
     def similar(content_id: str, params: SearchParams) -> dict[str, Any]:
         """More like this: images similar to an indexed image (itself left out), by its content id."""
         filters, options = params
@@ -249,6 +257,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
         responses=_ERRORS,
         tags=["search"],
         openapi_extra=_UPLOAD_BODY,
+        **_SPARSE,
     )
     async def search_upload(request: Request, params: SearchParams) -> dict[str, Any]:
         """Images similar to an uploaded image (multipart field ``file``; kept in memory only)."""
@@ -260,8 +269,8 @@ def _add_api(app: FastAPI, state: _State) -> None:
         """What is in the index and which model built it."""
         with state.lock:
             data = index.info()
-        data |= {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
-        return _displayable(data)
+        data |= json_fields(data["index"], "index") | json_list(data["roots"], "roots")
+        return data | {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
 
     @route("/api/thumb/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
     def thumb(
@@ -318,19 +327,8 @@ def _results(query: str, hits: list[Hit]) -> dict[str, Any]:
             "thumb": f"/api/thumb/{hit.content_id}",
             "image": f"/api/image/{hit.content_id}",
         }
-        results.append(_displayable(item))
+        results.append(item)
     return {"query": query, "count": len(results), "results": results}
-
-
-def _displayable(value: Any) -> Any:
-    """File names that are not valid UTF-8 (surrogate-escaped) shown with U+FFFD, so JSON can carry them."""
-    if isinstance(value, str):
-        return os.fsencode(value).decode("utf-8", "replace") if not value.isascii() else value
-    if isinstance(value, dict):
-        return {k: _displayable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_displayable(v) for v in value]
-    return value
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -134,12 +134,12 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def echo_path(path: str, *, prefix: str = "", table: bool = False) -> None:
+def echo_path(path: str, *, prefix: str = "", suffix: str = "", table: bool = False) -> None:
     """Print a path as the file system spells it, even when it is not valid UTF-8; in a ``table``
     (a line with other columns), control characters are escaped so a name cannot break the line."""
     from clipsearch.paths import for_terminal
 
-    typer.echo(prefix.encode() + os.fsencode(for_terminal(path) if table else path))
+    typer.echo(prefix.encode() + os.fsencode(for_terminal(path) if table else path) + suffix.encode())
 
 
 #: Library parameter names whose command-line flag is not ``--name`` with dashes.
@@ -420,7 +420,7 @@ def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebui
 
 SEARCH_HELP = """Search the index by text, by image, or by both; best matches first.
 
-Filters (--in, --after, --before, --type, --min-side) apply before the top-k cut.
+Filters (--in, --after, --before, --type, --min-side, --available) apply before the top-k cut.
 
 {grammar}
 
@@ -528,6 +528,13 @@ def search(
             show_default=False,
         ),
     ] = None,
+    available: Annotated[
+        bool,
+        typer.Option(
+            "--available",
+            help="Only files on disk now (leave out those of an unplugged drive; they are marked otherwise).",
+        ),
+    ] = False,
     sort: Annotated[
         str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
     ] = "score",
@@ -563,6 +570,7 @@ def search(
         before=before,
         types=types,
         min_side=min_side,
+        available=available,
     )
     path = index_path_from(index_path)
     with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
@@ -581,7 +589,10 @@ def search(
             typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
     elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
-            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ", table=True)
+            mark = "" if hit.available else "  [not on disk]"
+            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ", suffix=mark, table=True)
+        if any(not hit.available for hit in hits):
+            err("Some files are not on disk now (an unplugged drive?); --available leaves them out.")
     else:
         for hit in hits:
             echo_path(hit.path)

@@ -133,23 +133,26 @@ def test_odd_file_names_round_trip(tmp_path, tiny_model) -> None:
     assert b"\x9b" not in text and b"twin \\x9b[2J.png" in text  # no raw control byte reaches the terminal
 
 
-def test_search_table_on_a_terminal_escapes_control_characters(tmp_path, tiny_encoder) -> None:
+def test_search_table_on_a_terminal_escapes_names_and_marks_files_not_on_disk(tmp_path, tiny_encoder) -> None:
     import pty
 
     from PIL import Image
 
     from clipsearch.api import Index
 
-    folder = tmp_path / "odd"
+    folder, drive = tmp_path / "odd", tmp_path / "drive"
     folder.mkdir()
+    drive.mkdir()
     Image.new("RGB", (40, 40), "blue").save(folder / "two\nlines\x1b[31m.png")
+    Image.new("RGB", (40, 40), "red").save(drive / "away.png")
     with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder), str(drive)])
+    drive.rename(tmp_path / "unplugged")
     main, secondary = pty.openpty()
     code = "import sys\nfrom clipsearch.cli import main\nsys.argv = ['clipsearch', *sys.argv[1:]]\nmain()\n"
     args = ["search", "x", "--index", str(tmp_path / "idx")]
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], stdout=secondary, stderr=subprocess.PIPE, timeout=120
+        [sys.executable, "-c", code, *args], stdout=secondary, stderr=subprocess.PIPE, text=True, timeout=120
     )
     os.close(secondary)
     out = b""
@@ -158,8 +161,10 @@ def test_search_table_on_a_terminal_escapes_control_characters(tmp_path, tiny_en
             out += chunk
     os.close(main)
     assert proc.returncode == 0, proc.stderr
-    line = out.decode().replace("\r\n", "\n")
-    assert re.fullmatch(r" +1 +-?\d\.\d{3}  .*/two\\nlines\\x1b\[31m\.png\n", line), line
+    lines = sorted(out.decode().replace("\r\n", "\n").splitlines(), key=lambda line: "away" in line)
+    assert re.fullmatch(r" +\d +-?\d\.\d{3}  .*/two\\nlines\\x1b\[31m\.png", lines[0]), lines
+    assert re.fullmatch(rf" +\d +-?\d\.\d{{3}}  {drive}/away\.png  \[not on disk\]", lines[1]), lines
+    assert len(lines) == 2 and "--available leaves them out" in proc.stderr
 
 
 def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -> None:

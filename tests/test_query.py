@@ -291,6 +291,23 @@ def test_cli_in_a_folder_that_is_not_indexed_is_a_usage_error(library, tmp_path)
     assert empty.exit_code == 0 and "No results" in empty.stderr
 
 
+def test_cli_marks_files_not_on_disk_and_available_leaves_them_out(tmp_path, photos, tiny_encoder) -> None:
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 40 + i), (50 * i, 20, 90)).save(drive / f"d{i}.png")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        idx.sync([str(photos["coffee"].parent), str(drive)])
+    drive.rename(tmp_path / "unplugged")
+    rows = [json.loads(x) for x in _search(tmp_path / "idx", "x", "-k", "50", "--json").stdout.splitlines()]
+    assert len(rows) == 11
+    assert {r["path"] for r in rows if not r["available"]} == {str(drive / f"d{i}.png") for i in range(5)}
+    on_disk = [r["path"] for r in rows if r["available"]]
+    for k in ("2", "6", "50"):
+        result = _search(tmp_path / "idx", "x", "-k", k, "--available", "--json")
+        assert _json_paths(result) == on_disk[: int(k)], k
+
+
 def test_threshold_cap_and_date_sort() -> None:
     from clipsearch.query.rank import Hit
 

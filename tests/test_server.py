@@ -257,7 +257,7 @@ def test_thumbnail_is_upright_cached_on_disk_and_reused(served: Served) -> None:
     assert thumb.size == (40, 80)  # EXIF orientation 6 applied
     top, bottom = thumb.getpixel((20, 10)), thumb.getpixel((20, 70))
     assert top[0] > 180 and top[2] < 80 and bottom[2] > 150  # the red half is on top
-    cached = served.index_dir / "thumbnails" / f"{cid}-256.jpg"
+    [cached] = (served.index_dir / "thumbnails").glob("*-256.jpg")
     assert cached.read_bytes() == response.content
     marker = io.BytesIO()
     Image.new("RGB", (4, 4), (0, 0, 255)).save(marker, format="JPEG")
@@ -265,7 +265,7 @@ def test_thumbnail_is_upright_cached_on_disk_and_reused(served: Served) -> None:
     assert served.client.get(f"/api/thumb/{cid}").content == marker.getvalue()  # served from the cache
     big = served.client.get(f"/api/thumb/{served.ids['astronaut']}", params={"size": 512})
     assert Image.open(io.BytesIO(big.content)).size == (512, 512)
-    assert (served.index_dir / "thumbnails" / f"{served.ids['astronaut']}-512.jpg").is_file()
+    assert len(list((served.index_dir / "thumbnails").glob("*-512.jpg"))) == 1
     assert not [p for p in (served.index_dir / "thumbnails").iterdir() if p.name.startswith(".tmp")]
     assert "sizes 256, 512" in _error(served.client.get(f"/api/thumb/{cid}", params={"size": 300}), 400)
 
@@ -325,31 +325,57 @@ def test_anything_but_an_indexed_id_is_not_found(served: Served, endpoint: str) 
         assert response.status_code == 404 and "def create_app" not in response.text
 
 
-def test_catalogued_symlinks_leading_outside_the_roots_are_not_served(tmp_path: Path, tiny_encoder) -> None:
+def test_indexed_symlinks_are_served_and_files_changed_since_are_not(tmp_path: Path, tiny_encoder) -> None:
+    """What the index holds is served, wherever a symlink leads; a file replaced since it was indexed
+    (here by a symlink to a file elsewhere) is not, and neither is its cached thumbnail."""
     root, outside = tmp_path / "photos", tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
     Image.new("RGB", (50, 50), (200, 0, 0)).save(root / "a.png")
     Image.new("RGB", (50, 50), (0, 200, 0)).save(root / "b.png")
     Image.new("RGB", (60, 40), (0, 0, 200)).save(outside / "secret.png")
+    Image.new("RGB", (30, 70), (0, 100, 200)).save(outside / "linked-file.png")
     (root / "linked").symlink_to(outside, target_is_directory=True)  # the scanner follows it
+    (root / "file-link.png").symlink_to(outside / "linked-file.png")
     with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
         idx.sync([str(root)])
-        a_id = idx.catalog.file(str(root / "a.png")).content_id
-        linked_id = idx.catalog.file(str(root / "linked" / "secret.png")).content_id
+        ids = {p: idx.catalog.file(str(root / p)).content_id for p in ("a.png", "linked/secret.png")}
+        ids["file-link.png"] = idx.catalog.file(str(root / "file-link.png")).content_id
     with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
-        assert client.get(f"/api/thumb/{a_id}").status_code == 200  # now cached
-        assert client.get(f"/api/image/{a_id}").status_code == 200
+        for name, cid in ids.items():
+            assert client.get(f"/api/thumb/{cid}").status_code == 200, name  # now cached
+            image = client.get(f"/api/image/{cid}")
+            assert image.status_code == 200, name
+            assert image.content == (root / name).read_bytes()
         (root / "a.png").unlink()
         (root / "a.png").symlink_to(outside / "secret.png")
-        for url in (
-            f"/api/thumb/{a_id}",
-            f"/api/image/{a_id}",
-            f"/api/thumb/{linked_id}",
-            f"/api/image/{linked_id}",
-        ):
-            _error(client.get(url), 404)
-        assert client.get(f"/api/thumb/{a_id}", params={"size": 512}).status_code == 404
+        for url in (f"/api/thumb/{ids['a.png']}", f"/api/image/{ids['a.png']}"):
+            assert "as it was indexed" in _error(client.get(url), 404)
+        assert client.get(f"/api/thumb/{ids['a.png']}", params={"size": 512}).status_code == 404
+
+
+def test_unplugged_files_are_marked_and_can_be_left_out(tmp_path: Path, tiny_encoder) -> None:
+    here, drive = tmp_path / "here", tmp_path / "drive"
+    write_photos(here)
+    for i in range(4):
+        drive.mkdir(exist_ok=True)
+        Image.new("RGB", (40 + i, 40), (60 * i, 90, 30)).save(drive / f"d{i}.png")
+    with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
+        idx.sync([str(here), str(drive)])
+    drive.rename(tmp_path / "unplugged")
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        results = client.get("/api/search", params={"q": "cat", "k": 100}).json()["results"]
+        assert len(results) == 10
+        gone = {r["path"] for r in results if not r["available"]}
+        assert gone == {str(drive / f"d{i}.png") for i in range(4)}
+        for k in (3, 6, 100):
+            kept = client.get("/api/search", params={"q": "cat", "k": k, "available": "true"}).json()[
+                "results"
+            ]
+            assert [r["path"] for r in kept] == [r["path"] for r in results if r["available"]][:k]
+        cid = next(r["content_id"] for r in results if r["available"])
+        similar = client.get(f"/api/similar/{cid}", params={"k": 5, "available": True}).json()["results"]
+        assert len(similar) == 5 and all(r["available"] for r in similar)
 
 
 # -- bad requests ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -30,10 +31,21 @@ class Hit:
     width: int = 0
     height: int = 0
     date: float = 0.0  # EXIF DateTimeOriginal, else the file's mtime (POSIX time)
+    available: bool = True  # the file is on disk now (False: an unplugged drive, or deleted since)
 
     @classmethod
     def of(cls, entry: Entry, score: float) -> Hit:
-        return cls(entry.path, score, entry.content_id, entry.size, entry.width, entry.height, entry.date)
+        """The hit of a catalogued file; looks whether the file is on disk now (one ``stat``)."""
+        return cls(
+            entry.path,
+            score,
+            entry.content_id,
+            entry.size,
+            entry.width,
+            entry.height,
+            entry.date,
+            os.path.isfile(entry.path),
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -44,6 +56,7 @@ class Hit:
             "width": self.width,
             "height": self.height,
             "date": datetime.fromtimestamp(self.date, timezone.utc).isoformat(timespec="seconds"),
+            "available": self.available,
         }
 
 
@@ -58,7 +71,9 @@ def rank(
     """Top-``k`` files for each query row (exact inner product), best first.
 
     Identical files share one vector; each of their paths is returned with the same score, and
-    the list is cut at ``k`` paths. Filters restrict the candidates before the top-k cut.
+    the list is cut at ``k`` paths. Filters restrict the candidates before the top-k cut; with
+    ``filters.available``, files not on disk now are left out and more candidates are ranked
+    until ``k`` are found or none are left.
     """
     if k < 1 or len(store) == 0:
         return [[] for _ in range(len(queries))]
@@ -69,20 +84,26 @@ def rank(
         if not allowed:
             return [[] for _ in range(len(queries))]
     allowed_ids = np.fromiter(allowed, dtype=np.int64) if allowed is not None else None
-    scores, ids = store.search(queries, k, allowed=allowed_ids)
-    files = (
-        allowed
-        if allowed is not None
-        else catalog.entries_of(sorted({int(i) for i in ids.ravel() if i >= 0}))
-    )
-    results = []
-    for row_scores, row_ids in zip(scores, ids, strict=True):
-        hits: list[Hit] = []
-        for score, cid in zip(row_scores, row_ids, strict=True):
-            # a content deleted after the store was loaded has no files left: skip it
-            hits.extend(Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
-        results.append(hits[:k])
-    return results
+    on_disk_only = filters is not None and filters.available
+    total = len(allowed_ids) if allowed_ids is not None else len(store)
+    wanted = k
+    while True:
+        scores, ids = store.search(queries, wanted, allowed=allowed_ids)
+        files = (
+            allowed
+            if allowed is not None
+            else catalog.entries_of(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        )
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits: list[Hit] = []
+            for score, cid in zip(row_scores, row_ids, strict=True):
+                # a content deleted after the store was loaded has no files left: skip it
+                hits.extend(Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
+            results.append([h for h in hits if h.available][:k] if on_disk_only else hits[:k])
+        if not on_disk_only or wanted >= total or all(len(r) == k for r in results):
+            return results
+        wanted = min(total, wanted * 4)  # many files are not on disk: look further down the ranking
 
 
 #: Candidates the adaptive cutoff looks at: always the best 100, so that ``k`` caps the results

@@ -6,12 +6,14 @@ ever reached through a content id looked up in the catalog, never through a path
 
 import contextlib
 import copy
+import hashlib
 import io
 import ipaddress
 import os
 import re
 import socket
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -89,6 +91,7 @@ class Result(BaseModel):
     width: int
     height: int
     date: str
+    available: bool
     thumb: str
     image: str
 
@@ -133,6 +136,9 @@ def search_params(
         str | None, Query(alias="type", max_length=256, description="File types, e.g. jpg,png.")
     ] = None,
     min_side: Annotated[int | None, Query(ge=1, le=1_000_000, description="Shorter side at least.")] = None,
+    available: Annotated[
+        bool, Query(description="Only files on disk now (not those of an unplugged drive).")
+    ] = False,
     threshold: Annotated[float | None, Query(description="Only scores at least this (-1..1).")] = None,
     cutoff: Annotated[str | None, Query(max_length=16, description="'auto': adaptive cutoff.")] = None,
     sort: Annotated[str, Query(max_length=16, description="score or date (newest first).")] = "score",
@@ -141,7 +147,9 @@ def search_params(
     options = SearchOptions.parse(top=k, threshold=threshold, cutoff=cutoff or None, sort=sort)
     if folder and not folder.startswith("/"):
         raise BadValueError("in", folder, "give an absolute folder path inside an indexed folder")
-    filters = parse_filters(folder=folder, after=after, before=before, types=types, min_side=min_side)
+    filters = parse_filters(
+        folder=folder, after=after, before=before, types=types, min_side=min_side, available=available
+    )
     return filters, options
 
 
@@ -279,9 +287,8 @@ def _add_api(app: FastAPI, state: _State) -> None:
         """A JPEG thumbnail (EXIF orientation applied), made on first request and cached next to the index."""
         if size not in THUMB_SIZES:
             raise UsageError(f"size {size}: thumbnails come in sizes {', '.join(map(str, THUMB_SIZES))}.")
-        cid = parse_id(content_id)
-        path = _servable_file(state, cid)
-        cached = state.thumbs / f"{cid}-{size}.jpg"
+        path, st = _servable_file(state, parse_id(content_id))
+        cached = state.thumbs / _thumb_name(path, st, size)
         if not cached.is_file():
             data = _thumbnail(path, size)
             if not _write_atomic(cached, data):  # a read-only index: serve it uncached
@@ -291,7 +298,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
     @route("/api/image/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
     def image(content_id: str) -> Response:
         """The full-size image: the file itself if browsers show its format, else converted to JPEG."""
-        path = _servable_file(state, parse_id(content_id))
+        path, _ = _servable_file(state, parse_id(content_id))
         media_type = _web_type(path)
         if media_type is None:
             return Response(_jpeg(_decode(path), quality=90), media_type="image/jpeg")
@@ -334,18 +341,33 @@ def _results(query: str, hits: list[Hit]) -> dict[str, Any]:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _servable_file(state: _State, content_id: int) -> str:
-    """The real path of a readable file holding this content, inside an indexed root; else 404."""
+def _servable_file(state: _State, content_id: int) -> tuple[str, os.stat_result]:
+    """A file holding this content that is the very file indexed (same size and modification time,
+    symlinks followed, wherever it lies), with its ``stat``; else 404."""
     with state.lock:
         files = state.index.catalog.entries_of([content_id]).get(content_id, [])
-        roots = state.index.catalog.roots()
-    real_roots = [os.path.realpath(r) for r in roots]
-    for hit in files:
-        real = os.path.realpath(hit.path)
-        inside = any(real == r or real.startswith(r.rstrip("/") + "/") for r in real_roots)
-        if inside and os.path.isfile(real):
-            return real
-    raise HTTPException(404, "No image with this id in the index (or its file is gone).")
+        indexed = [(hit.path, state.index.catalog.file(hit.path)) for hit in files]
+    for path, row in indexed:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        # a file changed or replaced (by a symlink to a file elsewhere, say) since it was indexed is
+        # not what the index vouches for
+        if row is not None and stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == row[:2]:
+            return os.path.realpath(path), st
+    raise HTTPException(
+        404,
+        "No file of this image is on disk as it was indexed (unplugged, deleted or changed since). "
+        "Run clipsearch index to refresh the index.",
+    )
+
+
+def _thumb_name(path: str, st: os.stat_result, side: int) -> str:
+    """A thumbnail's cache name, from the file it shows (not its content id, which a rebuilt index
+    gives to another picture): a changed or other file never gets a stale thumbnail."""
+    key = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode(errors="surrogateescape")
+    return f"{hashlib.sha256(key).hexdigest()[:32]}-{side}.jpg"
 
 
 def _decode(path: str, side: int | None = None) -> Any:

@@ -22,7 +22,10 @@ let maxUpload = Infinity; // bytes, from /api/info
 function filterParams() {
   const params = new URLSearchParams();
   for (const field of filters.elements) {
-    if (field.name && field.value.trim() !== "") params.set(field.name, field.value.trim());
+    if (!field.name) continue;
+    if (field.type === "checkbox") {
+      if (field.checked) params.set(field.name, "true");
+    } else if (field.value.trim() !== "") params.set(field.name, field.value.trim());
   }
   return params;
 }
@@ -89,6 +92,10 @@ function restore() {
   const params = new URLSearchParams(location.hash.slice(1));
   for (const field of filters.elements) {
     if (!field.name) continue;
+    if (field.type === "checkbox") {
+      field.checked = params.get(field.name) === "true";
+      continue;
+    }
     const fallback =
       field.tagName === "SELECT"
         ? ([...field.options].find((o) => o.defaultSelected) ?? field.options[0]).value
@@ -150,6 +157,14 @@ function render() {
     name.textContent = baseName(hit.path);
     name.title = hit.path;
     info.append(score, name);
+    if (!hit.available) {
+      card.classList.add("unavailable");
+      open.title = `${hit.path}\nNot on disk now (an unplugged drive?)`;
+      const away = document.createElement("span");
+      away.className = "away";
+      away.textContent = "not on disk";
+      info.append(away);
+    }
 
     const more = document.createElement("button");
     more.type = "button";
@@ -226,6 +241,7 @@ function openViewer(i) {
     ["Rank", `${hit.rank} of ${hits.length}`],
     ["Size", `${hit.width} × ${hit.height} px · ${formatBytes(hit.size)}`],
     ["Date", hit.date.slice(0, 10)],
+    ["On disk", hit.available ? "yes" : "no (an unplugged drive, or deleted since indexed)"],
     ["Id", String(hit.content_id)],
   ];
   $("viewer-meta").replaceChildren(

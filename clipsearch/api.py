@@ -168,6 +168,29 @@ class Index:
         index._meta_preview = preview if from_preview else None
         return index
 
+    def reopen(self) -> Index:
+        """The index now at this one's folder (a rebuild may have replaced it), this one closed.
+
+        The model stays loaded when the index found there records the same model (and weights);
+        otherwise the new index's model loads on first use.
+
+        Raises:
+            IndexNotFoundError, IndexCorruptError: as :meth:`open`; this index is left open then.
+        """
+        folder = IndexFolder.open(self.path)
+        model = ("model", "pretrained", "weights_sha256", "dim")
+        same = all(getattr(folder.meta, key) == getattr(self.meta, key) for key in model)
+        try:
+            encoder = self._encoder if same else None
+            index = Index(folder, encoder=encoder, precision=self._precision, cache=self.cache)
+        except BaseException:
+            folder.close()
+            raise
+        if same:
+            index._onnx_text = self._onnx_text
+        self.close()
+        return index
+
     def close(self) -> None:
         self.folder.close()
 

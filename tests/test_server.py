@@ -7,6 +7,7 @@ import io
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -110,9 +111,13 @@ def test_text_search_matches_brute_force(served: Served, tiny_encoder) -> None:
     assert [r["path"] for r in body["results"]] == [_shown(paths[i]) for i in order]
     np.testing.assert_allclose([r["score"] for r in body["results"]], scores[order], atol=1e-5)
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    version = body["index_version"]
     for result in body["results"]:
         cid = result["content_id"]
-        assert (result["thumb"], result["image"]) == (f"/api/thumb/{cid}", f"/api/image/{cid}")
+        assert (result["thumb"], result["image"]) == (
+            f"/api/thumb/{cid}?v={version}",
+            f"/api/image/{cid}?v={version}",
+        )
 
 
 def test_query_grammar_and_filters_match_the_library(served: Served) -> None:
@@ -496,8 +501,15 @@ def test_upload_size_limit_is_413(served: Served) -> None:
     _error(over_default, 413)
 
 
+SECURITY_HEADERS = ("x-content-type-options", "referrer-policy", "cross-origin-resource-policy")
+
+
 def test_other_host_names_are_refused(served: Served) -> None:
-    assert "Host" in _error(TestClient(served.app, base_url="http://evil.example").get("/api/info"), 400)
+    for host in ("evil.example", "[", "[::1", "[::1]x", "127.0.0.1:bad", "[fe80::1%eth0", "a:1:2"):
+        response = served.client.get("/api/info", headers={"host": host})
+        assert "Host" in _error(response, 400), host
+        assert all(name in response.headers for name in SECURITY_HEADERS), host
+        assert "default-src 'self'" in response.headers["content-security-policy"]
     for base in ("http://localhost:8000", "http://127.0.0.1:9999", "http://[::1]:8000"):
         assert TestClient(served.app, base_url=base).get("/api/info").status_code == 200, base
     with TestClient(create_app(served.index_dir, allowed_hosts=None), base_url="http://my-nas.lan") as c:
@@ -574,8 +586,16 @@ def test_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
         serve(tmp_path / "nothing-here", port=0)
 
 
-def _start_serving(index_dir: Path, host: str) -> tuple[subprocess.Popen[str], str, list[str]]:
+def _start_serving(
+    index_dir: Path, host: str, *, cli: bool = False
+) -> tuple[subprocess.Popen[str], str, list[str]]:
     code = f"import sys; from clipsearch.web.server import serve; serve(sys.argv[1], {host!r}, 0)"
+    if cli:  # the console script's path: main() -> typer -> serve
+        code = (
+            "import sys; from clipsearch.cli import main; "
+            f"sys.argv = ['clipsearch', 'serve', '--index', sys.argv[1], '--host', {host!r}, '--port', '0']; "
+            "main()"
+        )
     proc = subprocess.Popen([sys.executable, "-c", code, str(index_dir)], stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(90, proc.kill)  # never hang the suite
     watchdog.daemon = True
@@ -588,10 +608,10 @@ def _start_serving(index_dir: Path, host: str) -> tuple[subprocess.Popen[str], s
     return proc, lines[-1].split(" at ")[1].split()[0], lines
 
 
-def _stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    return proc.returncode
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, rest = proc.communicate(timeout=30)
+    return proc.returncode, rest
 
 
 def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -> None:
@@ -607,8 +627,81 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200  # shared on purpose: any host name is answered
     finally:
-        assert _stop(local) == 0
-        assert _stop(shared) == 0
+        code, rest = _stop(local)
+        assert code == 0 and f"Stopped serving {served.index_dir}." in rest, rest
+        assert _stop(shared)[0] == 0
+
+
+@pytest.mark.parametrize("cli", [False, True])
+def test_serve_stops_cleanly_on_sigterm(served: Served, cli: bool) -> None:
+    proc, url, _ = _start_serving(served.index_dir, "127.0.0.1", cli=cli)
+    with urllib.request.urlopen(url + "api/info", timeout=30) as response:
+        assert response.status == 200
+    code, rest = _stop(proc, signal.SIGTERM)
+    assert code == 0, rest
+    assert rest.rstrip().endswith(f"Stopped serving {served.index_dir}.") and "Traceback" not in rest
+
+
+def _build(index_dir: Path, folder: Path, encoder) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with Index.open_for_write(index_dir, encoder) as idx:
+        idx.sync([str(folder)])
+        return {p.name: idx.catalog.file(str(p)).content_id for p in sorted(folder.iterdir())}
+
+
+def test_a_rebuilt_index_is_reopened_and_ids_of_the_old_one_are_refused(tmp_path: Path, tiny_encoder) -> None:
+    """The catalog replaced under a running app by a freshly built index (as a rebuild swaps it in):
+    answers come from the new index, and ids the page got from the old one are not taken for others."""
+    old_photos, new_photos = tmp_path / "old", tmp_path / "new"
+    write_photos(old_photos)
+    new_photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (30 + i, 30), (80 * i, 200, 40)).save(new_photos / f"n{i}.png")
+    old_ids = _build(tmp_path / "index", old_photos, tiny_encoder)
+    new_ids = _build(tmp_path / "fresh", new_photos, tiny_encoder)
+    assert set(old_ids.values()) & set(new_ids.values())  # the same ids name other pictures
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        before = client.get("/api/search", params={"q": "cat", "k": 100}).json()
+        assert before["count"] == len(old_ids)
+        version = before["index_version"]
+        assert client.get("/api/info").json()["index_version"] == version
+        stale = before["results"][0]
+        assert client.get(stale["thumb"]).status_code == 200
+        for vectors in (tmp_path / "fresh").glob("vectors-*.faiss"):
+            shutil.copy(vectors, tmp_path / "index" / vectors.name)
+        os.replace(tmp_path / "fresh" / "catalog.sqlite", tmp_path / "index" / "catalog.sqlite")
+
+        after = client.get("/api/search", params={"q": "cat", "k": 100}).json()
+        assert sorted(Path(r["path"]).name for r in after["results"]) == sorted(new_ids)
+        assert after["index_version"] != version
+        info = client.get("/api/info").json()
+        assert (info["count"], info["roots"], info["index_version"]) == (
+            3,
+            [str(new_photos)],
+            after["index_version"],
+        )
+        for url in (stale["thumb"], stale["image"], f"/api/similar/{stale['content_id']}?v={version}"):
+            assert "rebuilt" in _error(client.get(url), 409), url
+        fresh = after["results"][0]
+        assert client.get(fresh["thumb"]).status_code == 200
+        assert client.get(fresh["image"]).content == Path(fresh["path"]).read_bytes()
+        similar = client.get(f"/api/similar/{fresh['content_id']}", params={"v": after["index_version"]})
+        assert similar.status_code == 200 and similar.json()["count"] == 2
+
+
+def test_an_index_folder_removed_under_the_app_is_a_503(tmp_path: Path, photos, tiny_encoder) -> None:
+    ids = _build(tmp_path / "index", photos["coffee"].parent, tiny_encoder)
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        assert client.get("/api/info").status_code == 200
+        shutil.rmtree(tmp_path / "index")
+        cid = next(iter(ids.values()))
+        for url in (
+            "/api/info",
+            "/api/search?q=cat",
+            f"/api/thumb/{cid}",
+            f"/api/image/{cid}",
+            f"/api/similar/{cid}",
+        ):
+            assert "removed" in _error(client.get(url), 503), url
 
 
 def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos, tiny_encoder) -> None:

@@ -11,16 +11,16 @@ import io
 import ipaddress
 import os
 import re
+import signal
 import socket
 import sqlite3
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -35,13 +35,14 @@ from clipsearch.api import Index
 from clipsearch.encoders.cache import ModelCache
 from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
-from clipsearch.errors import BadValueError, ClipsearchError, ImageError, UsageError
+from clipsearch.errors import BadValueError, ClipsearchError, ImageError, IndexAccessError, UsageError
 from clipsearch.files import write_atomic
 from clipsearch.paths import json_fields, json_list
 from clipsearch.query.filters import Filters, parse_filters
 from clipsearch.query.grammar import QuerySyntaxError, Term, parse_query
 from clipsearch.query.rank import Hit, SearchOptions, finish
 from clipsearch.query.vector import image_vector
+from clipsearch.store.folder import CATALOG_FILE
 
 #: Host names a loopback-bound server answers to (anything else is a DNS-rebinding attempt).
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -97,8 +98,11 @@ class Result(BaseModel):
 
 
 class Results(BaseModel):
+    """Search results; ``index_version`` names the index their ids belong to (see the ``v`` parameter)."""
+
     query: str
     count: int
+    index_version: str
     results: list[Result]
 
 
@@ -107,7 +111,7 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
 }
 #: Results leave out the fields they do not need (``path_bytes`` for a name that is valid UTF-8).
 _SPARSE: dict[str, Any] = {"response_model_exclude_unset": True}
@@ -116,10 +120,63 @@ _PICTURE = _ERRORS | {200: {"content": {"image/jpeg": {}, "image/png": {}}, "des
 
 @dataclass
 class _State:
-    index: Index
+    index: Index  # read and replaced only under ``lock``, through _current()
     lock: threading.Lock  # one SQLite connection and one FAISS store: one request at a time
     thumbs: Path
     max_upload_bytes: int
+    identity: tuple[int, int] = (0, 0)  # (device, inode) of the catalog file ``index`` has open
+
+    @property
+    def version(self) -> str:
+        """Names the index the ids in answers belong to; a rebuild (a new catalog file) changes it."""
+        return hashlib.sha256(f"{self.identity[0]}:{self.identity[1]}".encode()).hexdigest()[:12]
+
+
+def _catalog_identity(index_path: Path) -> tuple[int, int]:
+    """(device, inode) of the index's catalog file now.
+
+    Raises:
+        IndexAccessError: there is none (the folder was removed, or a rebuild is replacing it).
+    """
+    try:
+        st = os.stat(index_path / CATALOG_FILE)
+    except OSError as exc:
+        raise IndexAccessError(
+            index_path,
+            f"The index at {index_path} cannot be read now ({exc.strerror or exc}): it was removed, or "
+            "is being replaced. Try again in a moment; if it stays so, restart clipsearch serve.",
+        ) from None
+    return st.st_dev, st.st_ino
+
+
+def _current(state: _State) -> Index:
+    """The index to answer from (call holding ``state.lock``): reopened when its catalog file was
+    replaced (``clipsearch index --rebuild``), so that no answer comes from the index it replaced."""
+    identity = _catalog_identity(state.index.path)
+    if identity != state.identity:
+        state.index = state.index.reopen()
+        state.identity = identity
+    return state.index
+
+
+def _check_version(state: _State, version: str | None) -> None:
+    """Refuse an id the page took from answers of an index that was replaced since (409)."""
+    if version is not None and version != state.version:
+        raise HTTPException(
+            409,
+            "The index was rebuilt since these results were shown, so their ids name other pictures "
+            "now. Search again.",
+        )
+
+
+Version = Annotated[
+    str | None,
+    Query(
+        alias="v",
+        max_length=64,
+        description="The index_version of the answer the id came from (409 if the index was rebuilt since).",
+    ),
+]
 
 
 # -- request parameters ---------------------------------------------------------------------------
@@ -200,12 +257,17 @@ def create_app(
     """
     index = Index.open(index_path, cache=cache)
     state = _State(index, threading.Lock(), thumbnail_dir or index.path / "thumbnails", max_upload_bytes)
+    try:
+        state.identity = _catalog_identity(index.path)
+    except BaseException:
+        index.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         with state.lock:
-            index.close()
+            state.index.close()
 
     app = FastAPI(
         title="clipsearch",
@@ -228,7 +290,6 @@ def create_app(
 
 
 def _add_api(app: FastAPI, state: _State) -> None:
-    index = state.index
     route = app.get
 
     @route("/api/search", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
@@ -240,15 +301,17 @@ def _add_api(app: FastAPI, state: _State) -> None:
         filters, options = params
         terms = text_terms(q)
         with state.lock:
-            hits = finish(index.search(terms, options.candidates, filters=filters), options)
-        return _results(q, hits)
+            hits = finish(_current(state).search(terms, options.candidates, filters=filters), options)
+            return _results(q, hits, state.version)
 
     @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
-    def similar(content_id: str, params: SearchParams) -> dict[str, Any]:
+    def similar(content_id: str, params: SearchParams, v: Version = None) -> dict[str, Any]:
         """More like this: images similar to an indexed image (itself left out), by its content id."""
         filters, options = params
         cid = parse_id(content_id)
         with state.lock:
+            index = _current(state)
+            _check_version(state, v)
             own = index.catalog.entries_of([cid]).get(cid)
             if not own:
                 raise HTTPException(404, "No image with this id in the index.")
@@ -257,7 +320,9 @@ def _add_api(app: FastAPI, state: _State) -> None:
             except RuntimeError:  # deleted by a sync since the catalog lookup
                 raise HTTPException(404, "No image with this id in the index.") from None
             hits = index.search_vectors(vector, options.candidates + len(own), filters=filters)[0]
-        return _results(f"#{cid}", finish([h for h in hits if h.content_id != cid], options))
+            return _results(
+                f"#{cid}", finish([h for h in hits if h.content_id != cid], options), state.version
+            )
 
     @app.post(
         "/api/search/image",
@@ -276,18 +341,28 @@ def _add_api(app: FastAPI, state: _State) -> None:
     def info() -> dict[str, Any]:
         """What is in the index and which model built it."""
         with state.lock:
-            data = index.info()
+            index = _current(state)
+            try:
+                data = index.info()
+            except OSError as exc:  # the folder went away between the check and the listing
+                raise IndexAccessError(
+                    index.path, f"The index at {index.path} cannot be read now ({exc})."
+                ) from None
+            version = state.version
         data |= json_fields(data["index"], "index") | json_list(data["roots"], "roots")
-        return data | {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
+        extra = {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
+        return data | extra | {"index_version": version}
 
     @route("/api/thumb/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
     def thumb(
-        content_id: str, size: Annotated[int, Query(description=f"One of {THUMB_SIZES}.")] = THUMB_SIZES[0]
+        content_id: str,
+        size: Annotated[int, Query(description=f"One of {THUMB_SIZES}.")] = THUMB_SIZES[0],
+        v: Version = None,
     ) -> Response:
         """A JPEG thumbnail (EXIF orientation applied), made on first request and cached next to the index."""
         if size not in THUMB_SIZES:
             raise UsageError(f"size {size}: thumbnails come in sizes {', '.join(map(str, THUMB_SIZES))}.")
-        path, st = _servable_file(state, parse_id(content_id))
+        path, st = _servable_file(state, parse_id(content_id), v)
         cached = state.thumbs / _thumb_name(path, st, size)
         if not cached.is_file():
             data = _thumbnail(path, size)
@@ -296,9 +371,9 @@ def _add_api(app: FastAPI, state: _State) -> None:
         return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @route("/api/image/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
-    def image(content_id: str) -> Response:
+    def image(content_id: str, v: Version = None) -> Response:
         """The full-size image: the file itself if browsers show its format, else converted to JPEG."""
-        path, _ = _servable_file(state, parse_id(content_id))
+        path, _ = _servable_file(state, parse_id(content_id), v)
         media_type = _web_type(path)
         if media_type is None:
             return Response(_jpeg(_decode(path), quality=90), media_type="image/jpeg")
@@ -316,37 +391,40 @@ def _search_image_bytes(
     state: _State, data: bytes, filters: Filters, options: SearchOptions
 ) -> dict[str, Any]:
     with state.lock:
-        encoder = state.index.encoder
+        encoder = _current(state).encoder
     try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
         img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=draft_side(encoder))
     except ImageError as exc:
         raise ImageError(exc.reason, f"The uploaded file cannot be used: {exc.detail}.") from None
     with state.lock:
-        hits = state.index.search_vectors(image_vector(state.index, img), options.candidates, filters=filters)
-    return _results("uploaded image", finish(hits[0], options))
+        index = _current(state)
+        hits = index.search_vectors(image_vector(index, img), options.candidates, filters=filters)
+        return _results("uploaded image", finish(hits[0], options), state.version)
 
 
-def _results(query: str, hits: list[Hit]) -> dict[str, Any]:
+def _results(query: str, hits: list[Hit], version: str) -> dict[str, Any]:
     results = []
     for rank_no, hit in enumerate(hits, 1):
         item = hit.to_dict() | {
             "rank": rank_no,
-            "thumb": f"/api/thumb/{hit.content_id}",
-            "image": f"/api/image/{hit.content_id}",
+            "thumb": f"/api/thumb/{hit.content_id}?v={version}",
+            "image": f"/api/image/{hit.content_id}?v={version}",
         }
         results.append(item)
-    return {"query": query, "count": len(results), "results": results}
+    return {"query": query, "count": len(results), "index_version": version, "results": results}
 
 
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _servable_file(state: _State, content_id: int) -> tuple[str, os.stat_result]:
+def _servable_file(state: _State, content_id: int, version: str | None) -> tuple[str, os.stat_result]:
     """A file holding this content that is the very file indexed (same size and modification time,
-    symlinks followed, wherever it lies), with its ``stat``; else 404."""
+    symlinks followed, wherever it lies), with its ``stat``; else 404 (409: ``version`` is stale)."""
     with state.lock:
-        files = state.index.catalog.entries_of([content_id]).get(content_id, [])
-        indexed = [(hit.path, state.index.catalog.file(hit.path)) for hit in files]
+        catalog = _current(state).catalog
+        _check_version(state, version)
+        files = catalog.entries_of([content_id]).get(content_id, [])
+        indexed = [(hit.path, catalog.file(hit.path)) for hit in files]
     for path, row in indexed:
         try:
             st = os.stat(path)
@@ -516,13 +594,25 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(503, f"The index catalog cannot be read ({exc}). Restart clipsearch serve.")
 
 
+_HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\s:/@\[\]]*))(?::[0-9]{1,5})?")
+
+
+def _host_name(header: str) -> str | None:
+    """The host of a ``Host`` header, lower case (``[::1]:8000`` -> ``::1``); None when malformed
+    (``[``, ``[::1``, ``host:port:x``...)."""
+    match = _HOST_HEADER.fullmatch(header)
+    return None if match is None else (match["ip6"] or match["name"]).lower()
+
+
 def _add_guards(app: FastAPI, allowed_hosts: set[str] | None) -> None:
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-        if allowed_hosts is not None and host not in allowed_hosts:
-            return _error(400, "Unexpected Host header: open the page at http://127.0.0.1:PORT/.")
-        response = await call_next(request)
+        if allowed_hosts is not None and _host_name(request.headers.get("host", "")) not in allowed_hosts:
+            response: Response = _error(
+                400, "Unexpected Host header: open the page at http://127.0.0.1:PORT/."
+            )
+        else:
+            response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
@@ -619,10 +709,31 @@ def serve(
             "mean to share it.\n"
         )
     config = uvicorn.Config(app, log_config=_log_config(), server_header=False, lifespan="on")
-    sys.stderr.write(f"Serving {state.index.path} at {url} (press Ctrl+C to stop)\n")
+    path = state.index.path
+    sys.stderr.write(f"Serving {path} at {url} (press Ctrl+C to stop)\n")
+    with _stopping_is_the_normal_end():
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
+    sys.stderr.write(f"Stopped serving {path}.\n")
+
+
+@contextlib.contextmanager
+def _stopping_is_the_normal_end() -> Iterator[None]:
+    """Ctrl+C and SIGTERM stop the server (uvicorn's handlers), then end ``serve`` normally.
+
+    uvicorn re-raises the signal it stopped on once it has shut down: with the default handlers
+    SIGINT would become a KeyboardInterrupt and SIGTERM would kill the process (exit -15) before
+    any clean-up. These handlers take that re-raised signal instead.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on; stopping is the normal end
-        pass
+        yield
     finally:
-        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -425,6 +425,8 @@ def _servable_file(state: _State, content_id: int, version: str | None) -> tuple
         _check_version(state, version)
         files = catalog.entries_of([content_id]).get(content_id, [])
         indexed = [(hit.path, catalog.file(hit.path)) for hit in files]
+    if not indexed:
+        raise HTTPException(404, "No image with this id in the index.")
     for path, row in indexed:
         try:
             st = os.stat(path)

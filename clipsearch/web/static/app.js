@@ -109,7 +109,7 @@ function restore() {
         : field.defaultValue;
     field.value = params.get(field.name) ?? fallback;
   }
-  if ([...params.keys()].some((k) => !["q", "similar", "k", "sort"].includes(k))) openFilters(true);
+  if ([...params.keys()].some((k) => !["q", "similar", "v", "k", "sort"].includes(k))) openFilters(true);
   query.value = params.get("q") ?? "";
   if (params.has("q")) run({ kind: "text", q: params.get("q") }, { push: false });
   else if (params.has("similar")) {

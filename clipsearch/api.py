@@ -7,6 +7,7 @@ text search) and is the one place that checks a model against an index.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +166,29 @@ class Index:
         index = cls(folder, encoder=encoder, precision=precision, cache=cache)
         index._loader = loader
         index._meta_preview = preview if from_preview else None
+        return index
+
+    def reopen(self) -> Index:
+        """The index now at this one's folder (a rebuild may have replaced it), this one closed.
+
+        The model stays loaded when the index found there records the same model (and weights);
+        otherwise the new index's model loads on first use.
+
+        Raises:
+            IndexNotFoundError, IndexCorruptError: as :meth:`open`; this index is left open then.
+        """
+        folder = IndexFolder.open(self.path)
+        model = ("model", "pretrained", "weights_sha256", "dim")
+        same = all(getattr(folder.meta, key) == getattr(self.meta, key) for key in model)
+        try:
+            encoder = self._encoder if same else None
+            index = Index(folder, encoder=encoder, precision=self._precision, cache=self.cache)
+        except BaseException:
+            folder.close()
+            raise
+        if same:
+            index._onnx_text = self._onnx_text
+        self.close()
         return index
 
     def close(self) -> None:
@@ -405,6 +429,9 @@ class Index:
             for r in roots
         ):
             raise FolderNotIndexedError(folder, roots)
+        # a folder that is gone may still hold indexed files (an unplugged drive); a typo holds none
+        if not os.path.isdir(folder) and not self.catalog.files_under(folder):
+            raise FolderNotIndexedError(folder, roots, missing=True)
 
     def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
         """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from clipsearch import __version__
 from clipsearch.errors import (
@@ -31,16 +32,40 @@ from clipsearch.errors import (
     ModelMismatchError,
     ModelUnavailableError,
     NoRootsError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
     from clipsearch.encoders.cache import ModelCache
+
+
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value: show none in --help (typer would show ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """The app's command group: its own flags, and every command's, show no value in --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _bare_flags(command.get_params(ctx))
+        return command
+
 
 app = typer.Typer(
     name="clipsearch",
     help="Search your photos by text, by image, or both, with CLIP models, fully offline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -54,9 +79,7 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Search your photos by text, by image, or both, with CLIP models, fully offline."""
@@ -111,9 +134,12 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def echo_path(path: str, *, prefix: str = "") -> None:
-    """Print a path exactly as the file system spells it, even when it is not valid UTF-8."""
-    typer.echo(prefix.encode() + os.fsencode(path))
+def echo_path(path: str, *, prefix: str = "", suffix: str = "", table: bool = False) -> None:
+    """Print a path as the file system spells it, even when it is not valid UTF-8; in a ``table``
+    (a line with other columns), control characters are escaped so a name cannot break the line."""
+    from clipsearch.paths import for_terminal
+
+    typer.echo(prefix.encode() + os.fsencode(for_terminal(path) if table else path) + suffix.encode())
 
 
 #: Library parameter names whose command-line flag is not ``--name`` with dashes.
@@ -139,7 +165,7 @@ def phrase(exc: ClipsearchError) -> str:
     if isinstance(exc, BadValueError):
         return f"{flag(exc.name)} {exc.value!r}: {exc.problem}."
     if isinstance(exc, FolderNotIndexedError):
-        return f"--in {exc.folder} is not inside an indexed folder ({', '.join(exc.roots) or 'none yet'})."
+        return f"--in {exc}" if not exc.missing else f"--in {exc} Check the folder's name."
     if isinstance(exc, NoRootsError):
         return f"No folders to index in {exc.index}. Give one or more: clipsearch index ~/Photos"
     if isinstance(exc, EmptyQueryError):
@@ -330,7 +356,10 @@ def index(
     path = index_path_from(index_path)
     missing = [str(r) for r in roots or () if not os.path.lexists(os.path.expanduser(r))]
     if missing:  # before any model is loaded or folder created
-        raise typer.BadParameter(f"No such file or folder: {', '.join(missing)}", param_hint="ROOTS")
+        raise UsageError(
+            f"No such file or folder: {', '.join(missing)}. Give existing folders (an unplugged drive "
+            "must be mounted first); with no folder, every folder indexed before is re-synced."
+        )
     run_precision = parse_precision(precision)
     spec = _spec_for_index(path, model, pretrained, rebuild)
     check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
@@ -391,7 +420,7 @@ def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebui
 
 SEARCH_HELP = """Search the index by text, by image, or by both; best matches first.
 
-Filters (--in, --after, --before, --type, --min-side) apply before the top-k cut.
+Filters (--in, --after, --before, --type, --min-side, --available) apply before the top-k cut.
 
 {grammar}
 
@@ -499,6 +528,13 @@ def search(
             show_default=False,
         ),
     ] = None,
+    available: Annotated[
+        bool,
+        typer.Option(
+            "--available",
+            help="Only files on disk now (leave out those of an unplugged drive; they are marked otherwise).",
+        ),
+    ] = False,
     sort: Annotated[
         str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
     ] = "score",
@@ -534,6 +570,7 @@ def search(
         before=before,
         types=types,
         min_side=min_side,
+        available=available,
     )
     path = index_path_from(index_path)
     with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
@@ -552,7 +589,10 @@ def search(
             typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
     elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
-            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ")
+            mark = "" if hit.available else "  [not on disk]"
+            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ", suffix=mark, table=True)
+        if any(not hit.available for hit in hits):
+            err("Some files are not on disk now (an unplugged drive?); --available leaves them out.")
     else:
         for hit in hits:
             echo_path(hit.path)
@@ -574,6 +614,7 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what is in the index, which model built it, and where it lives."""
+    from clipsearch.paths import for_terminal, json_fields, json_list
     from clipsearch.store.folder import IndexFolder
 
     with IndexFolder.open(index_path_from(index_path)) as folder:
@@ -582,12 +623,12 @@ def info(
     if skipped:
         for file_path, reason in skipped_files:
             if as_json:
-                typer.echo(json.dumps({"path": file_path, "reason": reason}))
+                typer.echo(json.dumps({**json_fields(file_path), "reason": reason}))
             else:
-                echo_path(file_path, prefix=f"{reason}\t")
+                echo_path(file_path, prefix=f"{for_terminal(reason)}\t", table=True)
         return
     if as_json:
-        typer.echo(json.dumps(data))
+        typer.echo(json.dumps(data | json_fields(data["index"], "index") | json_list(data["roots"], "roots")))
         return
     model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
     typer.echo(
@@ -616,6 +657,8 @@ def duplicates(
     as_json: JsonOpt = False,
 ) -> None:
     """List groups of duplicate photos: identical files, and near-duplicates above --threshold."""
+    import math
+
     from clipsearch.query.duplicates import find_duplicates
     from clipsearch.store.folder import IndexFolder
 
@@ -625,11 +668,29 @@ def duplicates(
         if as_json:
             typer.echo(json.dumps(group.to_dict()))
             continue
-        typer.echo(f"{group.kind} ({len(group.paths)} files, similarity >= {group.min_score:.3f}):")
-        for file_path in group.paths:
-            echo_path(file_path, prefix="  ")
+        if group.kind == "exact":
+            typer.echo(f"exact ({len(group.paths)} identical files):")
+            for file_path in group.paths:
+                echo_path(file_path, prefix="  ", table=True)
+            continue
+        marks = {i: _letters(n) for n, same in enumerate(group.identical) for i in same}
+        legend = "; the same letter marks identical files" if marks else ""
+        floor = math.floor(group.min_score * 1000) / 1000  # rounding up could overstate it
+        typer.echo(f"near ({len(group.paths)} files, similarity >= {floor:.3f}{legend}):")
+        for i, file_path in enumerate(group.paths):
+            echo_path(file_path, prefix=f"  {marks.get(i, ''):<2} " if marks else "  ", table=True)
     if not groups:
         err("No duplicates found.")
+
+
+def _letters(n: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA: labels for the sets of identical files in a group."""
+    label = ""
+    n += 1
+    while n:
+        n, rest = divmod(n - 1, 26)
+        label = chr(ord("A") + rest) + label
+    return label
 
 
 @app.command()

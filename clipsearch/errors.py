@@ -118,12 +118,18 @@ class NoRootsError(UsageError):
 
 
 class FolderNotIndexedError(UsageError):
-    """A search was restricted to a folder that is not inside any indexed folder."""
+    """A search was restricted to a folder that is not inside any indexed folder, or that does not
+    exist and holds no indexed file (``missing``: a typo inside an indexed folder)."""
 
-    def __init__(self, folder: str, roots: list[str]) -> None:
-        super().__init__(f"{folder} is not inside an indexed folder ({', '.join(roots) or 'none yet'}).")
+    def __init__(self, folder: str, roots: list[str], *, missing: bool = False) -> None:
+        super().__init__(
+            f"{folder}: no such folder, and no indexed file lies under it."
+            if missing
+            else f"{folder} is not inside an indexed folder ({', '.join(roots) or 'none yet'})."
+        )
         self.folder = folder
         self.roots = roots
+        self.missing = missing
 
 
 class ImageError(ClipsearchError):

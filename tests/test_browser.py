@@ -168,3 +168,82 @@ def test_search_page_in_a_real_browser(tmp_path: Path, photos: dict[str, Path], 
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
     assert (tmp_path / "viewer.png").stat().st_size > 0
+
+
+def test_page_marks_files_not_on_disk_and_follows_a_rebuild(
+    tmp_path: Path, photos: dict[str, Path], tiny_encoder
+) -> None:
+    """Grey tiles for an unplugged drive, "On disk only", and a rebuild swapped in under the open page:
+    no picture of the old index is shown for an id of the new one."""
+    _require_browser()
+    import shutil
+
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    drive, fresh = tmp_path / "drive", tmp_path / "fresh-photos"
+    drive.mkdir()
+    fresh.mkdir()
+    for i in range(2):
+        Image.new("RGB", (60, 50 + i), (40, 90 * i, 200)).save(drive / f"away{i}.png")
+    for i in range(3):
+        Image.new("RGB", (50 + i, 40), (220, 60 * i, 30)).save(fresh / f"new{i}.png")
+    index_dir = tmp_path / "index"
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        idx.sync([str(photos["coffee"].parent), str(drive)])
+    with Index.open_for_write(tmp_path / "rebuilt", tiny_encoder) as idx:
+        idx.sync([str(fresh)])
+    drive.rename(tmp_path / "unplugged")
+
+    with running(create_app(index_dir)) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.fill("#q", "a cup of coffee")
+        page.press("#q", "Enter")
+        cards = page.locator("#grid .card")
+        expect(cards).to_have_count(len(photos) + 2)
+        expect(page.locator("#grid .card.unavailable")).to_have_count(2)
+        expect(page.locator("#grid .card.unavailable .away").first).to_have_text("not on disk")
+
+        page.click("#toggle-filters")
+        page.check("#filters input[name=available]")
+        expect(cards).to_have_count(len(photos))
+        expect(page.locator("#grid .card.unavailable")).to_have_count(0)
+        assert "available=true" in page.url
+        page.reload()
+        expect(page.locator("#filters input[name=available]")).to_be_checked()
+        expect(cards).to_have_count(len(photos))
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+
+        # a rebuild swaps a new catalog in: ids the page holds now name other pictures
+        for vectors in (tmp_path / "rebuilt").glob("vectors-*.faiss"):
+            shutil.copy(vectors, index_dir / vectors.name)
+        os.replace(tmp_path / "rebuilt" / "catalog.sqlite", index_dir / "catalog.sqlite")
+        cards.first.locator(".more").click()  # "more like this" of an old id: refused, not answered
+        expect(page.locator("#error")).to_contain_text("rebuilt")
+        expect(cards).to_have_count(0)
+        page.click("#context-clear")
+        page.fill("#q", "a cup of coffee")
+        page.press("#q", "Enter")
+        expect(cards).to_have_count(3)
+        names = cards.locator(".name").all_inner_texts()
+        assert sorted(names) == ["new0.png", "new1.png", "new2.png"]
+
+        # a picture of results shown before a rebuild fails to load: the page searches again
+        for vectors in (tmp_path / "index").glob("vectors-*.faiss"):
+            vectors.unlink()
+        with Index.open_for_write(tmp_path / "again", tiny_encoder) as idx:
+            idx.sync([str(photos["coffee"].parent)])
+        for vectors in (tmp_path / "again").glob("vectors-*.faiss"):
+            shutil.copy(vectors, index_dir / vectors.name)
+        os.replace(tmp_path / "again" / "catalog.sqlite", index_dir / "catalog.sqlite")
+        cards.first.locator(".thumb").click()  # the viewer asks for an image by an id of the old index
+        expect(cards).to_have_count(len(photos))
+        expect(page.locator("#viewer")).to_be_hidden()
+        assert all(
+            name in {p.name for p in photos.values()} for name in cards.locator(".name").all_inner_texts()
+        )
+        browser.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,23 +77,94 @@ def test_reindex_uses_recorded_model_and_reports_changes(tmp_path, photos, tiny_
     assert result.stdout == f"{rows[0]['reason']}\t{rows[0]['path']}\n"
 
 
+def _exact(row: dict, key: str = "path") -> str:
+    """The path a JSON row names, exactly: from ``path_bytes`` when there is one."""
+    raw = row.get(f"{key}_bytes")
+    return os.fsdecode(base64.b64decode(raw)) if raw is not None else row[key]
+
+
 def test_odd_file_names_round_trip(tmp_path, tiny_model) -> None:
     from PIL import Image
 
     folder = tmp_path / "odd"
     folder.mkdir()
     odd = os.fsdecode(os.fsencode(str(folder)) + b"/caf\xe9 latin-1.png")  # not valid UTF-8
+    twin = os.fsdecode(os.fsencode(str(folder)) + b"/twin \x9b[2J.png")  # a C1 byte: CSI on some terminals
     newline = folder / "two\nlines.png"
     Image.new("RGB", (40, 40), "red").save(odd)
     Image.new("RGB", (40, 40), "blue").save(newline)
+    Path(twin).write_bytes(Path(odd).read_bytes())
+    broken = os.fsdecode(os.fsencode(str(folder)) + b"/bad\xff\ttab.jpg")
+    Path(broken).write_bytes(b"not a picture")
     idx = tmp_path / "idx"
-    assert (
-        json.loads(cli("index", folder, "--index", idx, "--model", tiny_model, "--json").stdout)["added"] == 2
-    )
-    hits = [json.loads(line) for line in cli("search", "x", "--index", idx, "--json").stdout.splitlines()]
-    assert sorted(h["path"] for h in hits) == sorted([odd, str(newline)])
+    report = cli("index", folder, "--index", idx, "--model", tiny_model, "--json").stdout
+    counts = json.loads(report)
+    assert (counts["added"] + counts["reused"], counts["skipped"]) == (3, 1)  # the twin reuses odd's vector
+
+    result = cli("search", "x", "--index", idx, "--json")
+    result.stdout_bytes.decode("utf-8")  # strict: valid UTF-8, no lone surrogates, jq can read it
+    assert "\\ud" not in result.stdout
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(_exact(h) for h in hits) == sorted([odd, twin, str(newline)])
+    by_path = {_exact(h): h for h in hits}
+    assert by_path[odd]["path"] == f"{folder}/caf\ufffd latin-1.png"
+    assert base64.b64decode(by_path[odd]["path_bytes"]) == os.fsencode(odd)
+    assert by_path[str(newline)]["path"] == str(newline) and "path_bytes" not in by_path[str(newline)]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", h["date"]) for h in hits)
     plain = runner.invoke(app, ["search", "--image", odd, "--index", str(idx), "-k", "1"])
-    assert plain.stdout_bytes == os.fsencode(odd) + b"\n"
+    assert plain.stdout_bytes == os.fsencode(odd) + b"\n"  # piped paths stay raw bytes
+    nul = runner.invoke(app, ["search", "x", "--index", str(idx), "-0"]).stdout_bytes
+    assert sorted(nul.split(b"\0")[:-1]) == sorted(os.fsencode(p) for p in (odd, twin, str(newline)))
+
+    skipped = cli("info", "--index", idx, "--skipped", "--json")
+    skipped.stdout_bytes.decode("utf-8")
+    row = json.loads(skipped.stdout)
+    assert _exact(row) == broken and row["path"] == f"{folder}/bad\ufffd\ttab.jpg"
+    table = cli("info", "--index", idx, "--skipped").stdout_bytes
+    assert table.count(b"\n") == 1 and table.endswith(os.fsencode(str(folder)) + b"/bad\xff\\ttab.jpg\n")
+
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert info["roots"] == [str(folder)] and "roots_bytes" not in info
+
+    groups = [json.loads(line) for line in cli("duplicates", "--index", idx, "--json").stdout.splitlines()]
+    assert len(groups) == 1 and groups[0]["identical"] == [[0, 1]]
+    assert [os.fsdecode(base64.b64decode(b)) for b in groups[0]["paths_bytes"]] == sorted([odd, twin])
+    text = cli("duplicates", "--index", idx).stdout_bytes
+    assert b"\x9b" not in text and b"twin \\x9b[2J.png" in text  # no raw control byte reaches the terminal
+
+
+def test_search_table_on_a_terminal_escapes_names_and_marks_files_not_on_disk(tmp_path, tiny_encoder) -> None:
+    import pty
+
+    from PIL import Image
+
+    from clipsearch.api import Index
+
+    folder, drive = tmp_path / "odd", tmp_path / "drive"
+    folder.mkdir()
+    drive.mkdir()
+    Image.new("RGB", (40, 40), "blue").save(folder / "two\nlines\x1b[31m.png")
+    Image.new("RGB", (40, 40), "red").save(drive / "away.png")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        idx.sync([str(folder), str(drive)])
+    drive.rename(tmp_path / "unplugged")
+    main, secondary = pty.openpty()
+    code = "import sys\nfrom clipsearch.cli import main\nsys.argv = ['clipsearch', *sys.argv[1:]]\nmain()\n"
+    args = ["search", "x", "--index", str(tmp_path / "idx")]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], stdout=secondary, stderr=subprocess.PIPE, text=True, timeout=120
+    )
+    os.close(secondary)
+    out = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(main, 4096):
+            out += chunk
+    os.close(main)
+    assert proc.returncode == 0, proc.stderr
+    lines = sorted(out.decode().replace("\r\n", "\n").splitlines(), key=lambda line: "away" in line)
+    assert re.fullmatch(r" +\d +-?\d\.\d{3}  .*/two\\nlines\\x1b\[31m\.png", lines[0]), lines
+    assert re.fullmatch(rf" +\d +-?\d\.\d{{3}}  {drive}/away\.png  \[not on disk\]", lines[1]), lines
+    assert len(lines) == 2 and "--available leaves them out" in proc.stderr
 
 
 def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -> None:
@@ -112,6 +186,45 @@ def test_errors_have_exit_codes_and_no_traceback(tmp_path, photos, tiny_model) -
         assert "Traceback" not in result.stderr + result.stdout
 
 
+def _run_main(*args: str) -> subprocess.CompletedProcess[str]:
+    """``clipsearch ARGS`` in a fresh process through main(); stderr ends with whether torch was imported."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr))\n"
+        f"sys.argv = ['clipsearch', *{list(args)!r}]\nfrom clipsearch.cli import main\nmain()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_bad_index_input_is_refused_before_any_model_loads_or_folder_is_made(tmp_path, photos) -> None:
+    idx, folder = tmp_path / "idx", str(photos["coffee"].parent)
+    missing = _run_main("index", str(tmp_path / "nonexistent"), folder, "--index", str(idx))  # default model
+    assert missing.returncode == 2, missing.stderr
+    assert f"No such file or folder: {tmp_path / 'nonexistent'}" in missing.stderr
+    assert "weights" not in missing.stderr and "Loading" not in missing.stderr
+    unknown = _run_main("index", folder, "--index", str(idx), "--model", "ViT-Z-99")
+    assert unknown.returncode == 2, unknown.stderr
+    assert "Error: Unknown model 'ViT-Z-99'. Did you mean ViT-" in unknown.stderr
+    assert "--pretrained" not in unknown.stderr and "Loading" not in unknown.stderr
+    close = _run_main("index", folder, "--index", str(idx), "--model", "vit-b-33")
+    assert close.returncode == 2 and "Did you mean ViT-B-32" in close.stderr
+    for result in (missing, unknown, close):
+        assert result.stderr.rstrip().endswith("NO-TORCH") and "Traceback" not in result.stderr
+        assert result.stdout == ""
+    assert not idx.exists()
+
+
+def test_an_unknown_pretrained_tag_is_a_usage_error_naming_the_known_ones(tmp_path, photos) -> None:
+    idx = tmp_path / "idx"
+    result = cli(
+        "index", photos["coffee"].parent, "--index", idx, "--model", "ViT-B-32", "--pretrained", "nope"
+    )
+    assert result.exit_code == 2
+    assert "Unknown pretrained tag 'nope' for model ViT-B-32. Known tags: " in result.stderr
+    assert "laion2b_s34b_b79k" in result.stderr and "Traceback" not in result.stderr
+    assert not (idx / "catalog.sqlite").exists()
+
+
 def test_every_command_and_option_has_help() -> None:
     import typer.main
 
@@ -124,6 +237,44 @@ def test_every_command_and_option_has_help() -> None:
         for param in command.params:
             if param.name != "help":
                 assert getattr(param, "help", None), f"{name} {param.name} has no help text"
+
+
+def test_version_completion_and_flags_without_a_value_in_help() -> None:
+    from clipsearch import __version__
+
+    version = cli("--version")
+    assert version.exit_code == 0 and version.stdout == f"clipsearch {__version__}\n"
+    top = cli("--help").stdout
+    assert "--install-completion" in top and "--show-completion" in top
+    for command in ("index", "search", "info", "duplicates", "serve", "demo"):
+        text = cli(command, "--help").stdout
+        assert "<bool>" not in text, command
+        assert re.search(r"--json +Machine-readable", text) or command == "serve", command
+    assert "<bool>" not in top and re.search(r"--help +Show this message", top)
+    index_help = cli("index", "--help").stdout
+    assert re.search(r"--rebuild +Delete", index_help) and re.search(r"--quiet +-q +No progress", index_help)
+    assert re.search(r"--batch-size +<int range>", index_help)  # options that take a value still say so
+    search_help = cli("search", "--help").stdout
+    assert re.search(r"--null +-0 +Print only paths", search_help)
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    def complete(words: str, cword: int) -> list[str]:
+        code = "import sys\nsys.argv = ['clipsearch']\nfrom clipsearch.cli import main\nmain()\n"
+        env = {
+            **os.environ,
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(cword),
+            "_CLIPSEARCH_COMPLETE": "complete_bash",
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("clipsearch se", 1) == ["search", "serve"]
+    assert complete("clipsearch search --so", 2) == ["--sort"]
 
 
 def test_help_does_not_import_torch() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import random
+import re
+import shutil
 import signal
 import socket
 import struct
@@ -108,9 +111,13 @@ def test_text_search_matches_brute_force(served: Served, tiny_encoder) -> None:
     assert [r["path"] for r in body["results"]] == [_shown(paths[i]) for i in order]
     np.testing.assert_allclose([r["score"] for r in body["results"]], scores[order], atol=1e-5)
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    version = body["index_version"]
     for result in body["results"]:
         cid = result["content_id"]
-        assert (result["thumb"], result["image"]) == (f"/api/thumb/{cid}", f"/api/image/{cid}")
+        assert (result["thumb"], result["image"]) == (
+            f"/api/thumb/{cid}?v={version}",
+            f"/api/image/{cid}?v={version}",
+        )
 
 
 def test_query_grammar_and_filters_match_the_library(served: Served) -> None:
@@ -148,6 +155,30 @@ def test_threshold_cutoff_and_sort(served: Served) -> None:
     assert 1 <= auto["count"] <= len(everything)
 
 
+def test_cutoff_auto_is_capped_by_k_not_moved(served: Served) -> None:
+    for endpoint in ("/api/search", f"/api/similar/{served.ids['coffee']}"):
+        params = {"q": "a cup of coffee", "cutoff": "auto"}
+        widest = [
+            r["path"] for r in served.client.get(endpoint, params={**params, "k": 100}).json()["results"]
+        ]
+        assert 0 < len(widest) < len(served.photos), endpoint
+        for k in range(1, len(served.photos) + 1):
+            body = served.client.get(endpoint, params={**params, "k": k}).json()
+            assert [r["path"] for r in body["results"]] == widest[:k], (endpoint, k)
+
+
+@pytest.mark.parametrize("expr", ["dog:1e20", "cat + dog:1e400", "cat - 1e39*dog", "dog:-100.5"])
+def test_weights_out_of_range_are_a_400(served: Served, expr: str) -> None:
+    assert "between -100 and 100" in _error(served.client.get("/api/search", params={"q": expr}), 400)
+
+
+def test_a_word_after_a_colon_is_text_as_in_the_library(served: Served) -> None:
+    with Index.open(served.index_dir) as idx:
+        expected = [_shown(h.path) for h in idx.search("dog:inf", 3)]
+    body = served.client.get("/api/search", params={"q": "dog:inf", "k": 3}).json()
+    assert [r["path"] for r in body["results"]] == expected
+
+
 def test_more_like_this_is_brute_force_without_the_image_itself(served: Served) -> None:
     paths, matrix = _stored(served)
     for name, cid in served.ids.items():
@@ -177,6 +208,24 @@ def test_uploaded_image_finds_itself_and_its_near_copy(served: Served) -> None:
     assert upload(tilted)["results"][0]["path"] == str(served.photos["rocket"])
     only_png = upload(served.photos["coffee"].read_bytes(), type="png")["results"]
     assert only_png and all(r["path"].endswith(".png") for r in only_png)
+
+
+def test_names_that_are_not_utf8_come_with_their_exact_bytes(served: Served) -> None:
+    response = served.client.get("/api/search", params={"q": "cat", "k": 100})
+    response.content.decode("utf-8")  # strict
+    results = response.json()["results"]
+    assert len(results) == len(served.photos)
+    latin1 = [r for r in results if r["content_id"] == served.ids["latin1"]]
+    assert latin1[0]["path"] == _shown(str(served.photos["latin1"])) and "\ufffd" in latin1[0]["path"]
+    assert base64.b64decode(latin1[0]["path_bytes"]) == os.fsencode(served.photos["latin1"])
+    assert all("path_bytes" not in r for r in results if r is not latin1[0])
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", r["date"]) for r in results)
+    similar = served.client.get(f"/api/similar/{served.ids['coffee']}", params={"k": 100}).json()["results"]
+    assert [r.get("path_bytes") for r in similar if r["content_id"] == served.ids["latin1"]] == [
+        latin1[0]["path_bytes"]
+    ]
+    schema = served.client.get("/openapi.json").json()["components"]["schemas"]["Result"]
+    assert "path_bytes" in schema["properties"] and "path_bytes" not in schema["required"]
 
 
 def test_info_describes_the_index(served: Served) -> None:
@@ -213,7 +262,7 @@ def test_thumbnail_is_upright_cached_on_disk_and_reused(served: Served) -> None:
     assert thumb.size == (40, 80)  # EXIF orientation 6 applied
     top, bottom = thumb.getpixel((20, 10)), thumb.getpixel((20, 70))
     assert top[0] > 180 and top[2] < 80 and bottom[2] > 150  # the red half is on top
-    cached = served.index_dir / "thumbnails" / f"{cid}-256.jpg"
+    [cached] = (served.index_dir / "thumbnails").glob("*-256.jpg")
     assert cached.read_bytes() == response.content
     marker = io.BytesIO()
     Image.new("RGB", (4, 4), (0, 0, 255)).save(marker, format="JPEG")
@@ -221,7 +270,7 @@ def test_thumbnail_is_upright_cached_on_disk_and_reused(served: Served) -> None:
     assert served.client.get(f"/api/thumb/{cid}").content == marker.getvalue()  # served from the cache
     big = served.client.get(f"/api/thumb/{served.ids['astronaut']}", params={"size": 512})
     assert Image.open(io.BytesIO(big.content)).size == (512, 512)
-    assert (served.index_dir / "thumbnails" / f"{served.ids['astronaut']}-512.jpg").is_file()
+    assert len(list((served.index_dir / "thumbnails").glob("*-512.jpg"))) == 1
     assert not [p for p in (served.index_dir / "thumbnails").iterdir() if p.name.startswith(".tmp")]
     assert "sizes 256, 512" in _error(served.client.get(f"/api/thumb/{cid}", params={"size": 300}), 400)
 
@@ -281,31 +330,57 @@ def test_anything_but_an_indexed_id_is_not_found(served: Served, endpoint: str) 
         assert response.status_code == 404 and "def create_app" not in response.text
 
 
-def test_catalogued_symlinks_leading_outside_the_roots_are_not_served(tmp_path: Path, tiny_encoder) -> None:
+def test_indexed_symlinks_are_served_and_files_changed_since_are_not(tmp_path: Path, tiny_encoder) -> None:
+    """What the index holds is served, wherever a symlink leads; a file replaced since it was indexed
+    (here by a symlink to a file elsewhere) is not, and neither is its cached thumbnail."""
     root, outside = tmp_path / "photos", tmp_path / "outside"
     root.mkdir()
     outside.mkdir()
     Image.new("RGB", (50, 50), (200, 0, 0)).save(root / "a.png")
     Image.new("RGB", (50, 50), (0, 200, 0)).save(root / "b.png")
     Image.new("RGB", (60, 40), (0, 0, 200)).save(outside / "secret.png")
+    Image.new("RGB", (30, 70), (0, 100, 200)).save(outside / "linked-file.png")
     (root / "linked").symlink_to(outside, target_is_directory=True)  # the scanner follows it
+    (root / "file-link.png").symlink_to(outside / "linked-file.png")
     with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
         idx.sync([str(root)])
-        a_id = idx.catalog.file(str(root / "a.png")).content_id
-        linked_id = idx.catalog.file(str(root / "linked" / "secret.png")).content_id
+        ids = {p: idx.catalog.file(str(root / p)).content_id for p in ("a.png", "linked/secret.png")}
+        ids["file-link.png"] = idx.catalog.file(str(root / "file-link.png")).content_id
     with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
-        assert client.get(f"/api/thumb/{a_id}").status_code == 200  # now cached
-        assert client.get(f"/api/image/{a_id}").status_code == 200
+        for name, cid in ids.items():
+            assert client.get(f"/api/thumb/{cid}").status_code == 200, name  # now cached
+            image = client.get(f"/api/image/{cid}")
+            assert image.status_code == 200, name
+            assert image.content == (root / name).read_bytes()
         (root / "a.png").unlink()
         (root / "a.png").symlink_to(outside / "secret.png")
-        for url in (
-            f"/api/thumb/{a_id}",
-            f"/api/image/{a_id}",
-            f"/api/thumb/{linked_id}",
-            f"/api/image/{linked_id}",
-        ):
-            _error(client.get(url), 404)
-        assert client.get(f"/api/thumb/{a_id}", params={"size": 512}).status_code == 404
+        for url in (f"/api/thumb/{ids['a.png']}", f"/api/image/{ids['a.png']}"):
+            assert "as it was indexed" in _error(client.get(url), 404)
+        assert client.get(f"/api/thumb/{ids['a.png']}", params={"size": 512}).status_code == 404
+
+
+def test_unplugged_files_are_marked_and_can_be_left_out(tmp_path: Path, tiny_encoder) -> None:
+    here, drive = tmp_path / "here", tmp_path / "drive"
+    write_photos(here)
+    for i in range(4):
+        drive.mkdir(exist_ok=True)
+        Image.new("RGB", (40 + i, 40), (60 * i, 90, 30)).save(drive / f"d{i}.png")
+    with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
+        idx.sync([str(here), str(drive)])
+    drive.rename(tmp_path / "unplugged")
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        results = client.get("/api/search", params={"q": "cat", "k": 100}).json()["results"]
+        assert len(results) == 10
+        gone = {r["path"] for r in results if not r["available"]}
+        assert gone == {str(drive / f"d{i}.png") for i in range(4)}
+        for k in (3, 6, 100):
+            kept = client.get("/api/search", params={"q": "cat", "k": k, "available": "true"}).json()[
+                "results"
+            ]
+            assert [r["path"] for r in kept] == [r["path"] for r in results if r["available"]][:k]
+        cid = next(r["content_id"] for r in results if r["available"])
+        similar = client.get(f"/api/similar/{cid}", params={"k": 5, "available": True}).json()["results"]
+        assert len(similar) == 5 and all(r["available"] for r in similar)
 
 
 # -- bad requests ---------------------------------------------------------------------------------
@@ -348,10 +423,21 @@ def test_image_paths_in_a_web_query_are_refused(served: Served, expr: str) -> No
         ({"before": "2019-13"}, 400, "not a date"),
         ({"in": "relative/folder"}, 400, "absolute folder"),
         ({"in": "/somewhere/else"}, 400, "not inside an indexed folder"),
+        ({"type": "foo"}, 400, "unknown file type foo; known: "),
+        ({"type": "jpg,pgn"}, 400, "unknown file type pgn"),
     ],
 )
 def test_bad_parameters_are_4xx_json(served: Served, params: dict, status: int, words: str) -> None:
     assert words in _error(served.client.get("/api/search", params={"q": "cat", **params}), status)
+
+
+def test_type_aliases_and_a_folder_typo(served: Served) -> None:
+    jpegs = sorted(_shown(str(p)) for p in served.photos.values() if p.suffix == ".jpg")
+    for types in ("jpeg", "JPG", "jpe,jpeg"):
+        body = served.client.get("/api/search", params={"q": "cat", "k": 100, "type": types}).json()
+        assert sorted(r["path"] for r in body["results"]) == jpegs, types
+    typo = str(served.root / "photos" / "extr")
+    assert "no such folder" in _error(served.client.get("/api/search", params={"q": "cat", "in": typo}), 400)
 
 
 def test_missing_query_and_unknown_routes_are_json_errors(served: Served) -> None:
@@ -415,8 +501,15 @@ def test_upload_size_limit_is_413(served: Served) -> None:
     _error(over_default, 413)
 
 
+SECURITY_HEADERS = ("x-content-type-options", "referrer-policy", "cross-origin-resource-policy")
+
+
 def test_other_host_names_are_refused(served: Served) -> None:
-    assert "Host" in _error(TestClient(served.app, base_url="http://evil.example").get("/api/info"), 400)
+    for host in ("evil.example", "[", "[::1", "[::1]x", "127.0.0.1:bad", "[fe80::1%eth0", "a:1:2"):
+        response = served.client.get("/api/info", headers={"host": host})
+        assert "Host" in _error(response, 400), host
+        assert all(name in response.headers for name in SECURITY_HEADERS), host
+        assert "default-src 'self'" in response.headers["content-security-policy"]
     for base in ("http://localhost:8000", "http://127.0.0.1:9999", "http://[::1]:8000"):
         assert TestClient(served.app, base_url=base).get("/api/info").status_code == 200, base
     with TestClient(create_app(served.index_dir, allowed_hosts=None), base_url="http://my-nas.lan") as c:
@@ -493,8 +586,16 @@ def test_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
         serve(tmp_path / "nothing-here", port=0)
 
 
-def _start_serving(index_dir: Path, host: str) -> tuple[subprocess.Popen[str], str, list[str]]:
+def _start_serving(
+    index_dir: Path, host: str, *, cli: bool = False
+) -> tuple[subprocess.Popen[str], str, list[str]]:
     code = f"import sys; from clipsearch.web.server import serve; serve(sys.argv[1], {host!r}, 0)"
+    if cli:  # the console script's path: main() -> typer -> serve
+        code = (
+            "import sys; from clipsearch.cli import main; "
+            f"sys.argv = ['clipsearch', 'serve', '--index', sys.argv[1], '--host', {host!r}, '--port', '0']; "
+            "main()"
+        )
     proc = subprocess.Popen([sys.executable, "-c", code, str(index_dir)], stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(90, proc.kill)  # never hang the suite
     watchdog.daemon = True
@@ -507,10 +608,10 @@ def _start_serving(index_dir: Path, host: str) -> tuple[subprocess.Popen[str], s
     return proc, lines[-1].split(" at ")[1].split()[0], lines
 
 
-def _stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    return proc.returncode
+def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, str]:
+    proc.send_signal(sig)
+    _, rest = proc.communicate(timeout=30)
+    return proc.returncode, rest
 
 
 def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -> None:
@@ -526,8 +627,81 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200  # shared on purpose: any host name is answered
     finally:
-        assert _stop(local) == 0
-        assert _stop(shared) == 0
+        code, rest = _stop(local)
+        assert code == 0 and f"Stopped serving {served.index_dir}." in rest, rest
+        assert _stop(shared)[0] == 0
+
+
+@pytest.mark.parametrize("cli", [False, True])
+def test_serve_stops_cleanly_on_sigterm(served: Served, cli: bool) -> None:
+    proc, url, _ = _start_serving(served.index_dir, "127.0.0.1", cli=cli)
+    with urllib.request.urlopen(url + "api/info", timeout=30) as response:
+        assert response.status == 200
+    code, rest = _stop(proc, signal.SIGTERM)
+    assert code == 0, rest
+    assert rest.rstrip().endswith(f"Stopped serving {served.index_dir}.") and "Traceback" not in rest
+
+
+def _build(index_dir: Path, folder: Path, encoder) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    with Index.open_for_write(index_dir, encoder) as idx:
+        idx.sync([str(folder)])
+        return {p.name: idx.catalog.file(str(p)).content_id for p in sorted(folder.iterdir())}
+
+
+def test_a_rebuilt_index_is_reopened_and_ids_of_the_old_one_are_refused(tmp_path: Path, tiny_encoder) -> None:
+    """The catalog replaced under a running app by a freshly built index (as a rebuild swaps it in):
+    answers come from the new index, and ids the page got from the old one are not taken for others."""
+    old_photos, new_photos = tmp_path / "old", tmp_path / "new"
+    write_photos(old_photos)
+    new_photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (30 + i, 30), (80 * i, 200, 40)).save(new_photos / f"n{i}.png")
+    old_ids = _build(tmp_path / "index", old_photos, tiny_encoder)
+    new_ids = _build(tmp_path / "fresh", new_photos, tiny_encoder)
+    assert set(old_ids.values()) & set(new_ids.values())  # the same ids name other pictures
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        before = client.get("/api/search", params={"q": "cat", "k": 100}).json()
+        assert before["count"] == len(old_ids)
+        version = before["index_version"]
+        assert client.get("/api/info").json()["index_version"] == version
+        stale = before["results"][0]
+        assert client.get(stale["thumb"]).status_code == 200
+        for vectors in (tmp_path / "fresh").glob("vectors-*.faiss"):
+            shutil.copy(vectors, tmp_path / "index" / vectors.name)
+        os.replace(tmp_path / "fresh" / "catalog.sqlite", tmp_path / "index" / "catalog.sqlite")
+
+        after = client.get("/api/search", params={"q": "cat", "k": 100}).json()
+        assert sorted(Path(r["path"]).name for r in after["results"]) == sorted(new_ids)
+        assert after["index_version"] != version
+        info = client.get("/api/info").json()
+        assert (info["count"], info["roots"], info["index_version"]) == (
+            3,
+            [str(new_photos)],
+            after["index_version"],
+        )
+        for url in (stale["thumb"], stale["image"], f"/api/similar/{stale['content_id']}?v={version}"):
+            assert "rebuilt" in _error(client.get(url), 409), url
+        fresh = after["results"][0]
+        assert client.get(fresh["thumb"]).status_code == 200
+        assert client.get(fresh["image"]).content == Path(fresh["path"]).read_bytes()
+        similar = client.get(f"/api/similar/{fresh['content_id']}", params={"v": after["index_version"]})
+        assert similar.status_code == 200 and similar.json()["count"] == 2
+
+
+def test_an_index_folder_removed_under_the_app_is_a_503(tmp_path: Path, photos, tiny_encoder) -> None:
+    ids = _build(tmp_path / "index", photos["coffee"].parent, tiny_encoder)
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        assert client.get("/api/info").status_code == 200
+        shutil.rmtree(tmp_path / "index")
+        cid = next(iter(ids.values()))
+        for url in (
+            "/api/info",
+            "/api/search?q=cat",
+            f"/api/thumb/{cid}",
+            f"/api/image/{cid}",
+            f"/api/similar/{cid}",
+        ):
+            assert "removed" in _error(client.get(url), 503), url
 
 
 def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos, tiny_encoder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -9,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import BadValueError
+from clipsearch.paths import json_fields
 from clipsearch.query.filters import Filters
 from clipsearch.store.catalog import Catalog, Entry
 from clipsearch.store.vectors import VectorStore
@@ -16,7 +18,11 @@ from clipsearch.store.vectors import VectorStore
 
 @dataclass(frozen=True)
 class Hit:
-    """One result: an absolute path, its cosine similarity to the query, and file facts."""
+    """One result: an absolute path, its cosine similarity to the query, and file facts.
+
+    ``date`` is a POSIX time (seconds, a float) here; :meth:`to_dict`, and so every JSON output,
+    gives it as ISO 8601 in UTC (``2019-07-14T16:02:11+00:00``).
+    """
 
     path: str
     score: float
@@ -25,20 +31,32 @@ class Hit:
     width: int = 0
     height: int = 0
     date: float = 0.0  # EXIF DateTimeOriginal, else the file's mtime (POSIX time)
+    available: bool = True  # the file is on disk now (False: an unplugged drive, or deleted since)
 
     @classmethod
     def of(cls, entry: Entry, score: float) -> Hit:
-        return cls(entry.path, score, entry.content_id, entry.size, entry.width, entry.height, entry.date)
+        """The hit of a catalogued file; looks whether the file is on disk now (one ``stat``)."""
+        return cls(
+            entry.path,
+            score,
+            entry.content_id,
+            entry.size,
+            entry.width,
+            entry.height,
+            entry.date,
+            os.path.isfile(entry.path),
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "path": self.path,
+            **json_fields(self.path),
             "score": round(self.score, 6),
             "content_id": self.content_id,
             "size": self.size,
             "width": self.width,
             "height": self.height,
             "date": datetime.fromtimestamp(self.date, timezone.utc).isoformat(timespec="seconds"),
+            "available": self.available,
         }
 
 
@@ -53,7 +71,9 @@ def rank(
     """Top-``k`` files for each query row (exact inner product), best first.
 
     Identical files share one vector; each of their paths is returned with the same score, and
-    the list is cut at ``k`` paths. Filters restrict the candidates before the top-k cut.
+    the list is cut at ``k`` paths. Filters restrict the candidates before the top-k cut; with
+    ``filters.available``, files not on disk now are left out and more candidates are ranked
+    until ``k`` are found or none are left.
     """
     if k < 1 or len(store) == 0:
         return [[] for _ in range(len(queries))]
@@ -64,23 +84,30 @@ def rank(
         if not allowed:
             return [[] for _ in range(len(queries))]
     allowed_ids = np.fromiter(allowed, dtype=np.int64) if allowed is not None else None
-    scores, ids = store.search(queries, k, allowed=allowed_ids)
-    files = (
-        allowed
-        if allowed is not None
-        else catalog.entries_of(sorted({int(i) for i in ids.ravel() if i >= 0}))
-    )
-    results = []
-    for row_scores, row_ids in zip(scores, ids, strict=True):
-        hits: list[Hit] = []
-        for score, cid in zip(row_scores, row_ids, strict=True):
-            # a content deleted after the store was loaded has no files left: skip it
-            hits.extend(Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
-        results.append(hits[:k])
-    return results
+    on_disk_only = filters is not None and filters.available
+    total = len(allowed_ids) if allowed_ids is not None else len(store)
+    wanted = k
+    while True:
+        scores, ids = store.search(queries, wanted, allowed=allowed_ids)
+        files = (
+            allowed
+            if allowed is not None
+            else catalog.entries_of(sorted({int(i) for i in ids.ravel() if i >= 0}))
+        )
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits: list[Hit] = []
+            for score, cid in zip(row_scores, row_ids, strict=True):
+                # a content deleted after the store was loaded has no files left: skip it
+                hits.extend(Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
+            results.append([h for h in hits if h.available][:k] if on_disk_only else hits[:k])
+        if not on_disk_only or wanted >= total or all(len(r) == k for r in results):
+            return results
+        wanted = min(total, wanted * 4)  # many files are not on disk: look further down the ranking
 
 
-#: Candidates examined by the adaptive cutoff when no larger -k is given.
+#: Candidates the adaptive cutoff looks at: always the best 100, so that ``k`` caps the results
+#: without moving the break.
 CUTOFF_CANDIDATES = 100
 
 
@@ -104,7 +131,11 @@ def adaptive_cutoff(scores: npt.NDArray[np.float32] | list[float]) -> int:
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How many results to keep and in which order, once the candidates are ranked."""
+    """How many results to keep and in which order, once the candidates are ranked.
+
+    ``candidates`` is how many hits to rank before :func:`finish`: ``k``, or with the adaptive
+    cutoff the fixed :data:`CUTOFF_CANDIDATES` (the break is found among them, then capped at ``k``).
+    """
 
     k: int = 10
     candidates: int = 10
@@ -123,12 +154,20 @@ class SearchOptions:
             raise BadValueError("sort", sort, "choose score or date")
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise BadValueError("threshold", threshold, "scores are cosine similarities, between -1 and 1")
-        k = top if top is not None else (CUTOFF_CANDIDATES if cutoff else 10)
-        return cls(k=k, candidates=k, threshold=threshold, cutoff=cutoff == "auto", sort=sort)
+        auto = cutoff == "auto"
+        k = top if top is not None else (CUTOFF_CANDIDATES if auto else 10)
+        return cls(
+            k=k, candidates=CUTOFF_CANDIDATES if auto else k, threshold=threshold, cutoff=auto, sort=sort
+        )
 
 
 def finish(hits: list[Hit], options: SearchOptions) -> list[Hit]:
-    """Apply the threshold, the adaptive cutoff, the cap and the sort order to ranked hits."""
+    """Apply the threshold, the adaptive cutoff, the cap and the sort order to ranked hits.
+
+    The cutoff looks at the best ``options.candidates`` hits only, however many are given.
+    """
+    if options.cutoff:
+        hits = hits[: options.candidates]
     if options.threshold is not None:
         hits = [h for h in hits if h.score >= options.threshold]
     if options.cutoff and hits:

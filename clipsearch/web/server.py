@@ -6,19 +6,21 @@ ever reached through a content id looked up in the catalog, never through a path
 
 import contextlib
 import copy
+import hashlib
 import io
 import ipaddress
 import os
 import re
+import signal
 import socket
 import sqlite3
+import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -33,12 +35,14 @@ from clipsearch.api import Index
 from clipsearch.encoders.cache import ModelCache
 from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
-from clipsearch.errors import BadValueError, ClipsearchError, ImageError, UsageError
+from clipsearch.errors import BadValueError, ClipsearchError, ImageError, IndexAccessError, UsageError
 from clipsearch.files import write_atomic
+from clipsearch.paths import json_fields, json_list
 from clipsearch.query.filters import Filters, parse_filters
 from clipsearch.query.grammar import QuerySyntaxError, Term, parse_query
 from clipsearch.query.rank import Hit, SearchOptions, finish
 from clipsearch.query.vector import image_vector
+from clipsearch.store.folder import CATALOG_FILE
 
 #: Host names a loopback-bound server answers to (anything else is a DNS-rebinding attempt).
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -73,23 +77,32 @@ _UPLOAD_BODY = {
 
 
 class Result(BaseModel):
-    """One search result; ``thumb`` and ``image`` are the URLs of its pictures."""
+    """One search result; ``thumb`` and ``image`` are the URLs of its pictures.
+
+    ``path`` shows U+FFFD where a name is not valid UTF-8; ``path_bytes`` (only then) holds the
+    exact bytes in base64. ``date`` is ISO 8601 in UTC.
+    """
 
     rank: int
     path: str
+    path_bytes: str | None = None
     score: float
     content_id: int
     size: int
     width: int
     height: int
     date: str
+    available: bool
     thumb: str
     image: str
 
 
 class Results(BaseModel):
+    """Search results; ``index_version`` names the index their ids belong to (see the ``v`` parameter)."""
+
     query: str
     count: int
+    index_version: str
     results: list[Result]
 
 
@@ -98,17 +111,72 @@ class ErrorBody(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
 }
+#: Results leave out the fields they do not need (``path_bytes`` for a name that is valid UTF-8).
+_SPARSE: dict[str, Any] = {"response_model_exclude_unset": True}
 _PICTURE = _ERRORS | {200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The picture."}}
 
 
 @dataclass
 class _State:
-    index: Index
+    index: Index  # read and replaced only under ``lock``, through _current()
     lock: threading.Lock  # one SQLite connection and one FAISS store: one request at a time
     thumbs: Path
     max_upload_bytes: int
+    identity: tuple[int, int] = (0, 0)  # (device, inode) of the catalog file ``index`` has open
+
+    @property
+    def version(self) -> str:
+        """Names the index the ids in answers belong to; a rebuild (a new catalog file) changes it."""
+        return hashlib.sha256(f"{self.identity[0]}:{self.identity[1]}".encode()).hexdigest()[:12]
+
+
+def _catalog_identity(index_path: Path) -> tuple[int, int]:
+    """(device, inode) of the index's catalog file now.
+
+    Raises:
+        IndexAccessError: there is none (the folder was removed, or a rebuild is replacing it).
+    """
+    try:
+        st = os.stat(index_path / CATALOG_FILE)
+    except OSError as exc:
+        raise IndexAccessError(
+            index_path,
+            f"The index at {index_path} cannot be read now ({exc.strerror or exc}): it was removed, or "
+            "is being replaced. Try again in a moment; if it stays so, restart clipsearch serve.",
+        ) from None
+    return st.st_dev, st.st_ino
+
+
+def _current(state: _State) -> Index:
+    """The index to answer from (call holding ``state.lock``): reopened when its catalog file was
+    replaced (``clipsearch index --rebuild``), so that no answer comes from the index it replaced."""
+    identity = _catalog_identity(state.index.path)
+    if identity != state.identity:
+        state.index = state.index.reopen()
+        state.identity = identity
+    return state.index
+
+
+def _check_version(state: _State, version: str | None) -> None:
+    """Refuse an id the page took from answers of an index that was replaced since (409)."""
+    if version is not None and version != state.version:
+        raise HTTPException(
+            409,
+            "The index was rebuilt since these results were shown, so their ids name other pictures "
+            "now. Search again.",
+        )
+
+
+Version = Annotated[
+    str | None,
+    Query(
+        alias="v",
+        max_length=64,
+        description="The index_version of the answer the id came from (409 if the index was rebuilt since).",
+    ),
+]
 
 
 # -- request parameters ---------------------------------------------------------------------------
@@ -125,6 +193,9 @@ def search_params(
         str | None, Query(alias="type", max_length=256, description="File types, e.g. jpg,png.")
     ] = None,
     min_side: Annotated[int | None, Query(ge=1, le=1_000_000, description="Shorter side at least.")] = None,
+    available: Annotated[
+        bool, Query(description="Only files on disk now (not those of an unplugged drive).")
+    ] = False,
     threshold: Annotated[float | None, Query(description="Only scores at least this (-1..1).")] = None,
     cutoff: Annotated[str | None, Query(max_length=16, description="'auto': adaptive cutoff.")] = None,
     sort: Annotated[str, Query(max_length=16, description="score or date (newest first).")] = "score",
@@ -133,7 +204,9 @@ def search_params(
     options = SearchOptions.parse(top=k, threshold=threshold, cutoff=cutoff or None, sort=sort)
     if folder and not folder.startswith("/"):
         raise BadValueError("in", folder, "give an absolute folder path inside an indexed folder")
-    filters = parse_filters(folder=folder, after=after, before=before, types=types, min_side=min_side)
+    filters = parse_filters(
+        folder=folder, after=after, before=before, types=types, min_side=min_side, available=available
+    )
     return filters, options
 
 
@@ -184,12 +257,17 @@ def create_app(
     """
     index = Index.open(index_path, cache=cache)
     state = _State(index, threading.Lock(), thumbnail_dir or index.path / "thumbnails", max_upload_bytes)
+    try:
+        state.identity = _catalog_identity(index.path)
+    except BaseException:
+        index.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         with state.lock:
-            index.close()
+            state.index.close()
 
     app = FastAPI(
         title="clipsearch",
@@ -212,10 +290,9 @@ def create_app(
 
 
 def _add_api(app: FastAPI, state: _State) -> None:
-    index = state.index
     route = app.get
 
-    @route("/api/search", response_model=Results, responses=_ERRORS, tags=["search"])
+    @route("/api/search", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
     def search_text(
         q: Annotated[str, Query(max_length=2000, description="A query in the CLI's grammar (text terms).")],
         params: SearchParams,
@@ -224,15 +301,17 @@ def _add_api(app: FastAPI, state: _State) -> None:
         filters, options = params
         terms = text_terms(q)
         with state.lock:
-            hits = finish(index.search(terms, options.candidates, filters=filters), options)
-        return _results(q, hits)
+            hits = finish(_current(state).search(terms, options.candidates, filters=filters), options)
+            return _results(q, hits, state.version)
 
-    @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"])
-    def similar(content_id: str, params: SearchParams) -> dict[str, Any]:
+    @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
+    def similar(content_id: str, params: SearchParams, v: Version = None) -> dict[str, Any]:
         """More like this: images similar to an indexed image (itself left out), by its content id."""
         filters, options = params
         cid = parse_id(content_id)
         with state.lock:
+            index = _current(state)
+            _check_version(state, v)
             own = index.catalog.entries_of([cid]).get(cid)
             if not own:
                 raise HTTPException(404, "No image with this id in the index.")
@@ -241,7 +320,9 @@ def _add_api(app: FastAPI, state: _State) -> None:
             except RuntimeError:  # deleted by a sync since the catalog lookup
                 raise HTTPException(404, "No image with this id in the index.") from None
             hits = index.search_vectors(vector, options.candidates + len(own), filters=filters)[0]
-        return _results(f"#{cid}", finish([h for h in hits if h.content_id != cid], options))
+            return _results(
+                f"#{cid}", finish([h for h in hits if h.content_id != cid], options), state.version
+            )
 
     @app.post(
         "/api/search/image",
@@ -249,6 +330,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
         responses=_ERRORS,
         tags=["search"],
         openapi_extra=_UPLOAD_BODY,
+        **_SPARSE,
     )
     async def search_upload(request: Request, params: SearchParams) -> dict[str, Any]:
         """Images similar to an uploaded image (multipart field ``file``; kept in memory only)."""
@@ -259,20 +341,29 @@ def _add_api(app: FastAPI, state: _State) -> None:
     def info() -> dict[str, Any]:
         """What is in the index and which model built it."""
         with state.lock:
-            data = index.info()
-        data |= {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
-        return _displayable(data)
+            index = _current(state)
+            try:
+                data = index.info()
+            except OSError as exc:  # the folder went away between the check and the listing
+                raise IndexAccessError(
+                    index.path, f"The index at {index.path} cannot be read now ({exc})."
+                ) from None
+            version = state.version
+        data |= json_fields(data["index"], "index") | json_list(data["roots"], "roots")
+        extra = {"max_upload_bytes": state.max_upload_bytes, "thumb_sizes": list(THUMB_SIZES)}
+        return data | extra | {"index_version": version}
 
     @route("/api/thumb/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
     def thumb(
-        content_id: str, size: Annotated[int, Query(description=f"One of {THUMB_SIZES}.")] = THUMB_SIZES[0]
+        content_id: str,
+        size: Annotated[int, Query(description=f"One of {THUMB_SIZES}.")] = THUMB_SIZES[0],
+        v: Version = None,
     ) -> Response:
         """A JPEG thumbnail (EXIF orientation applied), made on first request and cached next to the index."""
         if size not in THUMB_SIZES:
             raise UsageError(f"size {size}: thumbnails come in sizes {', '.join(map(str, THUMB_SIZES))}.")
-        cid = parse_id(content_id)
-        path = _servable_file(state, cid)
-        cached = state.thumbs / f"{cid}-{size}.jpg"
+        path, st = _servable_file(state, parse_id(content_id), v)
+        cached = state.thumbs / _thumb_name(path, st, size)
         if not cached.is_file():
             data = _thumbnail(path, size)
             if not _write_atomic(cached, data):  # a read-only index: serve it uncached
@@ -280,9 +371,9 @@ def _add_api(app: FastAPI, state: _State) -> None:
         return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @route("/api/image/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
-    def image(content_id: str) -> Response:
+    def image(content_id: str, v: Version = None) -> Response:
         """The full-size image: the file itself if browsers show its format, else converted to JPEG."""
-        path = _servable_file(state, parse_id(content_id))
+        path, _ = _servable_file(state, parse_id(content_id), v)
         media_type = _web_type(path)
         if media_type is None:
             return Response(_jpeg(_decode(path), quality=90), media_type="image/jpeg")
@@ -300,54 +391,63 @@ def _search_image_bytes(
     state: _State, data: bytes, filters: Filters, options: SearchOptions
 ) -> dict[str, Any]:
     with state.lock:
-        encoder = state.index.encoder
+        encoder = _current(state).encoder
     try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
         img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=draft_side(encoder))
     except ImageError as exc:
         raise ImageError(exc.reason, f"The uploaded file cannot be used: {exc.detail}.") from None
     with state.lock:
-        hits = state.index.search_vectors(image_vector(state.index, img), options.candidates, filters=filters)
-    return _results("uploaded image", finish(hits[0], options))
+        index = _current(state)
+        hits = index.search_vectors(image_vector(index, img), options.candidates, filters=filters)
+        return _results("uploaded image", finish(hits[0], options), state.version)
 
 
-def _results(query: str, hits: list[Hit]) -> dict[str, Any]:
+def _results(query: str, hits: list[Hit], version: str) -> dict[str, Any]:
     results = []
     for rank_no, hit in enumerate(hits, 1):
         item = hit.to_dict() | {
             "rank": rank_no,
-            "thumb": f"/api/thumb/{hit.content_id}",
-            "image": f"/api/image/{hit.content_id}",
+            "thumb": f"/api/thumb/{hit.content_id}?v={version}",
+            "image": f"/api/image/{hit.content_id}?v={version}",
         }
-        results.append(_displayable(item))
-    return {"query": query, "count": len(results), "results": results}
-
-
-def _displayable(value: Any) -> Any:
-    """File names that are not valid UTF-8 (surrogate-escaped) shown with U+FFFD, so JSON can carry them."""
-    if isinstance(value, str):
-        return os.fsencode(value).decode("utf-8", "replace") if not value.isascii() else value
-    if isinstance(value, dict):
-        return {k: _displayable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_displayable(v) for v in value]
-    return value
+        results.append(item)
+    return {"query": query, "count": len(results), "index_version": version, "results": results}
 
 
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _servable_file(state: _State, content_id: int) -> str:
-    """The real path of a readable file holding this content, inside an indexed root; else 404."""
+def _servable_file(state: _State, content_id: int, version: str | None) -> tuple[str, os.stat_result]:
+    """A file holding this content that is the very file indexed (same size and modification time,
+    symlinks followed, wherever it lies), with its ``stat``; else 404 (409: ``version`` is stale)."""
     with state.lock:
-        files = state.index.catalog.entries_of([content_id]).get(content_id, [])
-        roots = state.index.catalog.roots()
-    real_roots = [os.path.realpath(r) for r in roots]
-    for hit in files:
-        real = os.path.realpath(hit.path)
-        inside = any(real == r or real.startswith(r.rstrip("/") + "/") for r in real_roots)
-        if inside and os.path.isfile(real):
-            return real
-    raise HTTPException(404, "No image with this id in the index (or its file is gone).")
+        catalog = _current(state).catalog
+        _check_version(state, version)
+        files = catalog.entries_of([content_id]).get(content_id, [])
+        indexed = [(hit.path, catalog.file(hit.path)) for hit in files]
+    if not indexed:
+        raise HTTPException(404, "No image with this id in the index.")
+    for path, row in indexed:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        # a file changed or replaced (by a symlink to a file elsewhere, say) since it was indexed is
+        # not what the index vouches for
+        if row is not None and stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == row[:2]:
+            return os.path.realpath(path), st
+    raise HTTPException(
+        404,
+        "No file of this image is on disk as it was indexed (unplugged, deleted or changed since). "
+        "Run clipsearch index to refresh the index.",
+    )
+
+
+def _thumb_name(path: str, st: os.stat_result, side: int) -> str:
+    """A thumbnail's cache name, from the file it shows (not its content id, which a rebuilt index
+    gives to another picture): a changed or other file never gets a stale thumbnail."""
+    key = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode(errors="surrogateescape")
+    return f"{hashlib.sha256(key).hexdigest()[:32]}-{side}.jpg"
 
 
 def _decode(path: str, side: int | None = None) -> Any:
@@ -496,13 +596,25 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(503, f"The index catalog cannot be read ({exc}). Restart clipsearch serve.")
 
 
+_HOST_HEADER = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\s:/@\[\]]*))(?::[0-9]{1,5})?")
+
+
+def _host_name(header: str) -> str | None:
+    """The host of a ``Host`` header, lower case (``[::1]:8000`` -> ``::1``); None when malformed
+    (``[``, ``[::1``, ``host:port:x``...)."""
+    match = _HOST_HEADER.fullmatch(header)
+    return None if match is None else (match["ip6"] or match["name"]).lower()
+
+
 def _add_guards(app: FastAPI, allowed_hosts: set[str] | None) -> None:
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-        if allowed_hosts is not None and host not in allowed_hosts:
-            return _error(400, "Unexpected Host header: open the page at http://127.0.0.1:PORT/.")
-        response = await call_next(request)
+        if allowed_hosts is not None and _host_name(request.headers.get("host", "")) not in allowed_hosts:
+            response: Response = _error(
+                400, "Unexpected Host header: open the page at http://127.0.0.1:PORT/."
+            )
+        else:
+            response = await call_next(request)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
@@ -599,10 +711,31 @@ def serve(
             "mean to share it.\n"
         )
     config = uvicorn.Config(app, log_config=_log_config(), server_header=False, lifespan="on")
-    sys.stderr.write(f"Serving {state.index.path} at {url} (press Ctrl+C to stop)\n")
+    path = state.index.path
+    sys.stderr.write(f"Serving {path} at {url} (press Ctrl+C to stop)\n")
+    with _stopping_is_the_normal_end():
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            sock.close()
+    sys.stderr.write(f"Stopped serving {path}.\n")
+
+
+@contextlib.contextmanager
+def _stopping_is_the_normal_end() -> Iterator[None]:
+    """Ctrl+C and SIGTERM stop the server (uvicorn's handlers), then end ``serve`` normally.
+
+    uvicorn re-raises the signal it stopped on once it has shut down: with the default handlers
+    SIGINT would become a KeyboardInterrupt and SIGTERM would kill the process (exit -15) before
+    any clean-up. These handlers take that re-raised signal instead.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stops}
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on; stopping is the normal end
-        pass
+        yield
     finally:
-        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

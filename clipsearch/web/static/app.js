@@ -16,13 +16,17 @@ let hits = [];
 let shown = -1; // index in hits of the result open in the viewer
 let requestNo = 0; // answers to superseded requests are dropped
 let maxUpload = Infinity; // bytes, from /api/info
+let shownVersion = null; // index_version of the answer the results came from: their ids belong to it
 
 // -- searching ----------------------------------------------------------------------------------
 
 function filterParams() {
   const params = new URLSearchParams();
   for (const field of filters.elements) {
-    if (field.name && field.value.trim() !== "") params.set(field.name, field.value.trim());
+    if (!field.name) continue;
+    if (field.type === "checkbox") {
+      if (field.checked) params.set(field.name, "true");
+    } else if (field.value.trim() !== "") params.set(field.name, field.value.trim());
   }
   return params;
 }
@@ -41,7 +45,9 @@ async function run(next, { push = true } = {}) {
       params.set("q", next.q);
       response = await fetch(`/api/search?${params}`);
     } else if (next.kind === "similar") {
+      if (next.v) params.set("v", next.v);
       response = await fetch(`/api/similar/${next.id}?${params}`);
+      params.delete("v");
     } else {
       const body = new FormData();
       body.append("file", next.file, next.file.name || "image");
@@ -55,6 +61,7 @@ async function run(next, { push = true } = {}) {
   remember(next, params, push);
   if (!response.ok) return fail(data.error || `HTTP ${response.status}`);
   hits = data.results;
+  shownVersion = data.index_version;
   render();
   const seconds = ((performance.now() - started) / 1000).toFixed(2);
   statusLine.textContent = hits.length
@@ -78,7 +85,10 @@ function rerun() {
 function remember(next, params, push) {
   params.delete("q");
   if (next.kind === "text") params.set("q", next.q);
-  if (next.kind === "similar") params.set("similar", next.id);
+  if (next.kind === "similar") {
+    params.set("similar", next.id);
+    if (next.v) params.set("v", next.v);
+  }
   const hash = next.kind === "upload" ? "" : `#${params}`;
   if (location.hash === hash) return;
   if (push) history.pushState(null, "", hash || location.pathname);
@@ -89,16 +99,22 @@ function restore() {
   const params = new URLSearchParams(location.hash.slice(1));
   for (const field of filters.elements) {
     if (!field.name) continue;
+    if (field.type === "checkbox") {
+      field.checked = params.get(field.name) === "true";
+      continue;
+    }
     const fallback =
       field.tagName === "SELECT"
         ? ([...field.options].find((o) => o.defaultSelected) ?? field.options[0]).value
         : field.defaultValue;
     field.value = params.get(field.name) ?? fallback;
   }
-  if ([...params.keys()].some((k) => !["q", "similar", "k", "sort"].includes(k))) openFilters(true);
+  if ([...params.keys()].some((k) => !["q", "similar", "v", "k", "sort"].includes(k))) openFilters(true);
   query.value = params.get("q") ?? "";
   if (params.has("q")) run({ kind: "text", q: params.get("q") }, { push: false });
-  else if (params.has("similar")) run({ kind: "similar", id: params.get("similar") }, { push: false });
+  else if (params.has("similar")) {
+    run({ kind: "similar", id: params.get("similar"), v: params.get("v") }, { push: false });
+  }
   else {
     search = null;
     hits = [];
@@ -115,15 +131,40 @@ function baseName(path) {
   return path.slice(path.lastIndexOf("/") + 1);
 }
 
-function thumbImage(id, alt) {
+function thumbImage(hit) {
   const img = document.createElement("img");
   img.loading = "lazy";
   img.decoding = "async";
-  img.alt = alt;
-  img.src = `/api/thumb/${id}`;
-  img.srcset = `/api/thumb/${id} 1x, /api/thumb/${id}?size=512 2x`;
-  img.addEventListener("error", () => img.parentElement?.classList.add("broken"), { once: true });
+  img.alt = baseName(hit.path);
+  img.src = hit.thumb;
+  img.srcset = `${hit.thumb} 1x, ${hit.thumb}&size=512 2x`;
+  img.addEventListener(
+    "error",
+    () => {
+      img.parentElement?.classList.add("broken");
+      checkRebuilt();
+    },
+    { once: true },
+  );
   return img;
+}
+
+// A picture that fails to load may mean the index was rebuilt under the page (its ids now name other
+// pictures, and the server refuses them): then search again, once.
+let checkingRebuilt = null;
+function checkRebuilt() {
+  checkingRebuilt ??= (async () => {
+    const info = await fetch("/api/info")
+      .then((r) => (r.ok ? r.json() : null))
+      .catch(() => null);
+    if (info && shownVersion && info.index_version !== shownVersion) {
+      shownVersion = info.index_version;
+      if (search?.kind === "similar") search.v = search.v ?? "stale"; // its id is the old index's
+      closeViewer();
+      rerun();
+    }
+    checkingRebuilt = null;
+  })();
 }
 
 function render() {
@@ -136,7 +177,7 @@ function render() {
     open.type = "button";
     open.className = "thumb";
     open.title = hit.path;
-    open.append(thumbImage(hit.content_id, baseName(hit.path)));
+    open.append(thumbImage(hit));
     open.addEventListener("click", () => openViewer(i));
 
     const info = document.createElement("div");
@@ -150,6 +191,14 @@ function render() {
     name.textContent = baseName(hit.path);
     name.title = hit.path;
     info.append(score, name);
+    if (!hit.available) {
+      card.classList.add("unavailable");
+      open.title = `${hit.path}\nNot on disk now (an unplugged drive?)`;
+      const away = document.createElement("span");
+      away.className = "away";
+      away.textContent = "not on disk";
+      info.append(away);
+    }
 
     const more = document.createElement("button");
     more.type = "button";
@@ -166,7 +215,7 @@ function render() {
 function similarTo(hit) {
   closeViewer();
   query.value = "";
-  run({ kind: "similar", id: String(hit.content_id), hit });
+  run({ kind: "similar", id: String(hit.content_id), v: shownVersion, hit });
   window.scrollTo({ top: 0 });
 }
 
@@ -197,7 +246,7 @@ function showContext() {
     img.src = URL.createObjectURL(search.file);
     $("context-text").textContent = `Similar to the uploaded image ${search.file.name || ""}`;
   } else {
-    img.src = `/api/thumb/${search.id}`;
+    img.src = search.hit ? search.hit.thumb : `/api/thumb/${search.id}${search.v ? `?v=${search.v}` : ""}`;
     const path = search.hit ? search.hit.path : `#${search.id}`;
     $("context-text").textContent = `More like ${path}`;
   }
@@ -226,6 +275,7 @@ function openViewer(i) {
     ["Rank", `${hit.rank} of ${hits.length}`],
     ["Size", `${hit.width} × ${hit.height} px · ${formatBytes(hit.size)}`],
     ["Date", hit.date.slice(0, 10)],
+    ["On disk", hit.available ? "yes" : "no (an unplugged drive, or deleted since indexed)"],
     ["Id", String(hit.content_id)],
   ];
   $("viewer-meta").replaceChildren(
@@ -288,6 +338,7 @@ $("context-clear").addEventListener("click", () => {
 });
 
 $("viewer-close").addEventListener("click", closeViewer);
+$("viewer-img").addEventListener("error", checkRebuilt);
 $("viewer-prev").addEventListener("click", () => step(-1));
 $("viewer-next").addEventListener("click", () => step(1));
 $("viewer-similar").addEventListener("click", () => similarTo(hits[shown]));

@@ -332,11 +332,7 @@ def index(
     if missing:  # before any model is loaded or folder created
         raise typer.BadParameter(f"No such file or folder: {', '.join(missing)}", param_hint="ROOTS")
     run_precision = parse_precision(precision)
-    spec = _spec_for_index(path, model, pretrained, rebuild)
-    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
-    if not quiet and (rebuild or not exists(path)):
-        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
-    options = SyncOptions(
+    options = SyncOptions(  # checks the --exclude patterns
         include_hidden=include_hidden,
         exclude=tuple(exclude or ()),
         batch_size=batch_size,
@@ -344,6 +340,10 @@ def index(
         passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
         **({"workers": workers} if workers else {}),
     )
+    spec = _spec_for_index(path, model, pretrained, rebuild)
+    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
+    if not quiet and (rebuild or not exists(path)):
+        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
     if not quiet:
         err(f"Writing index {path}")
     with Index.open_for_write(
@@ -352,6 +352,8 @@ def index(
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
+    for warning in report.warnings:
+        err(f"Warning: {warning}")
     if report.text_export == "unavailable":
         err(f"Note: searches of this index will load the full model ({report.text_export_reason}).")
     if as_json:

@@ -166,3 +166,22 @@ def test_console_script_runs(command: str) -> None:
     args = [str(exe)] if exe.exists() else [sys.executable, "-m", "clipsearch"]
     result = subprocess.run([*args, command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--index" in result.stdout
+
+
+def test_a_bad_exclude_pattern_is_a_usage_error_before_any_work(tmp_path, photos, tiny_model) -> None:
+    idx = tmp_path / "idx"
+    result = cli(
+        "index", photos["coffee"].parent, "--index", idx, "--model", tiny_model, "--exclude", "[z-a]"
+    )
+    assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert "--exclude '[z-a]': not a valid gitignore pattern" in result.stderr
+    assert "Loading model" not in result.stderr and not idx.exists()
+
+
+def test_a_bad_line_in_an_ignore_file_is_a_warning_with_its_place(tmp_path, photos, tiny_model) -> None:
+    folder = photos["coffee"].parent
+    (folder / ".clipsearchignore").write_text("*.png\n!\n")
+    result = cli("index", folder, "--index", tmp_path / "idx", "--model", tiny_model, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["added"] == 3  # the JPEGs: the good line applies
+    assert f"Warning: {folder / '.clipsearchignore'}, line 2: " in result.stderr

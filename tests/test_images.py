@@ -70,3 +70,31 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as info:
         open_image(tmp_path / "gone.jpg")
     assert info.value.reason == "missing"
+
+
+def test_jpeg_beyond_pillows_own_limit_is_decoded_at_draft_size(tmp_path: Path) -> None:
+    """Pillow refuses 179 MP in Image.open; our limit counts a JPEG at its draft size, and only ours."""
+    from clipsearch.encoders.images import read_header
+
+    Image.new("RGB", (14000, 13000), (40, 90, 160)).save(tmp_path / "huge.jpg", quality=80)  # 182 MP
+    with pytest.raises(Image.DecompressionBombError):  # the limit we must not run into
+        Image.open(tmp_path / "huge.jpg")
+    img = open_image(tmp_path / "huge.jpg", min_side=448)
+    assert img.size == (1750, 1625)  # 1/8 scale, straight from the DCT coefficients
+    assert img.getpixel((800, 800)) == pytest.approx((40, 90, 160), abs=3)
+    assert read_header((tmp_path / "huge.jpg").read_bytes())[:2] == (14000, 13000)
+    with pytest.raises(ImageError) as info:  # without draft: 182 MP, over our limit
+        open_image(tmp_path / "huge.jpg")
+    assert info.value.reason == "too-large" and "50,000,000" in info.value.detail
+    with pytest.raises(ImageError) as info:  # a limit below the draft size still applies
+        open_image(tmp_path / "huge.jpg", min_side=448, max_pixels=2_000_000)
+    assert info.value.reason == "too-large"
+
+
+def test_pixel_limit_above_pillows_is_ours_to_set(tmp_path: Path) -> None:
+    """A PNG over Pillow's 89.5-MP warning level decodes when the caller's limit allows it."""
+    Image.new("L", (10000, 9000)).save(tmp_path / "wide.png")  # 90 MP of one grey, ~90 KB
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "wide.png")
+    assert info.value.reason == "too-large"
+    assert open_image(tmp_path / "wide.png", max_pixels=100_000_000).size == (10000, 9000)

@@ -553,3 +553,26 @@ def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos,
         assert client.get(f"/api/thumb/{coins_id}").status_code == 200
         for gone in (f"/api/thumb/{rocket_id}", f"/api/image/{rocket_id}", f"/api/similar/{rocket_id}"):
             _error(client.get(gone), 404)
+
+
+def test_a_jpeg_over_pillows_pixel_limit_is_served_thumbnailed_and_searchable(
+    tmp_path: Path, tiny_encoder
+) -> None:
+    """182 MP: over the limit at which Pillow's Image.open refuses, which must not decide for us."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (14000, 13000), (40, 90, 160)).save(root / "huge.jpg", quality=80)
+    Image.new("RGB", (50, 50), (200, 0, 0)).save(root / "small.png")
+    with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
+        assert idx.sync([str(root)]).added == 2
+        huge = idx.catalog.file(str(root / "huge.jpg")).content_id
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        full = client.get(f"/api/image/{huge}")
+        assert full.status_code == 200 and full.headers["content-type"] == "image/jpeg"
+        assert full.content == (root / "huge.jpg").read_bytes()  # the file itself: browsers show JPEGs
+        thumb = client.get(f"/api/thumb/{huge}")
+        assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (256, 238)
+        data = (root / "huge.jpg").read_bytes()
+        found = client.post("/api/search/image", files={"file": ("h.jpg", data, "image/jpeg")})
+        assert found.status_code == 200, found.text
+        assert found.json()["results"][0]["content_id"] == huge

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clipsearch.api import Index
 from clipsearch.encoders.cache import ModelCache
 from clipsearch.encoders.facts import draft_side
-from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, image_format, open_image
 from clipsearch.errors import BadValueError, ClipsearchError, ImageError, UsageError
 from clipsearch.files import write_atomic
 from clipsearch.query.filters import Filters, parse_filters
@@ -373,13 +373,7 @@ def _jpeg(img: Any, *, quality: int) -> bytes:
 
 def _web_type(path: str) -> str | None:
     """The media type of a file browsers display as is, from its content (not its name)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return _WEB_TYPES.get(img.format or "")
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
+    return _WEB_TYPES.get(image_format(path) or "")
 
 
 def _write_atomic(target: Path, data: bytes) -> bool:

@@ -165,25 +165,48 @@ def read_image_file(path: str | Path, *, max_bytes: int = MAX_FILE_BYTES) -> byt
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Flatten any mode to RGB; transparency is composited over white."""
+    """Flatten any mode to RGB; transparency is composited over white.
+
+    Memory stays near the source plus its RGB result whatever the mode (no float copies, no
+    copy of an RGBA source): at most about 10 bytes a pixel.
+    """
     if img.mode == "RGB":
         return img
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
+        background.paste(rgba, mask=rgba)  # an RGBA mask: its alpha band, without a copy of it
         return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max() if arr.size else 0
-        scaled = (arr * (255.0 / peak) if peak > 255 else arr).clip(0, 255).astype("uint8")
-        return Image.fromarray(scaled, "L").convert("RGB")
+    if img.mode in _DEEP_GREY:
+        return _deep_grey_to_8_bits(img).convert("RGB")
     return img.convert("RGB")
+
+
+#: 16- and 32-bit integer greyscale modes, scaled (not clipped) to 8 bits.
+_DEEP_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: Pixels of a deep greyscale image converted at once (as float64: 8 MB).
+_BAND_PIXELS = 1 << 20
+
+
+def _deep_grey_to_8_bits(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale to 8 bits ("L"): scaled by the brightest pixel when it is over 255, so
+    bright images do not clip to white. A band of rows at a time, so memory is the 8-bit result
+    plus one band, never a float copy of the whole image."""
+    import numpy as np
+
+    width, height = img.size
+    step = max(1, _BAND_PIXELS // max(1, width))
+    bands = [(0, top, width, min(height, top + step)) for top in range(0, height, step)]
+    peak = max((int(np.asarray(img.crop(box)).max()) for box in bands if box[3] > box[1]), default=0)
+    out = np.empty((height, width), dtype=np.uint8)
+    for box in bands:
+        band = np.asarray(img.crop(box), dtype=np.float64)
+        if peak > 255:
+            band *= 255.0 / peak
+        out[box[1] : box[3]] = band.clip(0, 255)  # truncated to uint8, as astype would
+    return Image.fromarray(out)
 
 
 class Header(NamedTuple):

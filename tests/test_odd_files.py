@@ -293,3 +293,21 @@ def test_search_by_a_fifo_or_device_is_a_usage_error(tmp_path, tiny_encoder) -> 
         result = run_bounded("-m", "clipsearch", *command, seconds=90, memory=8 << 30)  # torch: 4 GB
         assert result.returncode == 2, result.stderr
         assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_file_that_runs_out_of_memory_is_skipped_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "fine.png"
+    scene().save(path)
+    st = path.stat()
+
+    def greedy(image: Image.Image) -> np.ndarray:  # a preprocess step asking for 2**62 bytes
+        return np.zeros((1 << 31, 1 << 31), dtype=np.uint8)
+
+    prep = prepare(
+        FileRecord(str(path), st.st_size, st.st_mtime_ns),
+        is_known=lambda _: False,
+        preprocess=greedy,
+        min_side=64,
+        max_pixels=10**8,
+    )
+    assert prep.error is not None and prep.error.reason == "too-large" and prep.digest

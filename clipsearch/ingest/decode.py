@@ -74,10 +74,13 @@ def prepare(
         return Prepared(record, digest, None, 0, 0, None, None)
     try:
         image = open_image(data, max_pixels=max_pixels, min_side=min_side)
+        pixels = np.asarray(preprocess(image))
     except ImageError as exc:
         return Prepared(record, digest, None, 0, 0, None, exc)
+    except MemoryError:  # one file the machine cannot hold is skipped, not the end of the run
+        error = ImageError("too-large", "not enough memory to decode and resize it")
+        return Prepared(record, digest, None, 0, 0, None, error)
     header = read_header(data)  # the size as stored, not as decoded (JPEG draft shrinks it)
-    pixels = np.asarray(preprocess(image))
     width, height = (header.width, header.height) if header.width else image.size
     return Prepared(record, digest, pixels, width, height, header.taken, None)
 

@@ -528,6 +528,8 @@ def search(
     from clipsearch.query.grammar import build_terms, describe
     from clipsearch.query.rank import SearchOptions, finish
 
+    if html is not None:
+        _check_gallery_target(html)  # before the model loads and the search runs
     terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
     options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
     filters = parse_filters(
@@ -566,6 +568,17 @@ def search(
         )
 
 
+def _check_gallery_target(target: Path) -> None:
+    """The gallery's file must be a file name in an existing folder."""
+    if target.is_dir():
+        raise BadValueError(
+            "html", str(target), f"is a folder; give a file name, e.g. {target / 'results.html'}"
+        )
+    folder = target.absolute().parent
+    if not folder.is_dir():
+        raise BadValueError("html", str(target), f"the folder {folder} does not exist; create it first")
+
+
 @app.command()
 @handle_errors
 def info(
@@ -592,13 +605,14 @@ def info(
         typer.echo(json.dumps(data))
         return
     model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
-    typer.echo(
+    text = (
         f"Index:    {data['index']}\n"
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['vectors']} distinct vectors, {data['skipped']} skipped\n"
         f"Roots:    {', '.join(data['roots']) or '-'}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
+    typer.echo(os.fsencode(text))  # paths as the file system spells them, even when not UTF-8
 
 
 @app.command()

@@ -77,6 +77,27 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+#: Below this much free space, messages about a failed write mention it (SQLite often says only
+#: "disk I/O error" when a disk fills up).
+LOW_SPACE_BYTES = 64 * 1024 * 1024
+
+
+def free_space_note(folder: Path) -> str:
+    """ " The disk holding it has only 96 KB free: free some space, then run the command again." when
+    the disk holding ``folder`` (or its nearest existing parent) is nearly full, else ""."""
+    for candidate in (folder, *folder.parents):
+        try:
+            st = os.statvfs(candidate)
+        except OSError:
+            continue
+        free = st.f_bavail * st.f_frsize
+        if free >= LOW_SPACE_BYTES:
+            return ""
+        amount = f"{free // 1024:,} KB" if free < 1024 * 1024 else f"{free / 2**20:.0f} MB"
+        return f" The disk holding it has only {amount} free: free some space, then run the command again."
+    return ""
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's or a directory's entries to disk (a directory fsync makes a rename durable)."""
     fd = os.open(path, os.O_RDONLY)

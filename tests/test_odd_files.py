@@ -234,9 +234,11 @@ except ImageError as exc:
 prep = prepare(FileRecord({str(path)!r}, 0, 0), is_known=lambda _: False, preprocess=lambda im: im,
                min_side=64, max_pixels=10**8)
 print(prep.error.reason)
+from clipsearch.encoders.images import image_format
+print(image_format({str(path)!r}))
 """
     result = run_bounded("-c", code)
-    assert result.stdout.split() == ["not-a-file", "not-a-file"], result.stderr
+    assert result.stdout.split() == ["not-a-file", "not-a-file", "None"], result.stderr
 
 
 def test_image_file_size_is_capped(tmp_path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import IO, NamedTuple
@@ -128,7 +130,10 @@ def image_format(path: str | Path) -> str | None:
     """Pillow's name of the format of the image file at ``path`` ("JPEG", "PNG"...), from its header;
     None if it is not an image Pillow knows. Reads the header only, whatever the pixel count."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             return _open(fh).format
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
         return None

@@ -361,11 +361,7 @@ def index(
             "must be mounted first); with no folder, every folder indexed before is re-synced."
         )
     run_precision = parse_precision(precision)
-    spec = _spec_for_index(path, model, pretrained, rebuild)
-    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
-    if not quiet and (rebuild or not exists(path)):
-        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
-    options = SyncOptions(
+    options = SyncOptions(  # checks the --exclude patterns
         include_hidden=include_hidden,
         exclude=tuple(exclude or ()),
         batch_size=batch_size,
@@ -373,6 +369,10 @@ def index(
         passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
         **({"workers": workers} if workers else {}),
     )
+    spec = _spec_for_index(path, model, pretrained, rebuild)
+    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
+    if not quiet and (rebuild or not exists(path)):
+        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
     if not quiet:
         err(f"Writing index {path}")
     with Index.open_for_write(
@@ -381,6 +381,8 @@ def index(
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
+    for warning in report.warnings:
+        err(f"Warning: {warning}")
     if report.text_export == "unavailable":
         err(f"Note: searches of this index will load the full model ({report.text_export_reason}).")
     if as_json:
@@ -562,6 +564,8 @@ def search(
     from clipsearch.query.grammar import build_terms, describe
     from clipsearch.query.rank import SearchOptions, finish
 
+    if html is not None:
+        _check_gallery_target(html)  # before the model loads and the search runs
     terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
     options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
     filters = parse_filters(
@@ -604,6 +608,17 @@ def search(
         )
 
 
+def _check_gallery_target(target: Path) -> None:
+    """The gallery's file must be a file name in an existing folder."""
+    if target.is_dir():
+        raise BadValueError(
+            "html", str(target), f"is a folder; give a file name, e.g. {target / 'results.html'}"
+        )
+    folder = target.absolute().parent
+    if not folder.is_dir():
+        raise BadValueError("html", str(target), f"the folder {folder} does not exist; create it first")
+
+
 @app.command()
 @handle_errors
 def info(
@@ -631,13 +646,14 @@ def info(
         typer.echo(json.dumps(data | json_fields(data["index"], "index") | json_list(data["roots"], "roots")))
         return
     model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
-    typer.echo(
+    text = (
         f"Index:    {data['index']}\n"
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['vectors']} distinct vectors, {data['skipped']} skipped\n"
         f"Roots:    {', '.join(data['roots']) or '-'}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
+    typer.echo(os.fsencode(text))  # paths as the file system spells them, even when not UTF-8
 
 
 @app.command()

@@ -132,6 +132,15 @@ class FolderNotIndexedError(UsageError):
         self.missing = missing
 
 
+class OutputFileError(ClipsearchError):
+    """A file the caller asked to be written (an HTML gallery...) could not be written."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"Cannot write {path}: {problem}. Nothing was written there.")
+        self.path = path
+        self.problem = problem
+
+
 class ImageError(ClipsearchError):
     """One image could not be used; `reason` is a short machine-readable code."""
 

@@ -317,3 +317,115 @@ def test_console_script_runs(command: str) -> None:
     args = [str(exe)] if exe.exists() else [sys.executable, "-m", "clipsearch"]
     result = subprocess.run([*args, command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--index" in result.stdout
+
+
+def test_a_bad_exclude_pattern_is_a_usage_error_before_any_work(tmp_path, photos, tiny_model) -> None:
+    idx = tmp_path / "idx"
+    result = cli(
+        "index", photos["coffee"].parent, "--index", idx, "--model", tiny_model, "--exclude", "[z-a]"
+    )
+    assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert "--exclude '[z-a]': not a valid gitignore pattern" in result.stderr
+    assert "Loading model" not in result.stderr and not idx.exists()
+
+
+def test_a_bad_line_in_an_ignore_file_is_a_warning_with_its_place(tmp_path, photos, tiny_model) -> None:
+    folder = photos["coffee"].parent
+    (folder / ".clipsearchignore").write_text("*.png\n!\n")
+    result = cli("index", folder, "--index", tmp_path / "idx", "--model", tiny_model, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["added"] == 3  # the JPEGs: the good line applies
+    assert f"Warning: {folder / '.clipsearchignore'}, line 2: " in result.stderr
+
+
+@pytest.fixture
+def mounts():  # type: ignore[no-untyped-def]
+    """Mount points made by a test (tmpfs or read-only binds), unmounted after it; skip without the right."""
+    made: list[Path] = []
+
+    def mount(*args: str | Path) -> None:
+        target = Path(args[-1])
+        done = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+        made.append(target)
+
+    yield mount
+    for target in reversed(made):
+        subprocess.run(["umount", "--lazy", str(target)], capture_output=True)
+
+
+def no_traceback(result) -> bool:  # type: ignore[no-untyped-def]
+    return result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_index_on_a_read_only_index_folder_is_a_message(tmp_path, photos, tiny_model, mounts) -> None:
+    idx = tmp_path / "idx"
+    assert cli("index", photos["coffee"].parent, "--index", idx, "--model", tiny_model).exit_code == 0
+    mounts("--bind", idx, idx)
+    mounts("-o", "remount,bind,ro", idx)
+    for args in (("index", photos["coffee"].parent), ("index",)):
+        result = cli(*args, "--index", idx)
+        assert result.exit_code == 1 and no_traceback(result), result.exception
+        assert f"Cannot write to the index folder {idx}: Read-only file system." in result.stderr
+    assert cli("search", "coins", "--index", idx).exit_code == 0  # reading it still works
+
+
+def test_index_creation_on_a_nearly_full_disk_is_a_message(tmp_path, photos, tiny_model, mounts) -> None:
+    """At every fill level the run ends with a message (or succeeds), never a traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for free_kb in range(20, 260, 20):
+        mounts("-t", "tmpfs", "-o", "size=3m", "tmpfs", disk)
+        (disk / "filler").write_bytes(bytes((3 * 1024 - free_kb) * 1024))
+        result = cli("index", photos["coffee"].parent, "--index", disk / "idx", "--model", tiny_model, "-q")
+        assert no_traceback(result), (free_kb, result.exception)
+        assert result.exit_code in (0, 1), (free_kb, result.stderr)
+        if result.exit_code:
+            assert f"{disk / 'idx'}" in result.stderr and "free" in result.stderr, result.stderr
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode:  # busy: a file left open
+            subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)
+            pytest.fail(f"a run with {free_kb} KB free left a file of the index open")
+
+
+def test_info_prints_a_root_that_is_not_utf8_under_a_strict_utf8_stdout(tmp_path, tiny_encoder) -> None:
+    from clipsearch.api import Index
+
+    root = os.fsdecode(os.fsencode(str(tmp_path)) + b"/photos-\xff")
+    os.mkdir(root)
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        idx.sync([root])
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "info", "--index", str(tmp_path / "idx")],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"Roots:    " + os.fsencode(root) + b"\n" in done.stdout  # the name's own bytes
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_html_to_a_path_that_cannot_be_written_is_a_usage_error(tmp_path, photos, tiny_model, where) -> None:
+    idx = tmp_path / "idx"
+    assert cli("index", photos["coffee"].parent, "--index", idx, "--model", tiny_model).exit_code == 0
+    target = tmp_path / "nowhere" / "page.html" if where == "missing-folder" else tmp_path / "out"
+    (tmp_path / "out").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    result = cli("search", "coins", "--index", idx, "--html", target)
+    assert result.exit_code == 2 and no_traceback(result), result.exception
+    assert "--html" in result.stderr and str(target) in result.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no page, no stray .tmp
+
+
+def test_a_gallery_that_cannot_be_written_leaves_nothing_behind(tmp_path) -> None:
+    from clipsearch.errors import OutputFileError
+    from clipsearch.web.gallery import write_gallery
+
+    (tmp_path / "out").mkdir()
+    for target in (tmp_path / "nowhere" / "page.html", tmp_path / "out"):
+        with pytest.raises(OutputFileError) as info:
+            write_gallery(target, "a query", [])
+        assert info.value.exit_code == 1 and str(target) in str(info.value)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]

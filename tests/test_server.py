@@ -727,3 +727,92 @@ def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos,
         assert client.get(f"/api/thumb/{coins_id}").status_code == 200
         for gone in (f"/api/thumb/{rocket_id}", f"/api/image/{rocket_id}", f"/api/similar/{rocket_id}"):
             _error(client.get(gone), 404)
+
+
+def test_a_jpeg_over_pillows_pixel_limit_is_served_thumbnailed_and_searchable(
+    tmp_path: Path, tiny_encoder
+) -> None:
+    """182 MP: over the limit at which Pillow's Image.open refuses, which must not decide for us."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.new("RGB", (14000, 13000), (40, 90, 160)).save(root / "huge.jpg", quality=80)
+    Image.new("RGB", (50, 50), (200, 0, 0)).save(root / "small.png")
+    with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
+        assert idx.sync([str(root)]).added == 2
+        huge = idx.catalog.file(str(root / "huge.jpg")).content_id
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        full = client.get(f"/api/image/{huge}")
+        assert full.status_code == 200 and full.headers["content-type"] == "image/jpeg"
+        assert full.content == (root / "huge.jpg").read_bytes()  # the file itself: browsers show JPEGs
+        thumb = client.get(f"/api/thumb/{huge}")
+        assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).size == (256, 238)
+        data = (root / "huge.jpg").read_bytes()
+        found = client.post("/api/search/image", files={"file": ("h.jpg", data, "image/jpeg")})
+        assert found.status_code == 200, found.text
+        assert found.json()["results"][0]["content_id"] == huge
+
+
+UPLOADS_SCRIPT = """
+import sys, threading
+from pathlib import Path
+from fastapi.testclient import TestClient
+from clipsearch.web.server import create_app
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+index, upload = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes()
+small = (Path(sys.argv[1]).parent / "photos" / "small.png").read_bytes()
+with TestClient(create_app(index), base_url="http://127.0.0.1") as client:
+    assert client.post("/api/search/image", files={"file": ("s.png", small)}).status_code == 200  # model in
+    before, codes = peak(), []
+    files = {"file": ("g.png", upload)}
+    post = lambda: codes.append(client.post("/api/search/image", files=files).status_code)
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(*codes, peak() - before)
+"""
+
+
+def test_concurrent_uploads_are_decoded_within_the_indexing_memory_bound(
+    tmp_path: Path, tiny_encoder
+) -> None:
+    """Three 16-MP 16-bit greyscale PNGs (300 KB each) uploaded at once: each decode within 12 bytes
+    a pixel, as indexing's (see test_images). Before: 1.14 GB, a float64 copy each (26 bytes a pixel)."""
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (50, 50), (200, 0, 0)).save(tmp_path / "photos" / "small.png")
+    with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
+        idx.sync([str(tmp_path / "photos")])
+    ramp = np.arange(4000, dtype=np.uint32)[None, :] * 9 + np.arange(4000, dtype=np.uint32)[:, None] * 3
+    Image.fromarray((ramp % 65536).astype(np.uint16)).save(tmp_path / "grey16.png")  # 16 MP, ~300 KB
+    script = [sys.executable, "-c", UPLOADS_SCRIPT, str(tmp_path / "index"), str(tmp_path / "grey16.png")]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    *codes, grown = out.stdout.split()
+    assert codes == ["200"] * 3
+    assert int(grown) <= 3 * 12 * 4000 * 4000  # measured: 269 MB with 2 decoding slots
+
+
+def test_decoding_waits_for_a_free_slot(served: Served) -> None:
+    """However many uploads arrive, at most ``decode_slots`` images are decoded (and held) at once."""
+    app = create_app(served.index_dir, decode_slots=1)
+    data = _png(Image.open(served.photos["chelsea"]))
+    codes: list[int] = []
+    with TestClient(app, base_url=LOCAL) as client:
+        slots = app.state.clipsearch.decode_slots
+        slots.acquire()  # the one slot is busy
+        upload = threading.Thread(
+            target=lambda: codes.append(
+                client.post("/api/search/image", files={"file": ("c.png", data)}).status_code
+            )
+        )
+        upload.start()
+        upload.join(timeout=1.5)
+        waited = upload.is_alive()
+        slots.release()
+        upload.join(timeout=30)
+    assert waited and codes == [200]

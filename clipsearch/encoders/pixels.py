@@ -22,7 +22,8 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 @dataclass(frozen=True)
 class PixelTransform:
     """Picklable image -> ``(3, H, W)`` float32 array: open_clip's eval transform, to within one
-    8-bit step in about 1 value in 10,000 (see ``_resize_shortest_and_crop``)."""
+    8-bit step in about 1 value in 10,000 (see ``_resize_shortest_and_crop``), in memory bounded
+    by the input size whatever the image's aspect ratio."""
 
     height: int
     width: int
@@ -55,11 +56,16 @@ class PixelTransform:
     def _resize_shortest_and_crop(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
         """Resize the shorter side to the input size, then take the centre (torchvision's rounding).
 
-        When shrinking, only the pixels the crop keeps are computed: the crop's box of the source is
+        Only the pixels the crop keeps are computed: the crop's box, in source coordinates, is
         resized at the whole image's scale (the filter still reads source pixels outside the box).
-        That is 20-45% less time for a 4:3 photo, and the same pixels as resizing everything and
-        cropping after but for float rounding in Pillow's filter weights: about 1 value in 10,000
-        differs, by one 8-bit level. Enlarging keeps the plain order (there the box changes more).
+        Memory is therefore bounded by the model's input size whatever the aspect ratio (a 1x300000
+        image enlarged whole would be 224 x 67 million pixels), and shrinking a 4:3 photo takes
+        20-45% less time. The pixels are those of resizing everything and cropping after but for
+        float rounding in Pillow's filter weights: about 1 value in 10,000 differs, by one 8-bit
+        level. Enlarging both ways, Pillow may run its two passes (each rounded to 8 bits) in the
+        other order for the box than for the whole image, and values differ by a few levels: there
+        the whole image is enlarged and cropped, as open_clip does, while that stays under
+        ``ENLARGE_WHOLE_FACTOR`` times the input size (up to an aspect ratio of 64:1).
         """
         width, height = image.size
         target = self.height
@@ -72,11 +78,24 @@ class PixelTransform:
         crop = (left, top, left + self.width, top + self.height)  # in the resized image
         if size == image.size:
             return image.crop(crop)
-        if min(width, height) < target:
+        if (
+            min(width, height) < target
+            and size[0] * size[1] <= ENLARGE_WHOLE_FACTOR * self.width * self.height
+        ):
             return image.resize(size, resample).crop(crop)
         sx, sy = width / size[0], height / size[1]
-        box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)  # the same, in the source
+        box = (  # the same, in the source (clamped: float rounding must not step outside it)
+            max(0.0, crop[0] * sx),
+            max(0.0, crop[1] * sy),
+            min(float(width), crop[2] * sx),
+            min(float(height), crop[3] * sy),
+        )
         return image.resize((self.width, self.height), resample, box=box)
+
+
+#: An image enlarged for the crop is enlarged whole (open_clip's exact pixels) while the result holds
+#: at most this many times the model's input pixels; beyond, only the crop's box is computed.
+ENLARGE_WHOLE_FACTOR = 64
 
 
 def pixel_transform_for(preprocess_cfg: dict[str, Any]) -> PixelTransform | None:

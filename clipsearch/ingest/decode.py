@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.encoders.images import open_image, read_header
+from clipsearch.encoders.images import max_file_bytes, open_image, read_header, read_image_file
 from clipsearch.errors import ImageError
 from clipsearch.ingest.scan import FileRecord
 from clipsearch.store.catalog import Catalog, FileState
@@ -65,24 +65,22 @@ def prepare(
     max_pixels: int,
 ) -> Prepared:
     """Read, hash and (unless the content is already indexed) decode and preprocess one file."""
-    try:
-        with open(record.path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return Prepared(
-            record, None, None, 0, 0, None, ImageError("missing", "vanished before it could be read")
-        )
-    except OSError as exc:
-        return Prepared(record, None, None, 0, 0, None, ImageError("unreadable", exc.strerror or str(exc)))
+    try:  # a regular file of bounded size only: never a FIFO or device named like an image
+        data = read_image_file(record.path, max_bytes=max_file_bytes(max_pixels))
+    except ImageError as exc:
+        return Prepared(record, None, None, 0, 0, None, exc)
     digest = file_digest(data)
     if is_known(digest):
         return Prepared(record, digest, None, 0, 0, None, None)
     try:
         image = open_image(data, max_pixels=max_pixels, min_side=min_side)
+        pixels = np.asarray(preprocess(image))
     except ImageError as exc:
         return Prepared(record, digest, None, 0, 0, None, exc)
+    except MemoryError:  # one file the machine cannot hold is skipped, not the end of the run
+        error = ImageError("too-large", "not enough memory to decode and resize it")
+        return Prepared(record, digest, None, 0, 0, None, error)
     header = read_header(data)  # the size as stored, not as decoded (JPEG draft shrinks it)
-    pixels = np.asarray(preprocess(image))
     width, height = (header.width, header.height) if header.width else image.size
     return Prepared(record, digest, pixels, width, height, header.taken, None)
 

@@ -2,20 +2,28 @@
 
 Ignore rules use gitignore syntax: ``.clipsearchignore`` files (in any folder, patterns relative to
 that folder, like ``.gitignore``) plus ``exclude`` patterns given for the whole scan (relative to
-each root).
+each root). A bad ``exclude`` pattern is an error before the walk; a bad line in an ignore file,
+or an ignore file that is not a regular file of reasonable size, is a warning and is left out.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clipsearch.encoders.images import IMAGE_EXTENSIONS
+from clipsearch.errors import BadValueError
+from clipsearch.files import FileTooLargeError, NotRegularFileError, read_regular_file
 
 IGNORE_FILE = ".clipsearchignore"
+#: An ignore file larger than this is not read (a real one holds a few lines).
+IGNORE_FILE_MAX_BYTES = 4 * 1024 * 1024
+
+Warn = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -32,10 +40,65 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _spec(lines: Iterable[str]) -> Any:
+def _compile(lines: Iterable[str]) -> Any:
     import pathspec
 
     return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is not a usable gitignore pattern, or None if it is."""
+    try:
+        _compile([pattern])
+    except re.error as exc:  # e.g. a character range backwards: [z-a]
+        return f"not a valid gitignore pattern ({exc.msg})"
+    except ValueError:  # pathspec's GitIgnorePatternError, e.g. a lone "!"
+        return "not a valid gitignore pattern"
+    return None
+
+
+def exclude_spec(patterns: Sequence[str]) -> Any:
+    """The compiled ``exclude`` patterns of a scan.
+
+    Raises:
+        BadValueError: ("exclude", pattern) for the first pattern that is not valid gitignore syntax.
+    """
+    for pattern in patterns:
+        problem = pattern_problem(pattern)
+        if problem:
+            raise BadValueError("exclude", pattern, problem)
+    return _compile(patterns)
+
+
+def _ignore_file_spec(path: str, warn: Warn) -> Any | None:
+    """The rules of one ignore file, bad lines left out with a warning; None if there is none."""
+    try:
+        text = read_regular_file(path, IGNORE_FILE_MAX_BYTES).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        warn(f"{path} was not read: {_after_path(exc, path)}; its rules do not apply.")
+        return None
+    except OSError as exc:
+        warn(f"{path} cannot be read ({exc.strerror or exc}); its rules do not apply.")
+        return None
+    good = []
+    for number, line in enumerate(text.splitlines(), 1):
+        problem = pattern_problem(line)
+        if problem:
+            warn(f"{path}, line {number}: {line!r} is {problem}; that line is skipped.")
+        else:
+            good.append(line)
+    return _compile(good)
+
+
+def _after_path(exc: OSError, path: str) -> str:
+    """An error's message without the path it starts with."""
+    return str(exc).removeprefix(path).strip()
+
+
+def _ignore_nothing(message: str) -> None:
+    """The default ``warn``: the scan goes on without telling anyone."""
 
 
 @dataclass(frozen=True)
@@ -51,25 +114,34 @@ class _Rules:
                 return True
         return False
 
-    def entering(self, directory: str) -> _Rules:
-        try:
-            with open(os.path.join(directory, IGNORE_FILE), encoding="utf-8", errors="replace") as fh:
-                lines = fh.read().splitlines()
-        except OSError:
-            return self
-        return _Rules((*self.specs, (directory, _spec(lines))))
+    def entering(self, directory: str, warn: Warn) -> _Rules:
+        spec = _ignore_file_spec(os.path.join(directory, IGNORE_FILE), warn)
+        return self if spec is None else _Rules((*self.specs, (directory, spec)))
 
 
 def scan(
-    roots: Iterable[str], *, include_hidden: bool = False, exclude: Sequence[str] = ()
+    roots: Iterable[str],
+    *,
+    include_hidden: bool = False,
+    exclude: Sequence[str] = (),
+    warn: Warn = _ignore_nothing,
 ) -> Iterator[FileRecord]:
     """Yield every image file under ``roots`` (absolute paths), each real directory visited once.
 
     Symlinked directories are followed, but a directory already visited (same device and inode)
     is never entered twice, so symlink loops terminate. Broken symlinks and entries that vanish
     while walking are ignored. Hidden entries (dot-names) are skipped unless ``include_hidden``.
-    ``exclude`` holds gitignore-style patterns relative to each root.
+    ``exclude`` holds gitignore-style patterns relative to each root. A FIFO, device or socket
+    with an image's name is yielded too (never opened here), so the decoder skips it with a reason.
+    ``warn`` receives a line for each ignore file, or line of one, left out.
+
+    Raises:
+        BadValueError: an ``exclude`` pattern is not valid gitignore syntax (before any file is seen).
     """
+    return _scan(roots, include_hidden, exclude_spec(exclude) if exclude else None, warn)
+
+
+def _scan(roots: Iterable[str], include_hidden: bool, excluded: Any, warn: Warn) -> Iterator[FileRecord]:
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
         root = os.path.abspath(root)
@@ -77,16 +149,16 @@ def scan(
             st = os.stat(root)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):
             if is_image_name(root):
                 yield FileRecord(root, st.st_size, st.st_mtime_ns)
             continue
-        rules = _Rules(((root, _spec(exclude)),)) if exclude else _Rules()
-        yield from _walk(root, rules, seen_dirs, include_hidden)
+        rules = _Rules(((root, excluded),)) if excluded is not None else _Rules()
+        yield from _walk(root, rules, seen_dirs, include_hidden, warn)
 
 
 def _walk(
-    top: str, top_rules: _Rules, seen_dirs: set[tuple[int, int]], include_hidden: bool
+    top: str, top_rules: _Rules, seen_dirs: set[tuple[int, int]], include_hidden: bool, warn: Warn
 ) -> Iterator[FileRecord]:
     stack = [(top, top_rules)]
     while stack:
@@ -99,7 +171,7 @@ def _walk(
         if key in seen_dirs:
             continue
         seen_dirs.add(key)
-        rules = rules.entering(directory)
+        rules = rules.entering(directory, warn)
         try:
             with os.scandir(directory) as entries:
                 children = sorted(entries, key=lambda e: e.name)
@@ -113,8 +185,8 @@ def _walk(
                 if entry.is_dir():
                     if not rules.ignores(entry.path, is_dir=True):
                         subdirs.append((entry.path, rules))
-                elif entry.is_file() and is_image_name(entry.name) and not rules.ignores(entry.path, False):
-                    est = entry.stat()
+                elif is_image_name(entry.name) and not rules.ignores(entry.path, False):
+                    est = entry.stat()  # a broken link raises: ignored
                     yield FileRecord(entry.path, est.st_size, est.st_mtime_ns)
             except OSError:
                 continue

@@ -24,7 +24,7 @@ from clipsearch.encoders.facts import ModelFacts, ModelPreview, draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS
 from clipsearch.errors import ClipsearchError, IndexAccessError, NoRootsError, UsageError
 from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
-from clipsearch.ingest.scan import FileRecord, scan
+from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
 from clipsearch.store.catalog import Catalog, FileState, NewFile
 from clipsearch.store.folder import IndexFolder
 
@@ -56,6 +56,9 @@ class SyncOptions:
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
         export_text: after the sync, export the model's text tower for fast cold text searches
             (once per model and machine; see :mod:`clipsearch.encoders.onnx_export`).
+
+    Raises:
+        BadValueError: ("exclude", pattern) for a pattern that is not valid gitignore syntax.
     """
 
     include_hidden: bool = False
@@ -69,6 +72,9 @@ class SyncOptions:
     commit_every: int = 512
     checkpoint_every: int = 20_000
     export_text: bool = True
+
+    def __post_init__(self) -> None:
+        exclude_spec(self.exclude)  # a bad pattern is a BadValueError now, before any work
 
 
 class Progress(Protocol):
@@ -87,7 +93,8 @@ class Progress(Protocol):
 @dataclass
 class SyncReport:
     """What a sync did. ``skip_reasons`` counts skipped files per reason code; ``seconds`` is the
-    whole call, model load and text export included."""
+    whole call, model load and text export included; ``warnings``: what was left out and why (an
+    ignore file's bad line, an ignore file that is not a regular file), one line each."""
 
     index: str
     added: int = 0
@@ -98,6 +105,7 @@ class SyncReport:
     skipped: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
     missing_roots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
     #: "exported" when this sync exported the model's text tower, "unavailable" when it cannot be
@@ -371,9 +379,10 @@ def _sync(
         roots = [r for r in roots if os.path.exists(r)]  # e.g. an unplugged drive: keep its entries
     with catalog.transaction():
         catalog.add_roots(roots)
-    plan = plan_sync(
-        catalog, roots, scan(roots, include_hidden=options.include_hidden, exclude=options.exclude)
+    records = scan(
+        roots, include_hidden=options.include_hidden, exclude=options.exclude, warn=report.warnings.append
     )
+    plan = plan_sync(catalog, roots, records)
     report.unchanged = plan.unchanged
     committer = _Committer(folder, model, report, options)
     try:

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import IndexAccessError, IndexCorruptError
+from clipsearch.files import free_space_note
 
 SCHEMA_VERSION = 1
 
@@ -180,8 +181,9 @@ class Catalog:
         Readers never write, so an index on read-only media can still be searched.
         """
         self.path = path
+        conn: sqlite3.Connection | None = None
         try:
-            self.conn = self._connect(path, writer)
+            self.conn = conn = self._connect(path, writer)
             if writer:
                 # Pages freed when pending vectors move into the FAISS file go back to the file system
                 # (see reclaim_space); only takes effect on a new, empty database.
@@ -191,14 +193,20 @@ class Catalog:
                 self.conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # one transaction: one fsync, not 7
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
+            if conn is not None:  # a failed open keeps no file open
+                conn.close()
             if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
                 raise IndexAccessError(
                     path.parent,
-                    f"Cannot open the index catalog {path}: {exc}. Check that the folder exists and "
-                    "is readable (and writable, to index).",
+                    f"Cannot open the index catalog {path}: {exc}."
+                    + (
+                        free_space_note(path.parent)
+                        or " Check that the folder exists and is readable (and writable, to index)."
+                    ),
                 ) from exc
             raise IndexCorruptError(path.parent, f"{path} is not a clipsearch catalog ({exc}).") from exc
         if version is not None and int(version) != SCHEMA_VERSION:
+            self.conn.close()
             raise IndexCorruptError(
                 path.parent,
                 f"{path} has catalog schema version {version}; this clipsearch reads version "
@@ -209,8 +217,12 @@ class Catalog:
     def _connect(path: Path, writer: bool) -> sqlite3.Connection:
         def connect(uri: str) -> sqlite3.Connection:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fail here, not later
+            try:
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fail here, not later
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         try:

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.errors import IndexAccessError, IndexBusyError, IndexCorruptError, IndexNotFoundError
-from clipsearch.files import fsync_path
+from clipsearch.files import free_space_note, fsync_path
 from clipsearch.store.catalog import Catalog, IndexMeta
 from clipsearch.store.vectors import VectorStore, create_store, load_store
 
@@ -101,9 +102,7 @@ class IndexFolder:
             root.mkdir(parents=True, exist_ok=True)
             lock_fd = _acquire_lock(root)
         except OSError as exc:
-            raise IndexAccessError(
-                root, f"Cannot write to the index folder {root}: {exc.strerror or exc}."
-            ) from exc
+            raise _not_writable(root, exc) from exc
         try:
             if rebuild:
                 _remove_index_files(root)
@@ -116,6 +115,13 @@ class IndexFolder:
             if meta is None:
                 catalog.close()
                 raise IndexCorruptError(root, f"{root / CATALOG_FILE} holds no index metadata.")
+        except (sqlite3.Error, OSError) as exc:  # e.g. the disk filled up while the catalog was made
+            os.close(lock_fd)
+            raise IndexAccessError(
+                root,
+                f"Cannot write the index at {root}: {exc}."
+                + (free_space_note(root) or " Check the folder's permissions, then run the command again."),
+            ) from exc
         except BaseException:
             os.close(lock_fd)
             raise
@@ -260,8 +266,10 @@ def _create_catalog(path: Path, meta: IndexMeta) -> None:
     for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
         leftover.unlink(missing_ok=True)
     catalog = Catalog(tmp, writer=True)
-    catalog.write_meta(meta)
-    catalog.close()
+    try:
+        catalog.write_meta(meta)
+    finally:  # a failed write (a full disk) keeps no file open
+        catalog.close()
     os.replace(tmp, path)
     fsync_path(path.parent)
 
@@ -270,7 +278,23 @@ def check_not_busy(path: str | Path) -> None:
     """Fail fast (before loading any model) if another process is writing to the index at ``path``."""
     root = index_root(path)
     if (root / LOCK_FILE).is_file():
-        os.close(_acquire_lock(root))
+        try:
+            fd = _acquire_lock(root)
+        except OSError as exc:  # a read-only folder (its lock file cannot be opened to write)
+            raise _not_writable(root, exc) from exc
+        os.close(fd)
+
+
+def _not_writable(root: Path, exc: OSError) -> IndexAccessError:
+    return IndexAccessError(
+        root,
+        f"Cannot write to the index folder {root}: {exc.strerror or exc}."
+        + (
+            free_space_note(root)
+            or " Searching it works as before; to update it, make the folder writable, or write the "
+            "index to another folder."
+        ),
+    )
 
 
 def _acquire_lock(root: Path) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from clipsearch.encoders.images import open_image
-from clipsearch.errors import ImageError
+from clipsearch.errors import ImageError, OutputFileError
+from clipsearch.files import write_atomic
 from clipsearch.query.rank import Hit
 
 THUMB_SIDE = 256
@@ -62,7 +63,14 @@ def render_gallery(query: str, hits: list[Hit]) -> str:
 
 
 def write_gallery(target: Path, query: str, hits: list[Hit]) -> None:
-    """Write the page atomically (temp file, then rename)."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(render_gallery(query, hits), encoding="utf-8")
-    os.replace(tmp, target)
+    """Write the page atomically (a unique temp file beside it, then a rename).
+
+    Raises:
+        OutputFileError: ``target`` cannot be written (its folder is missing, it is a folder, the
+            disk is full...); no temp file is left behind.
+    """
+    page = render_gallery(query, hits).encode("utf-8")
+    try:
+        write_atomic(target, page)
+    except OSError as exc:
+        raise OutputFileError(target, exc.strerror or str(exc)) from exc

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clipsearch.api import Index
 from clipsearch.encoders.cache import ModelCache
 from clipsearch.encoders.facts import draft_side
-from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, image_format, open_image
 from clipsearch.errors import BadValueError, ClipsearchError, ImageError, IndexAccessError, UsageError
 from clipsearch.files import write_atomic
 from clipsearch.paths import json_fields, json_list
@@ -49,6 +49,9 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: Decompression-bomb guard for uploads, the same limit ingestion uses.
 UPLOAD_MAX_PIXELS = DEFAULT_MAX_PIXELS
+#: Images decoded at once, as many as the indexer's default decoding workers: each may take up to
+#: about 10 bytes a pixel of ``UPLOAD_MAX_PIXELS`` (500 MB), however many requests arrive.
+DEFAULT_DECODE_SLOTS = max(1, min(4, os.cpu_count() or 1))
 THUMB_SIZES = (256, 512)
 MAX_K = 1000
 STATIC_DIR = Path(__file__).parent / "static"
@@ -124,6 +127,8 @@ class _State:
     lock: threading.Lock  # one SQLite connection and one FAISS store: one request at a time
     thumbs: Path
     max_upload_bytes: int
+    #: held from decoding an image until it is shrunk or encoded (uploads, thumbnails, conversions)
+    decode_slots: threading.BoundedSemaphore
     identity: tuple[int, int] = (0, 0)  # (device, inode) of the catalog file ``index`` has open
 
     @property
@@ -242,6 +247,7 @@ def create_app(
     thumbnail_dir: Path | None = None,
     allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
     cache: ModelCache | None = None,
+    decode_slots: int = DEFAULT_DECODE_SLOTS,
 ) -> FastAPI:
     """The web app for the index at ``index_path``.
 
@@ -251,12 +257,19 @@ def create_app(
         thumbnail_dir: where thumbnails are cached (default ``<index>/thumbnails``).
         allowed_hosts: ``Host`` header names answered (DNS-rebinding guard); None answers any.
         cache: the per-machine model cache (default: the user's cache folder).
+        decode_slots: most images decoded at once (uploads, thumbnails, conversions); more wait.
 
     Raises:
         IndexNotFoundError, IndexCorruptError: as :meth:`Index.open`.
     """
     index = Index.open(index_path, cache=cache)
-    state = _State(index, threading.Lock(), thumbnail_dir or index.path / "thumbnails", max_upload_bytes)
+    state = _State(
+        index,
+        threading.Lock(),
+        thumbnail_dir or index.path / "thumbnails",
+        max_upload_bytes,
+        threading.BoundedSemaphore(decode_slots),
+    )
     try:
         state.identity = _catalog_identity(index.path)
     except BaseException:
@@ -365,7 +378,8 @@ def _add_api(app: FastAPI, state: _State) -> None:
         path, st = _servable_file(state, parse_id(content_id), v)
         cached = state.thumbs / _thumb_name(path, st, size)
         if not cached.is_file():
-            data = _thumbnail(path, size)
+            with state.decode_slots:
+                data = _thumbnail(path, size)
             if not _write_atomic(cached, data):  # a read-only index: serve it uncached
                 return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
         return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
@@ -376,7 +390,9 @@ def _add_api(app: FastAPI, state: _State) -> None:
         path, _ = _servable_file(state, parse_id(content_id), v)
         media_type = _web_type(path)
         if media_type is None:
-            return Response(_jpeg(_decode(path), quality=90), media_type="image/jpeg")
+            with state.decode_slots:
+                data = _jpeg(_decode(path), quality=90)
+            return Response(data, media_type="image/jpeg")
         name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
         return FileResponse(
             path,
@@ -392,13 +408,16 @@ def _search_image_bytes(
 ) -> dict[str, Any]:
     with state.lock:
         encoder = _current(state).encoder
-    try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
-        img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=draft_side(encoder))
-    except ImageError as exc:
-        raise ImageError(exc.reason, f"The uploaded file cannot be used: {exc.detail}.") from None
+    with state.decode_slots:  # the full-size image lives until it is encoded: in the slot
+        try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
+            img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=draft_side(encoder))
+        except ImageError as exc:
+            raise ImageError(exc.reason, f"The uploaded file cannot be used: {exc.detail}.") from None
+        with state.lock:
+            vector = image_vector(_current(state), img)
+        del img
     with state.lock:
-        index = _current(state)
-        hits = index.search_vectors(image_vector(index, img), options.candidates, filters=filters)
+        hits = _current(state).search_vectors(vector, options.candidates, filters=filters)
         return _results("uploaded image", finish(hits[0], options), state.version)
 
 
@@ -452,7 +471,7 @@ def _thumb_name(path: str, st: os.stat_result, side: int) -> str:
 
 def _decode(path: str, side: int | None = None) -> Any:
     try:
-        return open_image(path, min_side=side)
+        return open_image(path, max_pixels=UPLOAD_MAX_PIXELS, min_side=side)
     except ImageError as exc:
         raise HTTPException(
             404, f"The file cannot be read any more ({exc}). Run clipsearch index to refresh the index."
@@ -473,13 +492,7 @@ def _jpeg(img: Any, *, quality: int) -> bytes:
 
 def _web_type(path: str) -> str | None:
     """The media type of a file browsers display as is, from its content (not its name)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return _WEB_TYPES.get(img.format or "")
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
+    return _WEB_TYPES.get(image_format(path) or "")
 
 
 def _write_atomic(target: Path, data: bytes) -> bool:

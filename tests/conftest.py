@@ -19,6 +19,10 @@ from hfcache import TINY_REPO, add_tiny_model, add_vit_b_32  # noqa: E402
 
 TINY_MODEL = f"hf-hub:{TINY_REPO}"
 
+# pytester runs pytest inside a test (test_tiers.py); tiers fails a whole-suite run that imports not
+# every clipsearch module (see tests/tiers.py)
+pytest_plugins = ["pytester", "tiers"]
+
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     shutil.rmtree(HF_CACHE, ignore_errors=True)

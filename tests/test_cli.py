@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli import app, main
 
 runner = CliRunner()
 
@@ -165,4 +165,19 @@ def test_console_script_runs(command: str) -> None:
     exe = Path(sys.executable).parent / "clipsearch"
     args = [str(exe)] if exe.exists() else [sys.executable, "-m", "clipsearch"]
     result = subprocess.run([*args, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--index" in result.stdout
+
+
+def test_python_dash_m_runs_the_cli_and_importing_its_module_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing the module must not start the CLI: spawned decoding workers re-import it (as
+    ``__mp_main__``) when the CLI runs as ``python -m clipsearch``."""
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", ["clipsearch", "no-such-command"])  # main() would exit 2 on it
+    module = importlib.import_module("clipsearch.__main__")
+    assert module.main is main
+    command = [sys.executable, "-m", "clipsearch", "info", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--index" in result.stdout

@@ -138,6 +138,7 @@ def test_help_does_not_import_torch() -> None:
     assert "returned" not in result.stderr and result.returncode == 0
 
 
+@pytest.mark.slow
 def test_index_process_waits_passively_and_leaves_triton_out(
     tiny_model: str, photos: dict[str, Path], index_dir: Path
 ) -> None:

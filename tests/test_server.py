@@ -281,6 +281,7 @@ def test_anything_but_an_indexed_id_is_not_found(served: Served, endpoint: str) 
         assert response.status_code == 404 and "def create_app" not in response.text
 
 
+@pytest.mark.slow
 def test_catalogued_symlinks_leading_outside_the_roots_are_not_served(tmp_path: Path, tiny_encoder) -> None:
     root, outside = tmp_path / "photos", tmp_path / "outside"
     root.mkdir()
@@ -513,6 +514,7 @@ def _stop(proc: subprocess.Popen[str]) -> int:
     return proc.returncode
 
 
+@pytest.mark.slow
 def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -> None:
     local, url, lines = _start_serving(served.index_dir, "127.0.0.1")
     shared, shared_url, shared_lines = _start_serving(served.index_dir, "0.0.0.0")
@@ -530,6 +532,7 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -
         assert _stop(shared) == 0
 
 
+@pytest.mark.slow
 def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos, tiny_encoder) -> None:
     folder = photos["coffee"].parent
     moved = tmp_path / "later.png"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,11 @@ def test_a_failing_run_keeps_its_own_failure(fake_project: pytest.Pytester) -> N
     result = fake_project.runpytest("-p", "tiers", "-m", "not slow")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "modules no test imports" not in result.stdout.str()
+
+
+def test_the_readme_gives_the_fast_tier_and_says_ci_runs_everything() -> None:
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set-up: two commands", 1)[1].split("\n## ", 1)[0]
+    assert '`.venv/bin/python -m pytest -m "not slow" -q`' in setup
+    assert re.search(r"CI runs every test", setup)
+    assert "slow: " in (ROOT / "pyproject.toml").read_text()  # the marker the fast tier leaves out

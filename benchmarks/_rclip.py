@@ -99,9 +99,12 @@ def installed_rclip(venv: Path) -> str | None:
     return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
-def ensure_rclip(venv: Path, package: str = RCLIP_PACKAGE, python: str | None = None) -> Path:
+def ensure_rclip(
+    venv: Path, package: str = RCLIP_PACKAGE, python: str | None = None, *, replace: bool = True
+) -> Path:
     """The rclip executable in ``venv``, made with ``pip install <package>`` unless the venv already
-    holds an rclip that ``package`` accepts (an older rclip there is replaced)."""
+    holds an rclip that ``package`` accepts. Another rclip there is replaced if ``replace`` (a venv
+    the benchmark made), else refused (a venv the user named)."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
@@ -115,6 +118,8 @@ def ensure_rclip(venv: Path, package: str = RCLIP_PACKAGE, python: str | None = 
     python = python or find_python()
     why = f"it holds rclip {have}" if have else "it has no rclip"
     if venv.exists():
+        if not replace:
+            raise RclipUnavailable(f"{venv} cannot be used: {why}, and {package} is wanted")
         print(f"replacing {venv} ({why}; {package} wanted) ...", file=sys.stderr)
         shutil.rmtree(venv)
     print(f"installing {package} into {venv} with {python} ...", file=sys.stderr)

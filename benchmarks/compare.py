@@ -339,12 +339,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache", type=Path, default=cache, help=f"folder for set-up reused across runs ({cache})"
     )
     parser.add_argument(
-        "--rclip-venv", type=Path, help="venv with rclip installed (default: CACHE/rclip-venv, made)"
+        "--rclip-venv",
+        type=Path,
+        help="venv for rclip, made if missing, refused if it holds another rclip "
+        "(default: CACHE/rclip-venv, made, or remade when it holds another rclip)",
     )
     parser.add_argument(
         "--rclip-package",
         default=RCLIP_PACKAGE,
-        help=f"pip requirement for rclip (default: {RCLIP_PACKAGE}); a venv holding another rclip is remade",
+        help=f"pip requirement for rclip (default: {RCLIP_PACKAGE})",
     )
     parser.add_argument(
         "--rclip-python",
@@ -415,7 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_rclip:
         try:
             venv = args.rclip_venv or args.cache / "rclip-venv"
-            rclip_exe = ensure_rclip(venv, args.rclip_package, args.rclip_python)
+            rclip_exe = ensure_rclip(
+                venv, args.rclip_package, args.rclip_python, replace=args.rclip_venv is None
+            )
             export_rclip_model(rclip_models)
         except (RclipUnavailable, RuntimeError, OSError, ImportError) as error:
             rclip_error = f"rclip is unavailable: {error}"

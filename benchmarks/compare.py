@@ -12,10 +12,14 @@ a fresh process from start to exit:
 
 - naive: open_clip ViT-B-32, PIL open + convert RGB + the model's own preprocess, fp32, batch 32,
   torch threads = cores, one file after another; it runs as ``compare.py --naive-worker``.
-- rclip: ``pip install rclip`` into its own venv; its ONNX files are exported here from open_clip
-  ViT-B-32-256 (the architecture rclip ships, 256 px input) the way rclip's scripts/convert_model.py
-  does, and put in its data dir (RCLIP_DATADIR). rclip has no index-only command: it indexes the
-  current folder, then answers the query, so its index and no-op re-index times include one query.
+- rclip 4.0.8 (the current release, 2026-10): ``pip install rclip==4.0.8`` into its own venv, made
+  with a Python >= 3.12 (rclip 4 needs it; found on PATH or among pyenv's versions, or
+  ``--rclip-python``). It decodes JPEGs reduced with ``draft`` and runs ONNX Runtime fp32; its ONNX
+  files are exported here from open_clip ViT-B-32-256 (the architecture rclip ships, 256 px input)
+  the way rclip's scripts/convert_model.py does, and put in its data dir (RCLIP_DATADIR) with the
+  tokenizer vocabulary and the four licence files it also wants. rclip has no index-only command: it
+  indexes the current folder, then answers the query, so its index and no-op re-index times include
+  one query.
 - clipsearch: ``clipsearch index FOLDER --index DIR --model ViT-B-32 --pretrained laion2b_s34b_b79k``
   with random weights in a Hugging Face cache (tests/hfcache.py), HF_HUB_OFFLINE=1.
 
@@ -43,6 +47,7 @@ from _common import ROOT, Measured, add_random_vit_b_32, ensure_photos, jpeg_fil
 from _rclip import (
     RCLIP_IMAGE_SIZE,
     RCLIP_MODEL,
+    RCLIP_PACKAGE,
     RclipUnavailable,
     ensure_rclip,
     export_rclip_model,
@@ -334,9 +339,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache", type=Path, default=cache, help=f"folder for set-up reused across runs ({cache})"
     )
     parser.add_argument(
-        "--rclip-venv", type=Path, help="venv with rclip installed (default: CACHE/rclip-venv, made)"
+        "--rclip-venv",
+        type=Path,
+        help="venv for rclip, made if missing, refused if it holds another rclip "
+        "(default: CACHE/rclip-venv, made, or remade when it holds another rclip)",
     )
-    parser.add_argument("--rclip-package", default="rclip", help="pip requirement for rclip (default: rclip)")
+    parser.add_argument(
+        "--rclip-package",
+        default=RCLIP_PACKAGE,
+        help=f"pip requirement for rclip (default: {RCLIP_PACKAGE})",
+    )
+    parser.add_argument(
+        "--rclip-python",
+        metavar="PYTHON",
+        help="interpreter for rclip's venv (default: a Python >= 3.12 on PATH or in pyenv)",
+    )
     parser.add_argument(
         "--hf-cache",
         type=Path,
@@ -400,7 +417,10 @@ def main(argv: list[str] | None = None) -> None:
     rclip_error = "left out (--skip-rclip)"
     if not args.skip_rclip:
         try:
-            rclip_exe = ensure_rclip(args.rclip_venv or args.cache / "rclip-venv", args.rclip_package)
+            venv = args.rclip_venv or args.cache / "rclip-venv"
+            rclip_exe = ensure_rclip(
+                venv, args.rclip_package, args.rclip_python, replace=args.rclip_venv is None
+            )
             export_rclip_model(rclip_models)
         except (RclipUnavailable, RuntimeError, OSError, ImportError) as error:
             rclip_error = f"rclip is unavailable: {error}"

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from clipsearch.api import Index
 from clipsearch.web.server import bind, create_app
 
+pytestmark = pytest.mark.slow  # starts chromium and a live server
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsearch.cli import app
+from clipsearch.cli import app, main
 
 runner = CliRunner()
 
@@ -289,6 +289,7 @@ def test_help_does_not_import_torch() -> None:
     assert "returned" not in result.stderr and result.returncode == 0
 
 
+@pytest.mark.slow
 def test_index_process_waits_passively_and_leaves_triton_out(
     tiny_model: str, photos: dict[str, Path], index_dir: Path
 ) -> None:
@@ -429,3 +430,18 @@ def test_a_gallery_that_cannot_be_written_leaves_nothing_behind(tmp_path) -> Non
             write_gallery(target, "a query", [])
         assert info.value.exit_code == 1 and str(target) in str(info.value)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
+
+
+def test_python_dash_m_runs_the_cli_and_importing_its_module_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Importing the module must not start the CLI: spawned decoding workers re-import it (as
+    ``__mp_main__``) when the CLI runs as ``python -m clipsearch``."""
+    import importlib
+
+    monkeypatch.setattr(sys, "argv", ["clipsearch", "no-such-command"])  # main() would exit 2 on it
+    module = importlib.import_module("clipsearch.__main__")
+    assert module.main is main
+    command = [sys.executable, "-m", "clipsearch", "info", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--index" in result.stdout

@@ -59,6 +59,7 @@ def check_exact(index_dir: Path, folder: Path, encoder) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume(tmp_path, tiny_model, tiny_encoder) -> None:
     folder, index_dir = tmp_path / "photos", tmp_path / "idx"
     write_corpus(folder, 300, seed=1)
@@ -88,6 +89,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path, tiny_model, tiny_encoder
     check_exact(index_dir, folder, tiny_encoder)
 
 
+@pytest.mark.slow
 def test_search_and_info_while_indexing(tmp_path, tiny_model) -> None:
     folder, index_dir = tmp_path / "photos", tmp_path / "idx"
     write_corpus(folder, 400, seed=2)
@@ -140,6 +142,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_existing_index(tmp_path, tiny_model) -> None:
     folder, index_dir = tmp_path / "photos", tmp_path / "idx"
     write_corpus(folder, 30, seed=5)
@@ -157,6 +160,7 @@ def test_full_disk_keeps_the_existing_index(tmp_path, tiny_model) -> None:
         assert idx.info()["count"] == 430
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_fast_keeps_work_and_says_how_to_resume(tmp_path, tiny_model, tiny_encoder) -> None:
     folder, index_dir = tmp_path / "photos", tmp_path / "idx"
     write_corpus(folder, 300, seed=7)

@@ -56,7 +56,7 @@ def odd_sizes() -> list[Image.Image]:
     return [base.resize(s) for s in sizes] + [Image.new("RGB", (50, 40), "red")]
 
 
-@pytest.mark.parametrize("which", ["tiny", "vit"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("vit", marks=pytest.mark.slow)])
 def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.FixtureRequest) -> None:
     encoder = request.getfixturevalue("tiny_encoder" if which == "tiny" else "vit")
     assert encoder.pixel_transform is not None
@@ -73,6 +73,7 @@ def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.Fixtur
     assert differing <= total / 2000, f"{differing} of {total} values differ"
 
 
+@pytest.mark.slow
 def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> None:
     paths = twelve_megapixel_jpegs(tmp_path)
     fast = vit.encode_images([open_image(p, min_side=draft_side(vit)) for p in paths])
@@ -86,6 +87,7 @@ def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> Non
     assert max(open_image(p, min_side=draft_side(vit)).size[0] for p in paths) <= 1000  # really reduced
 
 
+@pytest.mark.slow
 def test_bf16_embeddings_match_fp32(vit) -> None:
     if resolve_precision("auto") != "bf16":
         pytest.skip("this CPU has no native bfloat16; auto stays fp32")

@@ -155,6 +155,7 @@ def test_big_jpeg_is_decoded_reduced_not_refused(tmp_path: Path) -> None:
         open_image(tmp_path / "panorama.jpg")  # without draft it would decode all 54 MP: refused
 
 
+@pytest.mark.slow
 def test_skips_cross_process_boundaries(tmp_path, tiny_encoder) -> None:
     """Enough files for worker processes; the skipped ones' errors travel back intact."""
     from clipsearch.ingest.decode import PROCESS_THRESHOLD

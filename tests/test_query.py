@@ -151,9 +151,12 @@ def test_dates() -> None:
         parse_date("last summer", name="after")
 
 
-@pytest.fixture
-def mixed_index(tmp_path, tiny_encoder):
-    """60 files in 3 folders, 2 types, 3 sizes, dated 2015..2024 (some by EXIF, the rest by mtime)."""
+@pytest.fixture(scope="module")
+def mixed_index(tmp_path_factory: pytest.TempPathFactory, tiny_encoder):
+    """60 files in 3 folders, 2 types, 3 sizes, dated 2015..2024 (some by EXIF, the rest by mtime).
+
+    Built once for the module: the tests only read it."""
+    tmp_path = tmp_path_factory.mktemp("mixed")
     rng = np.random.default_rng(3)
     root = tmp_path / "lib"
     truth = []

@@ -330,6 +330,7 @@ def test_anything_but_an_indexed_id_is_not_found(served: Served, endpoint: str) 
         assert response.status_code == 404 and "def create_app" not in response.text
 
 
+@pytest.mark.slow
 def test_indexed_symlinks_are_served_and_files_changed_since_are_not(tmp_path: Path, tiny_encoder) -> None:
     """What the index holds is served, wherever a symlink leads; a file replaced since it was indexed
     (here by a symlink to a file elsewhere) is not, and neither is its cached thumbnail."""
@@ -614,6 +615,7 @@ def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, s
     return proc.returncode, rest
 
 
+@pytest.mark.slow
 def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -> None:
     local, url, lines = _start_serving(served.index_dir, "127.0.0.1")
     shared, shared_url, shared_lines = _start_serving(served.index_dir, "0.0.0.0")
@@ -704,6 +706,7 @@ def test_an_index_folder_removed_under_the_app_is_a_503(tmp_path: Path, photos, 
             assert "removed" in _error(client.get(url), 503), url
 
 
+@pytest.mark.slow
 def test_a_sync_while_serving_shows_up_without_a_restart(tmp_path: Path, photos, tiny_encoder) -> None:
     folder = photos["coffee"].parent
     moved = tmp_path / "later.png"

@@ -166,3 +166,33 @@ def test_console_script_runs(command: str) -> None:
     args = [str(exe)] if exe.exists() else [sys.executable, "-m", "clipsearch"]
     result = subprocess.run([*args, command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--index" in result.stdout
+
+
+def test_folder_settings_are_kept_shown_changed_and_forgotten(tmp_path, photos, tiny_model) -> None:
+    folder, idx = photos["coffee"].parent, tmp_path / "idx"
+    result = cli("index", folder, "--index", idx, "--model", tiny_model, "--exclude", "*.png",
+                 "--max-pixels", "20000000", "--json")  # fmt: skip
+    assert json.loads(result.stdout)["added"] == 3, result.stderr  # the 3 JPEGs
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert info["root_settings"] == [
+        {"path": str(folder), "include_hidden": False, "exclude": ["*.png"], "max_pixels": 20_000_000}
+    ]
+    assert f"Roots:    {folder}  (exclude *.png; max 20,000,000 pixels)" in cli("info", "--index", idx).stdout
+    again = json.loads(cli("index", "--index", idx, "--json").stdout)  # the README's plain re-sync
+    assert (again["added"], again["unchanged"]) == (0, 3)
+    (folder / "sub").mkdir()
+    nested = cli("index", folder / "sub", "--index", idx, "--exclude", "x")
+    assert nested.exit_code == 2 and f"clipsearch index {folder} --exclude" in nested.stderr
+    cleared = json.loads(cli("index", folder, "--index", idx, "--exclude", "", "--json").stdout)
+    assert cleared["added"] == 3
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert info["root_settings"][0]["exclude"] == [] and info["count"] == 6
+
+    result = cli("forget", folder, "--index", idx, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"forgotten": str(folder), "removed": 6, "index": str(idx)}
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert (info["count"], info["vectors"], info["roots"]) == (0, 0, [])
+    unknown = cli("forget", folder, "--index", idx)
+    assert unknown.exit_code == 2 and "is not a folder of the index" in unknown.stderr
+    assert "Traceback" not in unknown.stderr + nested.stderr

@@ -69,3 +69,23 @@ def test_ignore_files_and_exclude_patterns(tmp_path: Path) -> None:
     assert names(scan([str(tmp_path)])) == ["b.png", "keep.jpg", "keep.tmp.png", "t.jpg"]
     assert names(scan([str(tmp_path)], exclude=["thumbs/", "keep.*"])) == ["b.png"]
     assert names(scan([str(tmp_path)], exclude=["/b.png"])) == ["b.png", "keep.jpg", "keep.tmp.png", "t.jpg"]
+
+
+def test_a_link_into_or_above_a_root_is_not_followed(tmp_path: Path) -> None:
+    """One file, one path: a link up to the root's parent used to walk the parent's files in again."""
+    photos = tmp_path / "photos"
+    touch(photos / "a.jpg")
+    touch(photos / "2019" / "b.jpg")
+    touch(tmp_path / "elsewhere" / "c.jpg")
+    os.symlink("..", photos / "2019" / "loop")  # up to the parent: holds the root
+    os.symlink(".", photos / "2019" / "self")  # the root itself
+    os.symlink(photos / "a.jpg", photos / "2019" / "linked.jpg")  # a linked file is still a file
+    os.symlink(tmp_path / "elsewhere", photos / "2019" / "out")  # outside every root: followed
+    assert sorted(r.path for r in scan([str(photos / "2019")])) == [
+        str(photos / "2019" / "b.jpg"),
+        str(photos / "2019" / "linked.jpg"),
+        str(photos / "2019" / "out" / "c.jpg"),
+    ]
+    os.symlink(photos / "2019", tmp_path / "elsewhere" / "back")  # into another root of the index
+    records = scan([str(tmp_path / "elsewhere")], avoid=[str(photos)])
+    assert [r.path for r in records] == [str(tmp_path / "elsewhere" / "c.jpg")]

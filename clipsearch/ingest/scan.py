@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,18 +61,32 @@ class _Rules:
 
 
 def scan(
-    roots: Iterable[str], *, include_hidden: bool = False, exclude: Sequence[str] = ()
+    roots: Iterable[str],
+    *,
+    include_hidden: bool = False,
+    exclude: Sequence[str] = (),
+    rules_for: Callable[[str], tuple[bool, Sequence[str]]] | None = None,
+    avoid: Iterable[str] = (),
 ) -> Iterator[FileRecord]:
-    """Yield every image file under ``roots`` (absolute paths), each real directory visited once.
+    """Yield every image file under ``roots`` (absolute paths), one path per file.
 
-    Symlinked directories are followed, but a directory already visited (same device and inode)
-    is never entered twice, so symlink loops terminate. Broken symlinks and entries that vanish
-    while walking are ignored. Hidden entries (dot-names) are skipped unless ``include_hidden``.
-    ``exclude`` holds gitignore-style patterns relative to each root.
+    Symlinked folders are followed, except a link whose real path overlaps a root (of ``roots``
+    or ``avoid``, the other roots of the index): one that is a root, lies inside one, or holds
+    one. Those files are found under the root's own paths, and a link up to a parent cannot walk
+    the root again under a second name. A real directory is never entered twice (same device and
+    inode), so the walk ends. Broken symlinks and entries that vanish while walking are ignored.
+
+    Args:
+        roots: folders (or files) to walk.
+        include_hidden: also yield dot-files and files in dot-folders.
+        exclude: gitignore-style patterns relative to each root.
+        rules_for: ``(include_hidden, exclude)`` of each root, instead of the two arguments above.
+        avoid: further roots whose folders links must not lead into.
     """
+    roots = [os.path.abspath(r) for r in roots]
+    real_roots = tuple({os.path.realpath(r) for r in [*roots, *avoid]})
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
-        root = os.path.abspath(root)
         try:
             st = os.stat(root)
         except OSError:
@@ -81,12 +95,26 @@ def scan(
             if is_image_name(root):
                 yield FileRecord(root, st.st_size, st.st_mtime_ns)
             continue
-        rules = _Rules(((root, _spec(exclude)),)) if exclude else _Rules()
-        yield from _walk(root, rules, seen_dirs, include_hidden)
+        hidden, patterns = rules_for(root) if rules_for is not None else (include_hidden, exclude)
+        rules = _Rules(((root, _spec(patterns)),)) if patterns else _Rules()
+        yield from _walk(root, rules, seen_dirs, hidden, real_roots)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _overlaps_a_root(link: str, real_roots: tuple[str, ...]) -> bool:
+    target = os.path.realpath(link)
+    return any(_inside(target, root) or _inside(root, target) for root in real_roots)
 
 
 def _walk(
-    top: str, top_rules: _Rules, seen_dirs: set[tuple[int, int]], include_hidden: bool
+    top: str,
+    top_rules: _Rules,
+    seen_dirs: set[tuple[int, int]],
+    include_hidden: bool,
+    real_roots: tuple[str, ...],
 ) -> Iterator[FileRecord]:
     stack = [(top, top_rules)]
     while stack:
@@ -111,6 +139,8 @@ def _walk(
                 continue
             try:
                 if entry.is_dir():
+                    if entry.is_symlink() and _overlaps_a_root(entry.path, real_roots):
+                        continue
                     if not rules.ignores(entry.path, is_dir=True):
                         subdirs.append((entry.path, rules))
                 elif entry.is_file() and is_image_name(entry.name) and not rules.ignores(entry.path, False):

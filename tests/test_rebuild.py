@@ -150,8 +150,14 @@ def test_kill_9_during_a_rebuild_leaves_a_complete_index_and_rerunning_resumes(
     rng = random.Random(KILL_SEED)
     resumed_from = []
     # kill moments: while the model loads, once the staging folder exists, after some batches
-    for wait_for in (None, 0, 8, 26):
-        proc = subprocess.Popen(rebuild, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # (one of them Ctrl-C, which says how to resume)
+    for wait_for, sig in (
+        (None, signal.SIGKILL),
+        (0, signal.SIGKILL),
+        (8, signal.SIGINT),
+        (26, signal.SIGKILL),
+    ):
+        proc = subprocess.Popen(rebuild, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         if wait_for is None:
             time.sleep(rng.uniform(0.2, 1.0))
@@ -160,8 +166,11 @@ def test_kill_9_during_a_rebuild_leaves_a_complete_index_and_rerunning_resumes(
                 assert assert_complete(idx, folder) == tiny_model  # searched during the rebuild
                 break
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        if sig == signal.SIGINT:
+            assert proc.returncode == 130 and "Traceback" not in err, err
+            assert "searches still use" in err and "run the same command again to resume" in err
         assert assert_complete(idx, folder) == tiny_model  # the old index, whole, until the swap
         assert len(held.search_vectors(held.store.reconstruct(held.store.ids()[:1]), k=3)[0]) == 3
         assert held.meta.model == tiny_model

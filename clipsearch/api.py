@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from clipsearch.encoders.spec import ModelSpec, Precision, parse_precision
 from clipsearch.errors import (
+    BadValueError,
     FolderNotIndexedError,
     IndexChangedError,
     IndexNotFoundError,
@@ -239,16 +240,18 @@ class Index:
             raise UsageError("forget needs an index opened with Index.open_for_write.")
         return self.folder.forget_root(os.path.abspath(os.path.expanduser(root)))
 
-    def _follow_rebuild(self) -> None:
+    def _follow_rebuild(self) -> bool:
         """A reader whose index a rebuild has replaced takes up the new one; a model that is not the
-        new index's is put down (the right one loads when next needed)."""
+        new index's is put down (the right one loads when next needed). Whether it was."""
         if self.folder.writable:
-            return
+            return False
         self.folder.follow_rebuild()
-        if self.folder.meta != self._models_meta:
-            self._encoder = self._image_encoder = self._loader = None
-            self._onnx_text = None
-            self._models_meta = self.folder.meta
+        if _model_of(self.folder.meta) == _model_of(self._models_meta):
+            return False
+        self._encoder = self._image_encoder = self._loader = None
+        self._onnx_text = None
+        self._models_meta = self.folder.meta
+        return True
 
     def skipped(self) -> list[tuple[str, str]]:
         """Files that were skipped, with their reasons, by path."""
@@ -446,13 +449,15 @@ class Index:
         """
         from clipsearch.query.rank import rank
 
-        self._follow_rebuild()
+        changed = self._follow_rebuild()
         if filters is not None and filters.folder is not None:
             self._check_folder(filters.folder)
         queries = np.atleast_2d(queries)
         store = self.store
-        if queries.shape[1] != store.dim:  # encoded for the index a rebuild has just replaced
-            raise IndexChangedError(self.path)
+        if queries.shape[1] != store.dim:
+            if changed or self._follow_rebuild():  # encoded for the index a rebuild has just replaced
+                raise IndexChangedError(self.path)
+            raise BadValueError("queries", queries.shape, f"the index holds {store.dim}-d vectors")
         return rank(store, self.catalog, queries, k, filters=filters)
 
     def _check_folder(self, folder: str) -> None:
@@ -523,6 +528,10 @@ class _SyncModel:
 
 
 # -- the one place that checks a model against an index -------------------------------------
+
+
+def _model_of(meta: IndexMeta) -> tuple[str, str, str, int]:
+    return meta.model, meta.pretrained, meta.weights_sha256, meta.dim
 
 
 def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview) -> IndexMeta:

@@ -8,6 +8,7 @@ text search) and is the one place that checks a model against an index.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.encoders.spec import ModelSpec, Precision, parse_precision
-from clipsearch.errors import FolderNotIndexedError, ModelMismatchError, UsageError
+from clipsearch.errors import (
+    BadValueError,
+    FolderNotIndexedError,
+    IndexChangedError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    UsageError,
+)
 from clipsearch.store.catalog import IndexMeta
 from clipsearch.store.folder import IndexFolder, exists, index_root
 from clipsearch.store.vectors import DEFAULT_STORE_KIND, VectorStore
@@ -59,6 +67,7 @@ class Index:
         self._meta_preview: ModelPreview | None = None  # the unchecked preview a new index's meta came from
         self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = parse_precision(precision)
+        self._models_meta = folder.meta  # the index the models above are for
         if encoder is not None:
             _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
 
@@ -111,13 +120,17 @@ class Index:
             encoder: the model to sync with, already loaded.
             spec: instead of ``encoder``, the model to sync with; when the index exists and records
                 this model, the model is loaded only once a file needs encoding (a sync that finds
-                nothing changed never loads it).
+                nothing changed never loads it). Neither given: the model the index records (the
+                index must exist).
             precision: precision to load ``spec`` with.
-            rebuild: delete the index's contents first.
+            rebuild: build a new index beside this one, from scratch, to replace it when the next
+                :meth:`sync` completes; searches use the index as it was until then. A rebuild that
+                was interrupted is resumed (if it was made with the same model).
             cache: the per-machine model cache (default: the user's cache folder).
 
         Raises:
-            UsageError: neither ``encoder`` nor ``spec`` given.
+            UsageError: a rebuild without ``encoder`` or ``spec``.
+            IndexNotFoundError: neither given and there is no index.
             IndexBusyError: another process is writing to this index.
             ModelMismatchError: the index was built with another model (use ``rebuild=True``).
         """
@@ -125,7 +138,11 @@ class Index:
         from clipsearch.encoders.loading import ModelLoader
 
         if encoder is None and spec is None:
-            raise UsageError("open_for_write needs the encoder or the spec of the model to index with.")
+            if rebuild:
+                raise UsageError("A rebuild needs the encoder or the spec of the model to index with.")
+            spec = recorded_spec(path)
+            if spec is None:
+                raise IndexNotFoundError(index_root(path))
         cache = cache or ModelCache.default()
         precision = parse_precision(precision)
         want = encoder.spec if encoder is not None else spec
@@ -152,9 +169,14 @@ class Index:
                 loader = ModelLoader(want, precision=precision, image_only=True)
             return _meta_for(want, preview or loader.facts())
 
+        def resume(meta: IndexMeta) -> bool:  # an interrupted rebuild with this model is continued
+            if encoder is not None:
+                return _meta_for(encoder.spec, encoder.facts) == replace(meta, store_kind=DEFAULT_STORE_KIND)
+            return _label(meta.model, meta.pretrained) == _label(want.name, want.pretrained)
+
         if not rebuild:
             check_index_model(path, want)  # before the lock and any model load
-        folder = IndexFolder.open_for_write(path, new_meta, rebuild=rebuild)
+        folder = IndexFolder.open_for_write(path, new_meta, rebuild=rebuild, resume=resume)
         try:
             if encoder is not None:
                 _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
@@ -224,8 +246,35 @@ class Index:
         return ModelSpec(self.meta.model, self.meta.pretrained)
 
     def info(self) -> dict[str, Any]:
-        """What is in the index, which model, where it lives."""
+        """What is in the index, which model, where it lives, the roots and their settings."""
+        self._follow_rebuild()
         return self.folder.info()
+
+    def forget(self, root: str | Path) -> int:
+        """Remove a folder the index records, its files, and the vectors no other file uses.
+
+        Needs the writer lock (:meth:`open_for_write`); loads no model. Returns how many files
+        were removed.
+
+        Raises:
+            NotARootError: ``root`` is not one of the folders the index records.
+        """
+        if not self.folder.writable:
+            raise UsageError("forget needs an index opened with Index.open_for_write.")
+        return self.folder.forget_root(os.path.abspath(os.path.expanduser(root)))
+
+    def _follow_rebuild(self) -> bool:
+        """A reader whose index a rebuild has replaced takes up the new one; a model that is not the
+        new index's is put down (the right one loads when next needed). Whether it was."""
+        if self.folder.writable:
+            return False
+        self.folder.follow_rebuild()
+        if _model_of(self.folder.meta) == _model_of(self._models_meta):
+            return False
+        self._encoder = self._image_encoder = self._loader = None
+        self._onnx_text = None
+        self._models_meta = self.folder.meta
+        return True
 
     def skipped(self) -> list[tuple[str, str]]:
         """Files that were skipped, with their reasons, by path."""
@@ -233,6 +282,7 @@ class Index:
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
         """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        self._follow_rebuild()
         return self.folder.stored_vector(path)
 
     def checkpoint(self) -> None:
@@ -363,12 +413,15 @@ class Index:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        self._follow_rebuild()
         return self.encoder.image_size
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self._follow_rebuild()
         return self.text_encoder.encode_texts(texts)
 
     def encode_images(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        self._follow_rebuild()
         return self.encoder.encode_images(images)
 
     # -- syncing and searching ----------------------------------------------------------------
@@ -392,6 +445,7 @@ class Index:
         started = time.monotonic()
         options = options or SyncOptions()
         report = sync(self.folder, _SyncModel(self), roots, options, progress)
+        self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():
             if progress is not None:
                 progress.note(
@@ -418,9 +472,16 @@ class Index:
         """
         from clipsearch.query.rank import rank
 
+        changed = self._follow_rebuild()
         if filters is not None and filters.folder is not None:
             self._check_folder(filters.folder)
-        return rank(self.store, self.catalog, np.atleast_2d(queries), k, filters=filters)
+        queries = np.atleast_2d(queries)
+        store = self.store
+        if queries.shape[1] != store.dim:
+            if changed or self._follow_rebuild():  # encoded for the index a rebuild has just replaced
+                raise IndexChangedError(self.path)
+            raise BadValueError("queries", queries.shape, f"the index holds {store.dim}-d vectors")
+        return rank(store, self.catalog, queries, k, filters=filters)
 
     def _check_folder(self, folder: str) -> None:
         roots = self.catalog.roots()
@@ -493,6 +554,10 @@ class _SyncModel:
 
 
 # -- the one place that checks a model against an index -------------------------------------
+
+
+def _model_of(meta: IndexMeta) -> tuple[str, str, str, int]:
+    return meta.model, meta.pretrained, meta.weights_sha256, meta.dim
 
 
 def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview) -> IndexMeta:

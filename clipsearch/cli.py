@@ -28,10 +28,14 @@ from clipsearch.errors import (
     FolderNotIndexedError,
     IndexBusyError,
     IndexCorruptError,
+    IndexGoneError,
     IndexNotFoundError,
+    MissingRootsError,
     ModelMismatchError,
     ModelUnavailableError,
     NoRootsError,
+    NotARootError,
+    RootInsideRootError,
     UsageError,
 )
 
@@ -158,9 +162,25 @@ def phrase(exc: ClipsearchError) -> str:
     from clipsearch.query.grammar import EmptyQueryError, QuerySyntaxError
 
     if isinstance(exc, SyncInterrupted):
+        if exc.report.rebuild:
+            return (
+                f"Interrupted. The rebuild so far is saved beside the index at {exc.report.index}, which "
+                "searches still use; run the same command again to resume the rebuild."
+            )
         return (
             f"Interrupted. The batches already done are saved in {exc.report.index}; "
             "run the same command again to resume."
+        )
+    if isinstance(exc, NotARootError):
+        return (
+            f"{exc.root} is not a folder of the index ({', '.join(exc.roots) or 'none'}); see them with: "
+            f"clipsearch info --index {exc.index}. To leave out a folder inside one, use: "
+            "clipsearch index ROOT --exclude PATTERN"
+        )
+    if isinstance(exc, RootInsideRootError):
+        return (
+            f"{exc.root} lies inside {exc.enclosing}, a folder of the index, whose settings apply to it. "
+            f"Change them for the whole folder: clipsearch index {exc.enclosing} --exclude PATTERN ..."
         )
     if isinstance(exc, BadValueError):
         return f"{flag(exc.name)} {exc.value!r}: {exc.problem}."
@@ -193,6 +213,13 @@ def phrase(exc: ClipsearchError) -> str:
         )
     elif isinstance(exc, IndexBusyError):
         hint = "Wait for it to finish, then run this command again. Searching works meanwhile."
+    elif isinstance(exc, MissingRootsError):
+        hint = (
+            "Plug the drive in (or mount the folder) and run it again, or remove the folder from the "
+            f"index first: clipsearch forget {exc.missing[0]} --index {exc.index}"
+        )
+    elif isinstance(exc, IndexGoneError):
+        hint = "Run the command again to build the index anew."
     elif isinstance(exc, ModelUnavailableError) and exc.repo:
         name = exc.model.split(" (")[0]
         hint = (
@@ -300,17 +327,30 @@ def index(
         ),
     ] = None,
     rebuild: Annotated[
-        bool, typer.Option("--rebuild", help="Delete the index's contents and re-index from scratch.")
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Re-index from scratch (the folders given, else every folder of the index), beside the "
+            "index, which it replaces once complete; searches use the old one until then. Run it again "
+            "to resume an interrupted rebuild.",
+        ),
     ] = False,
     include_hidden: Annotated[
-        bool, typer.Option("--include-hidden", help="Also index hidden files and folders (dot-names).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--include-hidden/--no-include-hidden",
+            help="Also index hidden files and folders (dot-names), or not. Recorded for the folders "
+            "indexed. Default: as recorded, else not.",
+            show_default=False,
+        ),
+    ] = None,
     exclude: Annotated[
         list[str] | None,
         typer.Option(
             "--exclude",
-            help="Leave out files/folders matching this gitignore-style pattern (repeatable). "
-            "Folders may also hold a .clipsearchignore file.",
+            help="Leave out files/folders matching this gitignore-style pattern (repeatable). Replaces "
+            "the patterns recorded for the folders indexed ('' clears them). Folders may also hold a "
+            ".clipsearchignore file.",
             show_default=False,
         ),
     ] = None,
@@ -327,14 +367,16 @@ def index(
         ),
     ] = None,
     max_pixels: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--max-pixels",
             min=1,
             help="Skip images that would decode to more pixels than this (decompression-bomb guard; "
-            "JPEGs count at their reduced decoding size).",
+            "JPEGs count at their reduced decoding size). Recorded for the folders indexed; raising it "
+            "retries the files skipped as too large. Default: as recorded, else 50,000,000.",
+            show_default=False,
         ),
-    ] = 50_000_000,
+    ] = None,
     precision: PrecisionOpt = "auto",
     quiet: Annotated[
         bool,
@@ -363,7 +405,7 @@ def index(
     run_precision = parse_precision(precision)
     options = SyncOptions(  # checks the --exclude patterns
         include_hidden=include_hidden,
-        exclude=tuple(exclude or ()),
+        exclude=None if exclude is None else tuple(exclude),
         batch_size=batch_size,
         max_pixels=max_pixels,
         passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
@@ -378,6 +420,8 @@ def index(
     with Index.open_for_write(
         path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache()
     ) as idx:
+        if not quiet and idx.folder.rebuilding:
+            err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
@@ -392,7 +436,8 @@ def index(
         err(f"Warning: {root} is missing (unmounted?); its entries were kept.")
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.skip_reasons.items()))
     typer.echo(
-        f"Indexed in {report.seconds:.1f}s: {report.added} added, {report.updated} updated, "
+        f"{'Rebuilt' if report.rebuild else 'Indexed'} in {report.seconds:.1f}s: {report.added} added, "
+        f"{report.updated} updated, "
         f"{report.reused} reused, {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.skipped} skipped{f' ({reasons})' if reasons else ''}.\nIndex: {report.index}"
     )
@@ -646,14 +691,56 @@ def info(
         typer.echo(json.dumps(data | json_fields(data["index"], "index") | json_list(data["roots"], "roots")))
         return
     model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
+    roots = "\n          ".join(f"{r['path']}{_settings_note(r)}" for r in data["root_settings"]) or "-"
     text = (
         f"Index:    {data['index']}\n"
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['vectors']} distinct vectors, {data['skipped']} skipped\n"
-        f"Roots:    {', '.join(data['roots']) or '-'}\n"
+        f"Roots:    {roots}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
     typer.echo(os.fsencode(text))  # paths as the file system spells them, even when not UTF-8
+    staged = data["rebuild"]
+    if staged is not None:
+        label = f"{staged['model']} ({staged['pretrained']})" if staged["pretrained"] else staged["model"]
+        typer.echo(f"Rebuild:  unfinished, {staged['count']} files so far with {label}")
+        err(f"Resume the rebuild with: clipsearch index --rebuild --index {data['index']}")
+
+
+def _settings_note(root: dict[str, Any]) -> str:
+    """A root's settings for `info`, where they are not the defaults."""
+    notes = []
+    if root["exclude"]:
+        notes.append("exclude " + ", ".join(root["exclude"]))
+    if root["include_hidden"]:
+        notes.append("hidden files included")
+    if root["max_pixels"] is not None:
+        notes.append(f"max {root['max_pixels']:,} pixels")
+    return f"  ({'; '.join(notes)})" if notes else ""
+
+
+@app.command()
+@handle_errors
+def forget(
+    roots: Annotated[
+        list[Path],
+        typer.Argument(help="Folders (or files) the index records, as `clipsearch info` lists them."),
+    ],
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove folders from the index: their entries, settings, and the vectors no other file uses."""
+    from clipsearch.api import Index
+
+    path = index_path_from(index_path)
+    with Index.open_for_write(path, cache=model_cache()) as idx:
+        for root in roots:
+            folder = os.path.abspath(os.path.expanduser(root))
+            removed = idx.forget(folder)
+            if as_json:
+                typer.echo(json.dumps({"forgotten": folder, "removed": removed, "index": str(path)}))
+            else:
+                typer.echo(b"Forgot " + os.fsencode(folder) + f": {removed} files removed.".encode())
 
 
 @app.command()

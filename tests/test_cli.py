@@ -252,7 +252,7 @@ def test_version_completion_and_flags_without_a_value_in_help() -> None:
         assert re.search(r"--json +Machine-readable", text) or command == "serve", command
     assert "<bool>" not in top and re.search(r"--help +Show this message", top)
     index_help = cli("index", "--help").stdout
-    assert re.search(r"--rebuild +Delete", index_help) and re.search(r"--quiet +-q +No progress", index_help)
+    assert re.search(r"--rebuild +Re-index", index_help) and re.search(r"--quiet +-q +No progress", index_help)
     assert re.search(r"--batch-size +<int range>", index_help)  # options that take a value still say so
     search_help = cli("search", "--help").stdout
     assert re.search(r"--null +-0 +Print only paths", search_help)
@@ -445,3 +445,33 @@ def test_python_dash_m_runs_the_cli_and_importing_its_module_does_not(
     command = [sys.executable, "-m", "clipsearch", "info", "--help"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--index" in result.stdout
+
+
+def test_folder_settings_are_kept_shown_changed_and_forgotten(tmp_path, photos, tiny_model) -> None:
+    folder, idx = photos["coffee"].parent, tmp_path / "idx"
+    result = cli("index", folder, "--index", idx, "--model", tiny_model, "--exclude", "*.png",
+                 "--max-pixels", "20000000", "--json")  # fmt: skip
+    assert json.loads(result.stdout)["added"] == 3, result.stderr  # the 3 JPEGs
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert info["root_settings"] == [
+        {"path": str(folder), "include_hidden": False, "exclude": ["*.png"], "max_pixels": 20_000_000}
+    ]
+    assert f"Roots:    {folder}  (exclude *.png; max 20,000,000 pixels)" in cli("info", "--index", idx).stdout
+    again = json.loads(cli("index", "--index", idx, "--json").stdout)  # the README's plain re-sync
+    assert (again["added"], again["unchanged"]) == (0, 3)
+    (folder / "sub").mkdir()
+    nested = cli("index", folder / "sub", "--index", idx, "--exclude", "x")
+    assert nested.exit_code == 2 and f"clipsearch index {folder} --exclude" in nested.stderr
+    cleared = json.loads(cli("index", folder, "--index", idx, "--exclude", "", "--json").stdout)
+    assert cleared["added"] == 3
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert info["root_settings"][0]["exclude"] == [] and info["count"] == 6
+
+    result = cli("forget", folder, "--index", idx, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"forgotten": str(folder), "removed": 6, "index": str(idx)}
+    info = json.loads(cli("info", "--index", idx, "--json").stdout)
+    assert (info["count"], info["vectors"], info["roots"]) == (0, 0, [])
+    unknown = cli("forget", folder, "--index", idx)
+    assert unknown.exit_code == 2 and "is not a folder of the index" in unknown.stderr
+    assert "Traceback" not in unknown.stderr + nested.stderr

@@ -113,3 +113,23 @@ def test_a_bad_exclude_pattern_is_a_bad_value(tmp_path: Path) -> None:
         assert "not a valid gitignore pattern" in info.value.problem
         with pytest.raises(BadValueError):  # checked when the options are made, before any work
             SyncOptions(exclude=("*.png", pattern))
+
+
+def test_a_link_into_or_above_a_root_is_not_followed(tmp_path: Path) -> None:
+    """One file, one path: a link up to the root's parent used to walk the parent's files in again."""
+    photos = tmp_path / "photos"
+    touch(photos / "a.jpg")
+    touch(photos / "2019" / "b.jpg")
+    touch(tmp_path / "elsewhere" / "c.jpg")
+    os.symlink("..", photos / "2019" / "loop")  # up to the parent: holds the root
+    os.symlink(".", photos / "2019" / "self")  # the root itself
+    os.symlink(photos / "a.jpg", photos / "2019" / "linked.jpg")  # a linked file is still a file
+    os.symlink(tmp_path / "elsewhere", photos / "2019" / "out")  # outside every root: followed
+    assert sorted(r.path for r in scan([str(photos / "2019")])) == [
+        str(photos / "2019" / "b.jpg"),
+        str(photos / "2019" / "linked.jpg"),
+        str(photos / "2019" / "out" / "c.jpg"),
+    ]
+    os.symlink(photos / "2019", tmp_path / "elsewhere" / "back")  # into another root of the index
+    records = scan([str(tmp_path / "elsewhere")], avoid=[str(photos)])
+    assert [r.path for r in records] == [str(tmp_path / "elsewhere" / "c.jpg")]

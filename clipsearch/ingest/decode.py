@@ -120,7 +120,16 @@ class DecodeJob:
     transform: Callable[[Any], Any]
     min_side: int
     max_pixels: int
+    #: (root, pixel limit of its files) where a root's limit is not ``max_pixels``
+    root_limits: tuple[tuple[str, int], ...] = ()
     parent_pid: int = field(default_factory=os.getpid)
+
+    def limit_for(self, path: str) -> int:
+        """The pixel limit of the file at ``path`` (its root's)."""
+        for root, limit in self.root_limits:
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return limit
+        return self.max_pixels
 
     def decode(
         self, item: tuple[FileRecord, FileState | None], is_known: Callable[[str], bool]
@@ -131,7 +140,7 @@ class DecodeJob:
             is_known=is_known,
             preprocess=self.transform,
             min_side=self.min_side,
-            max_pixels=self.max_pixels,
+            max_pixels=self.limit_for(item[0].path),
         )
         return prep, item[1]
 

@@ -124,27 +124,45 @@ def scan(
     *,
     include_hidden: bool = False,
     exclude: Sequence[str] = (),
+    rules_for: Callable[[str], tuple[bool, Sequence[str]]] | None = None,
+    avoid: Iterable[str] = (),
     warn: Warn = _ignore_nothing,
 ) -> Iterator[FileRecord]:
-    """Yield every image file under ``roots`` (absolute paths), each real directory visited once.
+    """Yield every image file under ``roots`` (absolute paths), one path per file.
 
-    Symlinked directories are followed, but a directory already visited (same device and inode)
-    is never entered twice, so symlink loops terminate. Broken symlinks and entries that vanish
-    while walking are ignored. Hidden entries (dot-names) are skipped unless ``include_hidden``.
-    ``exclude`` holds gitignore-style patterns relative to each root. A FIFO, device or socket
-    with an image's name is yielded too (never opened here), so the decoder skips it with a reason.
-    ``warn`` receives a line for each ignore file, or line of one, left out.
+    Symlinked folders are followed, except a link whose real path overlaps a root (of ``roots``
+    or ``avoid``, the other roots of the index): one that is a root, lies inside one, or holds
+    one. Those files are found under the root's own paths, and a link up to a parent cannot walk
+    the root again under a second name. A real directory is never entered twice (same device and
+    inode), so the walk ends. Broken symlinks and entries that vanish while walking are ignored.
+    A FIFO, device or socket with an image's name is yielded too (never opened here), so the
+    decoder skips it with a reason.
+
+    Args:
+        roots: folders (or files) to walk.
+        include_hidden: also yield dot-files and files in dot-folders.
+        exclude: gitignore-style patterns relative to each root.
+        rules_for: ``(include_hidden, exclude)`` of each root, instead of the two arguments above.
+        avoid: further roots whose folders links must not lead into.
+        warn: receives a line for each ignore file, or line of one, left out.
 
     Raises:
         BadValueError: an ``exclude`` pattern is not valid gitignore syntax (before any file is seen).
     """
-    return _scan(roots, include_hidden, exclude_spec(exclude) if exclude else None, warn)
+    roots = [os.path.abspath(r) for r in roots]
+    rules: dict[str, tuple[bool, Any]] = {}
+    for root in roots:
+        hidden, patterns = rules_for(root) if rules_for is not None else (include_hidden, exclude)
+        rules[root] = (hidden, exclude_spec(patterns) if patterns else None)
+    real_roots = tuple({os.path.realpath(r) for r in [*roots, *avoid]})
+    return _scan(roots, rules, real_roots, warn)
 
 
-def _scan(roots: Iterable[str], include_hidden: bool, excluded: Any, warn: Warn) -> Iterator[FileRecord]:
+def _scan(
+    roots: list[str], rules: dict[str, tuple[bool, Any]], real_roots: tuple[str, ...], warn: Warn
+) -> Iterator[FileRecord]:
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
-        root = os.path.abspath(root)
         try:
             st = os.stat(root)
         except OSError:
@@ -153,12 +171,27 @@ def _scan(roots: Iterable[str], include_hidden: bool, excluded: Any, warn: Warn)
             if is_image_name(root):
                 yield FileRecord(root, st.st_size, st.st_mtime_ns)
             continue
-        rules = _Rules(((root, excluded),)) if excluded is not None else _Rules()
-        yield from _walk(root, rules, seen_dirs, include_hidden, warn)
+        hidden, excluded = rules[root]
+        top_rules = _Rules(((root, excluded),)) if excluded is not None else _Rules()
+        yield from _walk(root, top_rules, seen_dirs, hidden, real_roots, warn)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _overlaps_a_root(link: str, real_roots: tuple[str, ...]) -> bool:
+    target = os.path.realpath(link)
+    return any(_inside(target, root) or _inside(root, target) for root in real_roots)
 
 
 def _walk(
-    top: str, top_rules: _Rules, seen_dirs: set[tuple[int, int]], include_hidden: bool, warn: Warn
+    top: str,
+    top_rules: _Rules,
+    seen_dirs: set[tuple[int, int]],
+    include_hidden: bool,
+    real_roots: tuple[str, ...],
+    warn: Warn,
 ) -> Iterator[FileRecord]:
     stack = [(top, top_rules)]
     while stack:
@@ -183,6 +216,8 @@ def _walk(
                 continue
             try:
                 if entry.is_dir():
+                    if entry.is_symlink() and _overlaps_a_root(entry.path, real_roots):
+                        continue
                     if not rules.ignores(entry.path, is_dir=True):
                         subdirs.append((entry.path, rules))
                 elif is_image_name(entry.name) and not rules.ignores(entry.path, False):

@@ -22,11 +22,19 @@ import numpy.typing as npt
 
 from clipsearch.encoders.facts import ModelFacts, ModelPreview, draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS
-from clipsearch.errors import ClipsearchError, IndexAccessError, NoRootsError, UsageError
+from clipsearch.errors import (
+    ClipsearchError,
+    IndexAccessError,
+    MissingRootsError,
+    NoRootsError,
+    RootInsideRootError,
+    UsageError,
+)
 from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
 from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
-from clipsearch.store.catalog import Catalog, FileState, NewFile
+from clipsearch.store.catalog import Catalog, FileState, NewFile, RootSettings
 from clipsearch.store.folder import IndexFolder
+from clipsearch.store.rebuild import live_root_settings
 
 if TYPE_CHECKING:
     from clipsearch.encoders.encoder import Encoder
@@ -39,9 +47,14 @@ R = TypeVar("R")
 class SyncOptions:
     """How to run a sync.
 
+    ``include_hidden``, ``exclude`` and ``max_pixels`` are settings of the roots synced: given
+    (not None), they are recorded for those roots (every recorded root when none is given) and
+    used by their later syncs; None keeps each root's recorded setting (the default for a new root).
+
     Args:
         include_hidden: also index dot-files and files in dot-folders.
-        exclude: gitignore-style patterns (relative to each root) of files and folders to leave out.
+        exclude: gitignore-style patterns (relative to each root) of files and folders to leave out;
+            they replace the root's recorded patterns (``()`` clears them).
         batch_size: images per encoder call.
         workers: processes (or threads) reading and decoding files ahead of the encoder.
         processes: decode in worker processes (true parallelism beside the encoder); threads if
@@ -51,7 +64,8 @@ class SyncOptions:
             threads that spin while they wait for each other burn the cores the workers need.
         passive_wait: torch's OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE`` was
             set before torch was imported; the CLI does that).
-        max_pixels: images larger than this are skipped (decompression-bomb guard).
+        max_pixels: images larger than this are skipped (decompression-bomb guard); raising a
+            root's limit retries the files of it skipped as too large.
         commit_every: most catalog rows held in memory before a commit.
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
         export_text: after the sync, export the model's text tower for fast cold text searches
@@ -61,20 +75,41 @@ class SyncOptions:
         BadValueError: ("exclude", pattern) for a pattern that is not valid gitignore syntax.
     """
 
-    include_hidden: bool = False
-    exclude: tuple[str, ...] = ()
+    include_hidden: bool | None = None
+    exclude: tuple[str, ...] | None = None
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
     processes: bool = True
     encode_threads: int | None = None
     passive_wait: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None
     commit_every: int = 512
     checkpoint_every: int = 20_000
     export_text: bool = True
 
     def __post_init__(self) -> None:
-        exclude_spec(self.exclude)  # a bad pattern is a BadValueError now, before any work
+        if self.exclude:
+            exclude_spec(self.exclude)  # a bad pattern is a BadValueError now, before any work
+
+    @property
+    def sets_settings(self) -> bool:
+        """Whether any root setting is given (else each root keeps its recorded ones)."""
+        return any(v is not None for v in (self.include_hidden, self.exclude, self.max_pixels))
+
+    def settings_for(self, recorded: RootSettings | None) -> RootSettings:
+        """A root's settings for this run: its recorded ones (defaults for a new root), changed by
+        those given here."""
+        base = recorded or RootSettings()
+        return RootSettings(
+            base.include_hidden if self.include_hidden is None else self.include_hidden,
+            base.exclude if self.exclude is None else tuple(p for p in self.exclude if p.strip()),
+            base.max_pixels if self.max_pixels is None else self.max_pixels,
+        )
+
+
+def pixel_limit(settings: RootSettings) -> int:
+    """The largest image a root's files may decode to."""
+    return settings.max_pixels or DEFAULT_MAX_PIXELS
 
 
 class Progress(Protocol):
@@ -108,6 +143,8 @@ class SyncReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    #: a rebuild: built beside the index, which it replaced once complete (unless interrupted)
+    rebuild: bool = False
     #: "exported" when this sync exported the model's text tower, "unavailable" when it cannot be
     #: (``text_export_reason`` says why), "" when there was nothing to do
     text_export: str = ""
@@ -158,10 +195,16 @@ class SyncInterrupted(ClipsearchError):
     exit_code = 130
 
     def __init__(self, report: SyncReport) -> None:
-        super().__init__(
-            f"Interrupted. The batches already done are saved in {report.index}; "
-            "run the same command again to resume."
-        )
+        if report.rebuild:
+            message = (
+                f"Interrupted. The rebuild so far is saved beside the index at {report.index}, which "
+                "searches still use until the rebuild is complete; run the same rebuild again to resume it."
+            )
+        else:
+            message = (
+                f"Interrupted. The batches already done are saved in {report.index}; sync again to resume."
+            )
+        super().__init__(message)
         self.report = report
 
 
@@ -258,15 +301,15 @@ class _Committer:
         if not new and not rows:
             return
         vectors = self._encode([p.pixels for p in new]) if new else None
+        self.folder.check_present()  # SQLite would go on writing into a deleted catalog
         with self.catalog.transaction():
-            gen = self.catalog.next_gen()
             ids = {
                 p.digest: self.catalog.insert_content(p.digest, p.width, p.height, p.taken)
                 for p in new
                 if p.digest
             }
-            if vectors is not None:
-                self.catalog.add_pending(gen, list(ids.values()), vectors)
+            if vectors is not None:  # a new generation only when the vectors change
+                self.catalog.add_pending(self.catalog.next_gen(), list(ids.values()), vectors)
             self.catalog.upsert_files(self._file_rows(rows, ids))
         self.queue.clear() if encode else None
         self.rows = [] if encode else [r for r in self.rows if r not in rows]
@@ -295,10 +338,10 @@ class _Committer:
 
     def sweep(self, gone: list[str]) -> None:
         """Forget files that disappeared, and the vectors no file uses any more."""
+        self.folder.check_present()
         with self.catalog.transaction():
-            gen = self.catalog.next_gen()
             self.catalog.delete_files(gone)
-            self.catalog.drop_orphan_contents(gen)
+            self.catalog.drop_orphan_contents()
         self.report.removed = len(gone)
 
 
@@ -349,6 +392,7 @@ def sync(
     try:
         return _sync(folder, model, roots, options, progress)
     except (sqlite3.Error, OSError) as exc:
+        folder.check_present()  # a deleted index folder: say so, not that anything is intact
         raise IndexAccessError(
             folder.path,
             f"Writing the index at {folder.path} failed: {exc}. Everything committed before is intact; "
@@ -365,35 +409,27 @@ def _sync(
 ) -> SyncReport:
     started = time.monotonic()
     catalog = folder.catalog
-    report = SyncReport(index=str(folder.path))
-    if roots:
-        roots = normalize_roots(roots)
-        missing = [r for r in roots if not os.path.exists(r)]
-        if missing:
-            raise UsageError(f"No such file or folder: {', '.join(missing)}")
-    else:
-        roots = catalog.roots()
-        if not roots:
-            raise NoRootsError(folder.path)
-        report.missing_roots = [r for r in roots if not os.path.exists(r)]
-        roots = [r for r in roots if os.path.exists(r)]  # e.g. an unplugged drive: keep its entries
-    with catalog.transaction():
-        catalog.add_roots(roots)
+    report = SyncReport(index=str(folder.path), rebuild=folder.rebuilding)
+    settings = _record_roots(folder, _roots_of_run(folder, roots, options, report), options)
     records = scan(
-        roots, include_hidden=options.include_hidden, exclude=options.exclude, warn=report.warnings.append
+        list(settings),
+        rules_for=lambda root: (settings[root].include_hidden, settings[root].exclude),
+        avoid=catalog.roots(),
+        warn=report.warnings.append,
     )
-    plan = plan_sync(catalog, roots, records)
+    plan = plan_sync(catalog, list(settings), records)
     report.unchanged = plan.unchanged
+    limits = tuple(sorted((root, pixel_limit(s)) for root, s in settings.items()))
     committer = _Committer(folder, model, report, options)
     try:
         if plan.todo:  # else nothing to decode or encode, and the model is never loaded
             try:
-                _decode_and_encode(folder, model, plan.todo, committer, options, progress, cached=True)
+                _decode_and_encode(model, plan.todo, committer, options, progress, limits, cached=True)
             except StalePreview:
                 report.added = report.updated = report.reused = report.skipped = 0
                 report.unchanged = plan.unchanged
                 committer = _Committer(folder, model, report, options)
-                _decode_and_encode(folder, model, plan.todo, committer, options, progress, cached=False)
+                _decode_and_encode(model, plan.todo, committer, options, progress, limits, cached=False)
         model.confirm(None)  # a new index made from a preview, with nothing to encode
         committer.sweep(plan.gone)
     except KeyboardInterrupt:
@@ -408,13 +444,88 @@ def _sync(
     return report
 
 
+def _roots_of_run(
+    folder: IndexFolder, roots: list[str] | None, options: SyncOptions, report: SyncReport
+) -> dict[str, RootSettings | None]:
+    """The roots this run syncs, each with its recorded settings (None: a new root).
+
+    A root given inside a recorded root syncs that root. A rebuild syncs the roots given, else
+    every root of the index it replaces (all of them must be there).
+    """
+    recorded: dict[str, RootSettings | None] = dict(folder.catalog.root_settings())
+    previous: dict[str, RootSettings | None] = (
+        dict(live_root_settings(folder.path)) if folder.rebuilding else {}
+    )
+    if roots:
+        chosen = normalize_roots(roots)
+        missing = [r for r in chosen if not os.path.exists(r)]
+        if missing:
+            raise UsageError(f"No such file or folder: {', '.join(missing)}")
+        if folder.rebuilding:
+            return {r: recorded.get(r) or previous.get(r) for r in chosen}
+        out: dict[str, RootSettings | None] = {}
+        for root in chosen:
+            enclosing = next((r for r in recorded if r != root and _inside(root, r)), None)
+            if enclosing is not None and options.sets_settings:
+                raise RootInsideRootError(root, enclosing)
+            out[enclosing or root] = recorded.get(enclosing or root)
+        return out
+    base = (previous or recorded) if folder.rebuilding else recorded
+    if not base:
+        raise NoRootsError(folder.path)
+    missing = [r for r in base if not os.path.exists(r)]
+    if missing and folder.rebuilding:
+        raise MissingRootsError(folder.path, missing)
+    report.missing_roots = missing  # e.g. an unplugged drive: its entries are kept
+    return {r: s for r, s in base.items() if r not in missing}
+
+
+def _record_roots(
+    folder: IndexFolder, run: dict[str, RootSettings | None], options: SyncOptions
+) -> dict[str, RootSettings]:
+    """Record the run's roots with their settings; return the settings each root is synced with.
+
+    Recorded roots inside a root of the run become part of it. A rebuild's roots are exactly the
+    run's: a root an earlier, interrupted run of it indexed is dropped with its files. Files
+    skipped as too large are forgotten (so retried) where a root's pixel limit rises.
+    """
+    catalog = folder.catalog
+    recorded = catalog.root_settings()
+    settings = {root: options.settings_for(old) for root, old in run.items()}
+    if folder.rebuilding:
+        dropped = [r for r in recorded if r not in settings]
+    else:
+        dropped = [r for r in recorded if r not in settings and any(_inside(r, root) for root in settings)]
+    changed = {r: s for r, s in settings.items() if recorded.get(r) != s}
+    if not dropped and not changed:
+        return settings  # nothing to write: a sync with nothing to do leaves the index as it was
+    folder.check_present()
+    with catalog.transaction():
+        for root in dropped:
+            catalog.remove_root(root)
+            if folder.rebuilding:
+                catalog.delete_files_under(root)
+        if folder.rebuilding and dropped:
+            catalog.drop_orphan_contents()
+        for root, new in changed.items():
+            catalog.set_root(root, new)
+            old = recorded.get(root)
+            if old is not None and pixel_limit(new) > pixel_limit(old):
+                catalog.delete_skipped_under(root, "too-large")
+    return settings
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _decode_and_encode(
-    folder: IndexFolder,
     model: SyncModel,
     todo: list[tuple[FileRecord, FileState | None]],
     committer: _Committer,
     options: SyncOptions,
     progress: Progress | None,
+    limits: tuple[tuple[str, int], ...],
     *,
     cached: bool,
 ) -> None:
@@ -434,7 +545,7 @@ def _decode_and_encode(
     else:
         known = facts = model.facts()
         transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
-    job = DecodeJob(folder.catalog.path, transform, draft_side(known), options.max_pixels)
+    job = DecodeJob(committer.catalog.path, transform, draft_side(known), DEFAULT_MAX_PIXELS, limits)
     use_processes = options.processes and known.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
     if progress:
         progress.start(len(todo))

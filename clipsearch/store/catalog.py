@@ -3,8 +3,13 @@
 Tables (schema version 1):
 
 - ``meta(key, value)``: model, pretrained, weights_sha256, dim, store_kind, schema_version,
-  ``gen`` (last committed batch) and ``vectors_gen`` (generation of the saved FAISS file).
-- ``roots(path)``: folders the user indexed; a sync without roots re-syncs these.
+  ``gen`` (last batch that changed the vectors), ``vectors_gen`` (generation of the saved FAISS
+  file) and ``rebuild_id`` (set when a rebuild replaced the index; a staged rebuild also records
+  ``rebuild_complete`` once it is ready to replace it).
+- ``roots(path, include_hidden, exclude, max_pixels)``: folders the user indexed, with the settings
+  their syncs use (``exclude``: gitignore lines; ``max_pixels`` NULL: the default). A sync without
+  roots re-syncs these. The settings columns were added after version 0.1.0: a writer adds them
+  to an older catalog in place; a reader of an older catalog sees the defaults.
 - ``contents(id, hash, width, height, taken)``: one row per distinct file content (``taken``: EXIF
   DateTimeOriginal as a POSIX time, if the file has one). ``id`` is the FAISS id;
   AUTOINCREMENT so an id is never reused for other content.
@@ -28,14 +33,19 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.errors import IndexAccessError, IndexCorruptError
+from clipsearch.errors import ClipsearchError, IndexAccessError, IndexCorruptError
 from clipsearch.files import free_space_note
 
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS roots (
+    path BLOB PRIMARY KEY,
+    include_hidden INTEGER NOT NULL DEFAULT 0,
+    exclude TEXT NOT NULL DEFAULT '',
+    max_pixels INTEGER
+);
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash TEXT NOT NULL UNIQUE,
@@ -58,6 +68,45 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE TABLE IF NOT EXISTS tombstones (content_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 """
+
+
+#: Columns added to ``roots`` after 0.1.0, with the definitions ``ALTER TABLE`` adds them with.
+_ROOT_SETTINGS_COLUMNS = (
+    ("include_hidden", "INTEGER NOT NULL DEFAULT 0"),
+    ("exclude", "TEXT NOT NULL DEFAULT ''"),
+    ("max_pixels", "INTEGER"),
+)
+#: Tables a rebuild replaces wholesale, with the columns copied.
+_REPLACED_TABLES = {
+    "roots": "path, include_hidden, exclude, max_pixels",
+    "contents": "id, hash, width, height, taken",
+    "files": "path, size, mtime_ns, content_id, error",
+    "pending": "content_id, gen, vector",
+    "tombstones": "content_id, gen",
+    "meta": "key, value",
+}
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """How a root is synced, recorded with it.
+
+    Args:
+        include_hidden: also index dot-files and files in dot-folders.
+        exclude: gitignore-style patterns, relative to the root, of files and folders left out.
+        max_pixels: images larger than this are skipped; None: the default of the running version.
+    """
+
+    include_hidden: bool = False
+    exclude: tuple[str, ...] = ()
+    max_pixels: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "include_hidden": self.include_hidden,
+            "exclude": list(self.exclude),
+            "max_pixels": self.max_pixels,
+        }
 
 
 @dataclass(frozen=True)
@@ -181,9 +230,36 @@ class Catalog:
         Readers never write, so an index on read-only media can still be searched.
         """
         self.path = path
-        conn: sqlite3.Connection | None = None
+        self.conn = self._connect_or_raise(path, writer)
         try:
-            self.conn = conn = self._connect(path, writer)
+            self._prepare(writer)
+        except BaseException:
+            self.conn.close()  # no file stays open behind a failed open
+            raise
+
+    def _connect_or_raise(self, path: Path, writer: bool) -> sqlite3.Connection:
+        try:
+            return self._connect(path, writer)
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> ClipsearchError:
+        path = self.path
+        if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+            return IndexAccessError(
+                path.parent,
+                f"Cannot open the index catalog {path}: {exc}."
+                + (
+                    free_space_note(path.parent)
+                    or " Check that the folder exists and is readable (and writable, to index)."
+                ),
+            )
+        return IndexCorruptError(path.parent, f"{path} is not a clipsearch catalog ({exc}).")
+
+    def _prepare(self, writer: bool) -> None:
+        """Set up a writer's connection (WAL, tables, upgrades); check the schema version."""
+        path = self.path
+        try:
             if writer:
                 # Pages freed when pending vectors move into the FAISS file go back to the file system
                 # (see reclaim_space); only takes effect on a new, empty database.
@@ -191,20 +267,11 @@ class Catalog:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = FULL")
                 self.conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # one transaction: one fsync, not 7
+                self._add_missing_columns()
+            self._root_columns = self._columns("roots")
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
-            if conn is not None:  # a failed open keeps no file open
-                conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
-                raise IndexAccessError(
-                    path.parent,
-                    f"Cannot open the index catalog {path}: {exc}."
-                    + (
-                        free_space_note(path.parent)
-                        or " Check that the folder exists and is readable (and writable, to index)."
-                    ),
-                ) from exc
-            raise IndexCorruptError(path.parent, f"{path} is not a clipsearch catalog ({exc}).") from exc
+            raise self._open_error(exc) from exc
         if version is not None and int(version) != SCHEMA_VERSION:
             self.conn.close()
             raise IndexCorruptError(
@@ -212,6 +279,49 @@ class Catalog:
                 f"{path} has catalog schema version {version}; this clipsearch reads version "
                 f"{SCHEMA_VERSION}.",
             )
+
+    @staticmethod
+    def create(
+        path: Path, meta: IndexMeta, *, extra: dict[str, object] | None = None, first_id: int = 0
+    ) -> None:
+        """Write a new catalog at ``path``: tables, ``meta`` and ``extra`` meta rows, durably, in one file.
+
+        The database is written in rollback-journal mode, so a successful commit leaves everything in
+        ``path`` itself (a WAL left beside a file that is then renamed would take the tables with it);
+        writers switch it to WAL when they open it. ``first_id``: content ids start after it.
+
+        Raises:
+            sqlite3.Error: it could not be written (a full disk, say); ``path`` is then incomplete.
+        """
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = DELETE")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            rows = {**asdict(meta), **(extra or {})}
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)", [(k, str(v)) for k, v in rows.items()]
+            )
+            if first_id:
+                conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('contents', ?)", (first_id,))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a catalog written by an older version in place (columns only ever get added)."""
+        have = self._columns("roots")
+        missing = [(name, kind) for name, kind in _ROOT_SETTINGS_COLUMNS if name not in have]
+        if missing:
+            with self.transaction():
+                for name, kind in missing:
+                    self.conn.execute(f"ALTER TABLE roots ADD COLUMN {name} {kind}")
 
     @staticmethod
     def _connect(path: Path, writer: bool) -> sqlite3.Connection:
@@ -295,6 +405,49 @@ class Catalog:
             "INSERT OR IGNORE INTO roots(path) VALUES (?)", [(os.fsencode(r),) for r in roots]
         )
 
+    def root_settings(self) -> dict[str, RootSettings]:
+        """Every root with its recorded settings (the defaults in a catalog from before settings)."""
+        if "max_pixels" not in self._root_columns:  # an older catalog opened by a reader
+            return {root: RootSettings() for root in self.roots()}
+        rows = self.conn.execute("SELECT path, include_hidden, exclude, max_pixels FROM roots ORDER BY path")
+        return {
+            os.fsdecode(path): RootSettings(bool(hidden), tuple(filter(None, exclude.split("\n"))), limit)
+            for path, hidden, exclude, limit in rows
+        }
+
+    def set_root(self, root: str, settings: RootSettings) -> None:
+        """Record ``root`` with ``settings`` (replacing what it had)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO roots(path, include_hidden, exclude, max_pixels) VALUES (?, ?, ?, ?)",
+            (
+                os.fsencode(root),
+                int(settings.include_hidden),
+                "\n".join(settings.exclude),
+                settings.max_pixels,
+            ),
+        )
+
+    def remove_root(self, root: str) -> None:
+        self.conn.execute("DELETE FROM roots WHERE path = ?", (os.fsencode(root),))
+
+    def delete_files_under(self, root: str) -> int:
+        """Forget every file at or below ``root``; returns how many rows went."""
+        low, high = under(root)
+        cur = self.conn.execute(
+            "DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)", (os.fsencode(root), low, high)
+        )
+        return cur.rowcount
+
+    def delete_skipped_under(self, root: str, reason: str) -> int:
+        """Forget the files at or below ``root`` skipped for ``reason``, so the next sync retries them."""
+        low, high = under(root)
+        cur = self.conn.execute(
+            "DELETE FROM files WHERE content_id IS NULL AND error LIKE ? "
+            "AND (path = ? OR (path >= ? AND path < ?))",
+            (f"{reason}:%", os.fsencode(root), low, high),
+        )
+        return cur.rowcount
+
     def files_under(self, root: str) -> dict[str, FileState]:
         """Every catalogued file at or below ``root``."""
         low, high = under(root)
@@ -370,8 +523,9 @@ class Catalog:
     def delete_files(self, paths: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM files WHERE path = ?", [(os.fsencode(p),) for p in paths])
 
-    def drop_orphan_contents(self, gen: int) -> int:
-        """Delete contents no file points to; tombstone their ids for the vector store."""
+    def drop_orphan_contents(self) -> int:
+        """Delete contents no file points to and tombstone their ids for the vector store (under a
+        new ``gen``, only if there are any); returns how many."""
         orphans = [
             r[0]
             for r in self.conn.execute(
@@ -379,12 +533,52 @@ class Catalog:
                 " WHERE NOT EXISTS (SELECT 1 FROM files WHERE content_id = contents.id)"
             )
         ]
+        if not orphans:
+            return 0
+        gen = self.next_gen()
         self.conn.executemany("DELETE FROM contents WHERE id = ?", [(i,) for i in orphans])
         self.conn.executemany("DELETE FROM pending WHERE content_id = ?", [(i,) for i in orphans])
         self.conn.executemany(
             "INSERT OR REPLACE INTO tombstones(content_id, gen) VALUES (?, ?)", [(i, gen) for i in orphans]
         )
         return len(orphans)
+
+    def last_content_id(self) -> int:
+        """The largest content id ever handed out (ids are never reused)."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'contents'").fetchone()
+        return int(row[0]) if row else 0
+
+    def replace_with(self, staged: Path, meta: dict[str, object | None]) -> None:
+        """Replace every row with those of the catalog at ``staged``, then set ``meta`` (None: delete
+        the key): one transaction.
+
+        Readers see the old index or the new one, never a mix. Content ids are copied as they are
+        (the staged catalog's ids start above every id handed out here, so none is reused).
+        """
+        self.conn.execute("ATTACH DATABASE ? AS staged", (str(staged),))
+        try:
+            with self.transaction():
+                last = max(self.last_content_id(), self._staged_last_id())
+                for table, columns in _REPLACED_TABLES.items():
+                    self.conn.execute(f"DELETE FROM main.{table}")
+                    self.conn.execute(
+                        f"INSERT INTO main.{table}({columns}) SELECT {columns} FROM staged.{table}"
+                    )
+                for key, value in meta.items():
+                    if value is None:
+                        self.conn.execute("DELETE FROM main.meta WHERE key = ?", (key,))
+                    else:
+                        self.set(key, value)
+                self.conn.execute("DELETE FROM main.sqlite_sequence WHERE name = 'contents'")
+                self.conn.execute(
+                    "INSERT INTO main.sqlite_sequence(name, seq) VALUES ('contents', ?)", (last,)
+                )
+        finally:
+            self.conn.execute("DETACH DATABASE staged")
+
+    def _staged_last_id(self) -> int:
+        row = self.conn.execute("SELECT seq FROM staged.sqlite_sequence WHERE name = 'contents'").fetchone()
+        return int(row[0]) if row else 0
 
     # -- vector log ---------------------------------------------------------------------------
 

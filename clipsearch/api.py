@@ -247,7 +247,7 @@ class Index:
 
     def info(self) -> dict[str, Any]:
         """What is in the index, which model, where it lives, the roots and their settings."""
-        self._follow_rebuild()
+        self.follow_rebuild()
         return self.folder.info()
 
     def forget(self, root: str | Path) -> int:
@@ -263,9 +263,12 @@ class Index:
             raise UsageError("forget needs an index opened with Index.open_for_write.")
         return self.folder.forget_root(os.path.abspath(os.path.expanduser(root)))
 
-    def _follow_rebuild(self) -> bool:
+    def follow_rebuild(self) -> bool:
         """A reader whose index a rebuild has replaced takes up the new one; a model that is not the
-        new index's is put down (the right one loads when next needed). Whether it was."""
+        new index's is put down (the right one loads when next needed). Whether the model changed.
+
+        Searches call this themselves; a long-lived reader (the web server) calls it to know which
+        index its answers come from (``folder.rebuild_id``)."""
         if self.folder.writable:
             return False
         self.folder.follow_rebuild()
@@ -282,7 +285,7 @@ class Index:
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
         """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
-        self._follow_rebuild()
+        self.follow_rebuild()
         return self.folder.stored_vector(path)
 
     def checkpoint(self) -> None:
@@ -413,15 +416,15 @@ class Index:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        self._follow_rebuild()
+        self.follow_rebuild()
         return self.encoder.image_size
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        self._follow_rebuild()
+        self.follow_rebuild()
         return self.text_encoder.encode_texts(texts)
 
     def encode_images(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
-        self._follow_rebuild()
+        self.follow_rebuild()
         return self.encoder.encode_images(images)
 
     # -- syncing and searching ----------------------------------------------------------------
@@ -472,13 +475,13 @@ class Index:
         """
         from clipsearch.query.rank import rank
 
-        changed = self._follow_rebuild()
+        changed = self.follow_rebuild()
         if filters is not None and filters.folder is not None:
             self._check_folder(filters.folder)
         queries = np.atleast_2d(queries)
         store = self.store
         if queries.shape[1] != store.dim:
-            if changed or self._follow_rebuild():  # encoded for the index a rebuild has just replaced
+            if changed or self.follow_rebuild():  # encoded for the index a rebuild has just replaced
                 raise IndexChangedError(self.path)
             raise BadValueError("queries", queries.shape, f"the index holds {store.dim}-d vectors")
         return rank(store, self.catalog, queries, k, filters=filters)

@@ -690,6 +690,26 @@ def test_a_rebuilt_index_is_reopened_and_ids_of_the_old_one_are_refused(tmp_path
         assert similar.status_code == 200 and similar.json()["count"] == 2
 
 
+def test_a_rebuild_swapped_in_changes_the_index_version(tmp_path: Path, photos, tiny_encoder) -> None:
+    """`clipsearch index --rebuild` replaces the index inside its catalog file (same file, new rows):
+    the server answers from the new index, under a new index_version, and refuses the old one's."""
+    from clipsearch.ingest.sync import SyncOptions
+
+    _build(tmp_path / "index", photos["coffee"].parent, tiny_encoder)
+    with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:
+        before = client.get("/api/search", params={"q": "cat", "k": 3}).json()
+        with Index.open_for_write(tmp_path / "index", tiny_encoder, rebuild=True) as writer:
+            writer.sync(options=SyncOptions(export_text=False))
+        after = client.get("/api/search", params={"q": "cat", "k": 3}).json()
+        assert after["index_version"] != before["index_version"]
+        assert {r["content_id"] for r in after["results"]}.isdisjoint(
+            r["content_id"] for r in before["results"]
+        )
+        stale = before["results"][0]
+        assert "rebuilt" in _error(client.get(stale["thumb"]), 409)
+        assert client.get(after["results"][0]["thumb"]).status_code == 200
+
+
 def test_an_index_folder_removed_under_the_app_is_a_503(tmp_path: Path, photos, tiny_encoder) -> None:
     ids = _build(tmp_path / "index", photos["coffee"].parent, tiny_encoder)
     with TestClient(create_app(tmp_path / "index"), base_url=LOCAL) as client:

@@ -233,6 +233,11 @@ class IndexFolder:
         if _identity(self.data / CATALOG_FILE) != self._identity:
             raise IndexGoneError(self.path)
 
+    @property
+    def rebuild_id(self) -> str | None:
+        """Names the rebuild that made the index as this folder last read it (None: never rebuilt)."""
+        return self._rebuild_id
+
     def follow_rebuild(self) -> bool:
         """For a reader: whether a rebuild has replaced the index since it was last read; if so, the
         folder takes up the new index (its metadata now, its vectors on next use)."""

@@ -133,8 +133,10 @@ class _State:
 
     @property
     def version(self) -> str:
-        """Names the index the ids in answers belong to; a rebuild (a new catalog file) changes it."""
-        return hashlib.sha256(f"{self.identity[0]}:{self.identity[1]}".encode()).hexdigest()[:12]
+        """Names the index the ids in answers belong to: a rebuild (recorded in the catalog) or a new
+        catalog file (the folder re-created) changes it."""
+        key = f"{self.identity[0]}:{self.identity[1]}:{self.index.folder.rebuild_id}"
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _catalog_identity(index_path: Path) -> tuple[int, int]:
@@ -155,12 +157,14 @@ def _catalog_identity(index_path: Path) -> tuple[int, int]:
 
 
 def _current(state: _State) -> Index:
-    """The index to answer from (call holding ``state.lock``): reopened when its catalog file was
-    replaced (``clipsearch index --rebuild``), so that no answer comes from the index it replaced."""
+    """The index to answer from (call holding ``state.lock``), never the one a rebuild replaced:
+    reopened when its catalog file was replaced (the folder re-created), and following a rebuild
+    swapped into the catalog (``clipsearch index --rebuild``)."""
     identity = _catalog_identity(state.index.path)
     if identity != state.identity:
         state.index = state.index.reopen()
         state.identity = identity
+    state.index.follow_rebuild()
     return state.index
 
 

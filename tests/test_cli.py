@@ -252,7 +252,9 @@ def test_version_completion_and_flags_without_a_value_in_help() -> None:
         assert re.search(r"--json +Machine-readable", text) or command == "serve", command
     assert "<bool>" not in top and re.search(r"--help +Show this message", top)
     index_help = cli("index", "--help").stdout
-    assert re.search(r"--rebuild +Re-index", index_help) and re.search(r"--quiet +-q +No progress", index_help)
+    assert re.search(r"--rebuild +Re-index", index_help) and re.search(
+        r"--quiet +-q +No progress", index_help
+    )
     assert re.search(r"--batch-size +<int range>", index_help)  # options that take a value still say so
     search_help = cli("search", "--help").stdout
     assert re.search(r"--null +-0 +Print only paths", search_help)

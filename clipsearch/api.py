@@ -67,6 +67,7 @@ class Index:
         self._meta_preview: ModelPreview | None = None  # the unchecked preview a new index's meta came from
         self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = parse_precision(precision)
+        self._coverage: str | None = None  # the coverage asked for when this index was opened to write
         self._models_meta = folder.meta  # the index the models above are for
         if encoder is not None:
             _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
@@ -112,6 +113,7 @@ class Index:
         precision: Precision = "fp32",
         rebuild: bool = False,
         cache: ModelCache | None = None,
+        coverage: str | None = None,
     ) -> Index:
         """Open (creating if needed) an index to sync, holding the writer lock.
 
@@ -127,9 +129,14 @@ class Index:
                 :meth:`sync` completes; searches use the index as it was until then. A rebuild that
                 was interrupted is resumed (if it was made with the same model).
             cache: the per-machine model cache (default: the user's cache folder).
+            coverage: for a new index (or a rebuild): ``sides`` gives a wide or tall picture further
+                vectors for the parts a centre-cropping model does not see (see
+                :meth:`~clipsearch.encoders.pixels.PixelTransform.side_views`), ``none`` one vector
+                per picture; None: ``sides`` where the model crops the centre.
 
         Raises:
             UsageError: a rebuild without ``encoder`` or ``spec``.
+            BadValueError: ``coverage`` unknown, or not the existing index's (it changes with a rebuild).
             IndexNotFoundError: neither given and there is no index.
             IndexBusyError: another process is writing to this index.
             ModelMismatchError: the index was built with another model (use ``rebuild=True``).
@@ -145,6 +152,8 @@ class Index:
                 raise IndexNotFoundError(index_root(path))
         cache = cache or ModelCache.default()
         precision = parse_precision(precision)
+        if coverage not in (None, *COVERAGES):
+            raise BadValueError("coverage", coverage, f"choose {' or '.join(COVERAGES)}")
         want = encoder.spec if encoder is not None else spec
         assert want is not None
         loader: ModelLoader | None = None
@@ -162,16 +171,19 @@ class Index:
 
         def new_meta() -> IndexMeta:
             if encoder is not None:
-                return _meta_for(encoder.spec, encoder.facts)
+                return _meta_for(encoder.spec, encoder.facts, coverage)
             nonlocal loader, from_preview
             from_preview = preview is not None
             if loader is None:  # the index was removed since the check above
                 loader = ModelLoader(want, precision=precision, image_only=True)
-            return _meta_for(want, preview or loader.facts())
+            return _meta_for(want, preview or loader.facts(), coverage)
 
         def resume(meta: IndexMeta) -> bool:  # an interrupted rebuild with this model is continued
+            if coverage is not None and meta.coverage != coverage:
+                return False
             if encoder is not None:
-                return _meta_for(encoder.spec, encoder.facts) == replace(meta, store_kind=DEFAULT_STORE_KIND)
+                made = _meta_for(encoder.spec, encoder.facts, coverage or meta.coverage)
+                return made == replace(meta, store_kind=DEFAULT_STORE_KIND)
             return _label(meta.model, meta.pretrained) == _label(want.name, want.pretrained)
 
         if not rebuild:
@@ -182,10 +194,18 @@ class Index:
                 _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
             else:
                 _check_spec(folder.path, folder.meta, want)
+            if coverage is not None and folder.meta.coverage != coverage:
+                raise BadValueError(
+                    "coverage",
+                    coverage,
+                    f"the index at {folder.path} records coverage {folder.meta.coverage!r}, which "
+                    "changes only with a rebuild (or the model does not crop pictures)",
+                )
         except BaseException:
             folder.close()
             raise
         index = cls(folder, encoder=encoder, precision=precision, cache=cache)
+        index._coverage = coverage
         index._loader = loader
         index._meta_preview = preview if from_preview else None
         return index
@@ -351,7 +371,7 @@ class Index:
             return True
         self.cache.remember_preview(self.spec, actual)
         if self._meta_preview is not None:
-            self.folder.write_meta(_meta_for(self.spec, facts))
+            self.folder.write_meta(_meta_for(self.spec, facts, self._coverage))
             self._meta_preview = None
         return False
 
@@ -563,13 +583,22 @@ def _model_of(meta: IndexMeta) -> tuple[str, str, str, int]:
     return meta.model, meta.pretrained, meta.weights_sha256, meta.dim
 
 
-def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview) -> IndexMeta:
+#: What extra vectors a picture may get (see ``Index.open_for_write``'s ``coverage``).
+COVERAGES = ("sides", "none")
+
+
+def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview, coverage: str | None = None) -> IndexMeta:
+    """The metadata a new index of this model records; ``coverage`` None: ``sides`` where the model
+    crops the centre of a picture (a model that sees the whole frame needs no side views)."""
+    transform = facts.pixel_transform
+    crops = transform is not None and transform.resize_mode == "shortest"
     return IndexMeta(
         model=spec.name,
         pretrained=spec.pretrained,
         weights_sha256=facts.weights_sha256,
         dim=facts.dim,
         store_kind=DEFAULT_STORE_KIND,
+        coverage="sides" if crops and coverage in (None, "sides") else "none",
     )
 
 

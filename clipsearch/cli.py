@@ -377,6 +377,16 @@ def index(
             show_default=False,
         ),
     ] = None,
+    coverage: Annotated[
+        str | None,
+        typer.Option(
+            "--coverage",
+            help="For a new index (or --rebuild): 'sides' gives wide and tall pictures extra vectors for "
+            "the parts a centre-cropping model (ViT-B-32, ...) does not see; 'none' one vector each. "
+            "Default: sides where the model crops.",
+            show_default=False,
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     quiet: Annotated[
         bool,
@@ -418,7 +428,7 @@ def index(
     if not quiet:
         err(f"Writing index {path}")
     with Index.open_for_write(
-        path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache()
+        path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache(), coverage=coverage
     ) as idx:
         if not quiet and idx.folder.rebuilding:
             err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
@@ -695,7 +705,8 @@ def info(
     text = (
         f"Index:    {data['index']}\n"
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
-        f"Images:   {data['count']} files, {data['vectors']} distinct vectors, {data['skipped']} skipped\n"
+        f"Images:   {data['count']} files, {data['contents']} distinct, {data['skipped']} skipped; "
+        f"{data['vectors']} vectors (coverage: {data['coverage']})\n"
         f"Roots:    {roots}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )

@@ -115,3 +115,12 @@ def photos(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def index_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "index"
+
+
+def picture_vectors(idx, path: str):  # type: ignore[no-untyped-def]
+    """Every stored vector of an indexed file: its main one, then its side views' (a picture's
+    search score is the best of them)."""
+    import numpy as np
+
+    cid = idx.catalog.file(path).content_id
+    return idx.store.reconstruct(np.array([cid, *idx.catalog.view_ids_of([cid])], dtype=np.int64))

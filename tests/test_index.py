@@ -18,6 +18,8 @@ from clipsearch.encoders.facts import ModelPreview, draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.encoders.loading import load_encoder
 from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
+from clipsearch.store.catalog import content_of
+from conftest import picture_vectors
 from hfcache import add_tiny_model
 
 
@@ -49,12 +51,12 @@ def test_search_matches_brute_force_and_image_finds_itself(index_dir, photos, ti
     sync(index_dir, tiny_encoder, photos["coffee"].parent)
     with Index.open(index_dir, encoder=tiny_encoder) as idx:
         paths = sorted(str(p) for p in photos.values())
-        matrix = np.stack([idx.stored_vector(p) for p in paths])
         query = tiny_encoder.encode_texts(["a cup of coffee"])[0]
-        expected = [paths[i] for i in np.argsort(-(matrix @ query), kind="stable")[:4]]
+        best = np.array([max(picture_vectors(idx, p) @ query) for p in paths])  # a picture's best vector
+        expected = [paths[i] for i in np.argsort(-best, kind="stable")[:4]]
         hits = idx.search_text("a cup of coffee", k=4)
         assert [h.path for h in hits] == expected
-        np.testing.assert_allclose([h.score for h in hits], np.sort(matrix @ query)[::-1][:4], atol=1e-5)
+        np.testing.assert_allclose([h.score for h in hits], np.sort(best)[::-1][:4], atol=1e-5)
         for path in paths:
             first = idx.search_image(path, k=3)[0]
             assert first.path == path and first.score == pytest.approx(1.0, abs=1e-3)  # fp16 storage
@@ -94,8 +96,10 @@ def test_incremental_sync(index_dir, photos, tiny_encoder, tmp_path) -> None:
         assert str(photos["camera"]) not in hit_paths
         assert len(hit_paths) == len(set(hit_paths)) == len(photos) + 1
         assert idx.search_image(str(photos["astronaut"]), k=1)[0].path == str(photos["astronaut"])
-        # the rewritten vectors file holds exactly the live contents
-        assert idx.info()["vectors"] == len(idx.store) == len(photos)
+        # the rewritten vectors file holds exactly the live contents (and their side views)
+        assert idx.info()["contents"] == len(photos)
+        distinct = {idx.catalog.file(p).content_id: p for p in hit_paths}.values()
+        assert idx.info()["vectors"] == len(idx.store) == sum(len(picture_vectors(idx, p)) for p in distinct)
         assert idx.catalog.conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     assert len(list(index_dir.glob("vectors-*.faiss"))) == 1
 
@@ -202,7 +206,8 @@ def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encod
         report = idx.sync([str(folder)], options=SyncOptions(batch_size=2, workers=2, processes=False))
     assert (report.added, report.reused, report.skipped) == (3, 87, 0)
     with Index.open(index_dir) as idx:
-        assert len(idx.store) == 3  # one vector per distinct content
+        assert idx.info()["contents"] == 3  # one content (and its views) per distinct picture
+        assert len(idx.store) == idx.info()["vectors"]
         assert len({tuple(idx.stored_vector(str(p))) for p in folder.iterdir()}) == 3
 
 
@@ -372,7 +377,7 @@ def test_forget_removes_a_root_its_files_and_the_vectors_no_file_uses(
         assert not idx.encoder_loaded and not idx.model_loading
         assert idx.catalog.roots() == [str(tmp_path / "a")]
         contents = {r[0] for r in idx.catalog.conn.execute("SELECT id FROM contents")}
-        assert len(contents) == len(a) and set(idx.store.ids().tolist()) == contents
+        assert len(contents) == len(a) and set(content_of(idx.store.ids()).tolist()) == contents
         with pytest.raises(NotARootError, match="is not one of the folders"):
             idx.forget(tmp_path / "a" / "sub")
     assert all_paths(index_dir) == {str(p) for p in a.values()}

@@ -9,12 +9,18 @@ checks it against the model's own transform; configurations it does not cover re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
+
+#: A picture gets side views (see ``PixelTransform.side_views``) from this aspect ratio on.
+SIDE_VIEW_ASPECT = 1.2
+#: Most side views a picture gets (a panorama of more than 7:1 has gaps between them).
+MAX_SIDE_VIEWS = 6
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -44,6 +50,48 @@ class PixelTransform:
         else:
             image = self._resize_shortest_and_crop(image, resample)
         return np.asarray(image, dtype=np.uint8)
+
+    def side_views(self, image: Image.Image) -> list[tuple[str, npt.NDArray[np.uint8]]]:
+        """Square crops at the ends of a wide or tall picture, each resized to the model's input,
+        beside its centre crop (``resize_crop``): what a centre-cropping model would never see.
+
+        A model that crops the centre of a 16:9 frame never sees 44% of its width. The squares'
+        side is a third of the long side, but at least 0.55 of the short side (and at most all of it),
+        centred across: the scale at which a part of the picture (its left third, say) is seen as
+        itself rather than shrunk inside a larger square. For 16:9 the two squares and the centre
+        crop leave out only the four corners outside the centre crop (18% of the frame); for 4:3,
+        11%; a panorama of 3:1 or wider gets full-height squares spread along it (at most
+        ``MAX_SIDE_VIEWS``, so more than 7:1 leaves gaps). A picture whose long side is under
+        ``SIDE_VIEW_ASPECT`` times its short side gets none (the centre crop loses under 9% each
+        side), as does a transform that does not crop (``squash``). The end squares are
+        ``left``/``right`` (or ``top``/``bottom``), those between ``part``.
+        """
+        if self.resize_mode != "shortest":
+            return []
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        if short == 0 or long < SIDE_VIEW_ASPECT * short:
+            return []
+        side = min(short, max(round(long / 3), round(0.55 * short)))
+        count = 2 if side < short else min(math.ceil(long / short), MAX_SIDE_VIEWS + 1)
+        offsets = [round(i * (long - side) / (count - 1)) for i in range(count)]
+        across = (short - side) // 2
+        centre = round((long - side) / 2)
+        ends = ("left", "right") if width > height else ("top", "bottom")
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        resample = _RESAMPLE[self.interpolation]
+        views = []
+        for i, offset in enumerate(offsets):
+            if side == short and count % 2 and i == count // 2 and abs(offset - centre) <= 1:
+                continue  # the centre crop is the picture's main vector already
+            kind = ends[0] if i == 0 else ends[1] if i == count - 1 else "part"
+            if width > height:
+                box = (offset, across, offset + side, across + side)
+            else:
+                box = (across, offset, across + side, offset + side)
+            pixels = image.resize((self.width, self.height), resample, box=box)
+            views.append((kind, np.asarray(pixels, dtype=np.uint8)))
+        return views
 
     def normalize(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """The arithmetic half, for a batch: ``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float32."""

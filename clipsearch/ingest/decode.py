@@ -38,6 +38,8 @@ class Prepared(NamedTuple):
 
     ``pixels`` are ``(H, W, 3)`` uint8 from a :class:`~clipsearch.encoders.pixels.PixelTransform`'s
     ``resize_crop`` (normalised later, a batch at a time), or the model's own ``(3, H, W)`` float32.
+    ``views`` are the file's further vectors to encode, as (kind, pixels) in view order 1, 2, ...:
+    the side crops of a wide or tall picture when the index covers the whole frame.
     """
 
     record: FileRecord
@@ -47,6 +49,7 @@ class Prepared(NamedTuple):
     height: int
     taken: float | None
     error: ImageError | None
+    views: tuple[tuple[str, npt.NDArray[Any]], ...] = ()
 
 
 def file_digest(data: bytes) -> str:
@@ -63,8 +66,10 @@ def prepare(
     preprocess: Callable[[object], object],
     min_side: int,
     max_pixels: int,
+    views: Callable[[Any], list[tuple[str, Any]]] | None = None,
 ) -> Prepared:
-    """Read, hash and (unless the content is already indexed) decode and preprocess one file."""
+    """Read, hash and (unless the content is already indexed) decode and preprocess one file, and
+    make its further ``views`` (side crops) from the same decoded image."""
     try:  # a regular file of bounded size only: never a FIFO or device named like an image
         data = read_image_file(record.path, max_bytes=max_file_bytes(max_pixels))
     except ImageError as exc:
@@ -75,6 +80,7 @@ def prepare(
     try:
         image = open_image(data, max_pixels=max_pixels, min_side=min_side)
         pixels = np.asarray(preprocess(image))
+        extra = tuple((kind, np.asarray(p)) for kind, p in views(image)) if views is not None else ()
     except ImageError as exc:
         return Prepared(record, digest, None, 0, 0, None, exc)
     except MemoryError:  # one file the machine cannot hold is skipped, not the end of the run
@@ -82,7 +88,7 @@ def prepare(
         return Prepared(record, digest, None, 0, 0, None, error)
     header = read_header(data)  # the size as stored, not as decoded (JPEG draft shrinks it)
     width, height = (header.width, header.height) if header.width else image.size
-    return Prepared(record, digest, pixels, width, height, header.taken, None)
+    return Prepared(record, digest, pixels, width, height, header.taken, None, extra)
 
 
 class _KnownHashes:
@@ -122,6 +128,8 @@ class DecodeJob:
     max_pixels: int
     #: (root, pixel limit of its files) where a root's limit is not ``max_pixels``
     root_limits: tuple[tuple[str, int], ...] = ()
+    #: a picture's further views (side crops), or None for one vector per picture
+    views: Callable[[Any], list[tuple[str, Any]]] | None = None
     parent_pid: int = field(default_factory=os.getpid)
 
     def limit_for(self, path: str) -> int:
@@ -141,6 +149,7 @@ class DecodeJob:
             preprocess=self.transform,
             min_side=self.min_side,
             max_pixels=self.limit_for(item[0].path),
+            views=self.views,
         )
         return prep, item[1]
 

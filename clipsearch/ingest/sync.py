@@ -32,7 +32,7 @@ from clipsearch.errors import (
 )
 from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
 from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
-from clipsearch.store.catalog import Catalog, FileState, NewFile, RootSettings
+from clipsearch.store.catalog import Catalog, FileState, NewFile, RootSettings, View, view_id
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.rebuild import live_root_settings
 
@@ -245,6 +245,7 @@ class _Committer:
         self.report = report
         self.options = options
         self.queue: dict[str, Prepared] = {}  # digest -> first file with that new content
+        self.queued_vectors = 0  # the queue's pictures and their views: what the next encode takes
         self.rows: list[tuple[FileRecord, str | None, str | None]] = []  # record, digest, error
         self.since_checkpoint = 0
         self.reasons: Counter[str] = Counter()
@@ -275,8 +276,9 @@ class _Committer:
             else:
                 report.updated += 1
             self.queue[prep.digest] = prep
+            self.queued_vectors += 1 + len(prep.views)
             self.rows.append((record, prep.digest, None))
-        if len(self.queue) >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
+        if self.queued_vectors >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
             self.commit()
 
     def _known(self, digest: str | None) -> bool:
@@ -300,7 +302,9 @@ class _Committer:
         rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in self.queue]
         if not new and not rows:
             return
-        vectors = self._encode([p.pixels for p in new]) if new else None
+        # every picture's main vector, then its views: one encoder batch
+        pixels = [p.pixels for p in new] + [view for p in new for _, view in p.views]
+        vectors = self._encode(pixels) if new else None
         self.folder.check_present()  # SQLite would go on writing into a deleted catalog
         with self.catalog.transaction():
             ids = {
@@ -309,14 +313,29 @@ class _Committer:
                 if p.digest
             }
             if vectors is not None:  # a new generation only when the vectors change
-                self.catalog.add_pending(self.catalog.next_gen(), list(ids.values()), vectors)
+                self.catalog.add_pending(self.catalog.next_gen(), self._vector_ids(new, ids), vectors)
             self.catalog.upsert_files(self._file_rows(rows, ids))
-        self.queue.clear() if encode else None
+        if encode:
+            self.queue.clear()
+            self.queued_vectors = 0
         self.rows = [] if encode else [r for r in self.rows if r not in rows]
         self.since_checkpoint += len(new)
         if self.since_checkpoint >= self.options.checkpoint_every:
             self.folder.checkpoint()
             self.since_checkpoint = 0
+
+    def _vector_ids(self, new: list[Prepared], ids: dict[str, int]) -> list[int]:
+        """The FAISS ids of ``new``'s vectors in encoding order (main vectors, then views), with the
+        views recorded in the catalog."""
+        main = [ids[p.digest] for p in new if p.digest]
+        extra: list[int] = []
+        for p in new:
+            if p.views and p.digest:
+                cid = ids[p.digest]
+                views = [View(n, kind) for n, (kind, _) in enumerate(p.views, 1)]
+                self.catalog.insert_views(cid, views)
+                extra += [view_id(cid, v.view) for v in views]
+        return main + extra
 
     def _encode(self, pixels: list[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
@@ -545,7 +564,9 @@ def _decode_and_encode(
     else:
         known = facts = model.facts()
         transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
-    job = DecodeJob(committer.catalog.path, transform, draft_side(known), DEFAULT_MAX_PIXELS, limits)
+    sides = committer.folder.meta.coverage == "sides" and known.pixel_transform is not None
+    views = known.pixel_transform.side_views if sides and known.pixel_transform is not None else None
+    job = DecodeJob(committer.catalog.path, transform, draft_side(known), DEFAULT_MAX_PIXELS, limits, views)
     use_processes = options.processes and known.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
     if progress:
         progress.start(len(todo))

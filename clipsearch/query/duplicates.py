@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.paths import json_list
-from clipsearch.store.catalog import Entry
+from clipsearch.store.catalog import VIEW_FLAG, Entry
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.vectors import VectorStore
 
@@ -52,6 +52,7 @@ def find_duplicates(
     """
     store = index.store
     ids = store.ids()
+    ids = ids[(ids & VIEW_FLAG) == 0]  # pictures by their main vectors (side views are parts of them)
     files = index.catalog.entries_of(sorted(int(i) for i in ids))
     linked = _near_components(store, ids, threshold) if near and len(ids) > 1 else []
     in_near = {cid for component, _ in linked for cid in component}
@@ -94,9 +95,9 @@ def _near_components(
             block, store.range_search(store.reconstruct(block), threshold), strict=True
         ):
             for score, other in zip(scores, found, strict=True):
-                a, b = find(int(cid)), find(int(other))
-                if int(other) == int(cid):
+                if int(other) == int(cid) or int(other) not in parent:  # itself, or a side view
                     continue
+                a, b = find(int(cid)), find(int(other))
                 low = min(float(score), lowest.get(a, 1.0), lowest.get(b, 1.0))
                 parent[a] = b
                 lowest[b] = low

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from clipsearch.errors import BadValueError
 from clipsearch.paths import json_fields
 from clipsearch.query.filters import Filters
-from clipsearch.store.catalog import Catalog, Entry
+from clipsearch.store.catalog import Catalog, Entry, content_of
 from clipsearch.store.vectors import VectorStore
 
 
@@ -70,40 +70,63 @@ def rank(
 ) -> list[list[Hit]]:
     """Top-``k`` files for each query row (exact inner product), best first.
 
-    Identical files share one vector; each of their paths is returned with the same score, and
-    the list is cut at ``k`` paths. Filters restrict the candidates before the top-k cut; with
-    ``filters.available``, files not on disk now are left out and more candidates are ranked
-    until ``k`` are found or none are left.
+    A picture may have several vectors (its side views): its score is its best vector's. Identical
+    files share their vectors; each of their paths is returned with the same score, and the list is
+    cut at ``k`` paths. Filters restrict the candidates before the top-k cut; with
+    ``filters.available``, files not on disk now are left out. Candidates are ranked further down
+    until ``k`` files are found or none are left.
     """
     if k < 1 or len(store) == 0:
         return [[] for _ in range(len(queries))]
     allowed = None
+    allowed_ids = None
     where = filters.for_catalog() if filters is not None else None
     if where is not None and where.active():
         allowed = catalog.entries_matching(where)
         if not allowed:
             return [[] for _ in range(len(queries))]
-    allowed_ids = np.fromiter(allowed, dtype=np.int64) if allowed is not None else None
+        contents = list(allowed)
+        allowed_ids = np.array(contents + catalog.view_ids_of(contents), dtype=np.int64)
     on_disk_only = filters is not None and filters.available
     total = len(allowed_ids) if allowed_ids is not None else len(store)
-    wanted = k
+    wanted = min(total, k * 3 if catalog.has_views() else k)  # a picture's views may fill the ranking
     while True:
         scores, ids = store.search(queries, wanted, allowed=allowed_ids)
+        contents_of = content_of(ids)
         files = (
             allowed
             if allowed is not None
-            else catalog.entries_of(sorted({int(i) for i in ids.ravel() if i >= 0}))
+            else catalog.entries_of(sorted({int(c) for c in contents_of.ravel() if c >= 0}))
         )
-        results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            hits: list[Hit] = []
-            for score, cid in zip(row_scores, row_ids, strict=True):
-                # a content deleted after the store was loaded has no files left: skip it
-                hits.extend(Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
-            results.append([h for h in hits if h.available][:k] if on_disk_only else hits[:k])
-        if not on_disk_only or wanted >= total or all(len(r) == k for r in results):
+        results = [
+            _hits(row_scores, row_contents, files, k, on_disk_only)
+            for row_scores, row_contents in zip(scores, contents_of, strict=True)
+        ]
+        if wanted >= total or all(len(r) == k for r in results):
             return results
-        wanted = min(total, wanted * 4)  # many files are not on disk: look further down the ranking
+        wanted = min(total, wanted * 4)  # views or files not on disk: look further down the ranking
+
+
+def _hits(
+    scores: npt.NDArray[np.float32],
+    contents: npt.NDArray[np.int64],
+    files: dict[int, list[Entry]],
+    k: int,
+    on_disk_only: bool,
+) -> list[Hit]:
+    """The first ``k`` files of one ranking of vectors, each content at its best (first) score."""
+    hits: list[Hit] = []
+    seen: set[int] = set()
+    for score, cid in zip(scores, contents, strict=True):
+        if cid < 0 or int(cid) in seen:
+            continue
+        seen.add(int(cid))
+        # a content deleted after the store was loaded has no files left: skip it
+        found = (Hit.of(entry, float(score)) for entry in files.get(int(cid), []))
+        hits.extend(h for h in found if h.available or not on_disk_only)
+        if len(hits) >= k:
+            break
+    return hits[:k]
 
 
 #: Candidates the adaptive cutoff looks at: always the best 100, so that ``k`` caps the results

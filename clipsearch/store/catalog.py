@@ -16,8 +16,17 @@ Tables (schema version 1):
 - ``files(path, size, mtime_ns, content_id, error)``: path (the file system's bytes, so names that
   are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
   ``error`` set for files that were skipped.
-- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint.
-- ``tombstones(content_id, gen)``: contents deleted since the last FAISS checkpoint.
+- ``views(content_id, view, kind, t_start, t_end)``: a content's vectors beyond its main one: the
+  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``), later
+  video moments (with their times). Added after 0.1.0 (a writer creates it in place; a reader of an
+  older catalog sees no views).
+- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint;
+  ``content_id`` is the vector's FAISS id (see :func:`view_id`).
+- ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted since the last FAISS checkpoint.
+
+FAISS ids: a content's main vector has the content's id; view ``n`` (1, 2, ...) of content ``c``
+has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide and
+:func:`content_of` maps any of them back to its content.
 """
 
 from __future__ import annotations
@@ -67,7 +76,52 @@ CREATE TABLE IF NOT EXISTS pending (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tombstones (content_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS views (
+    content_id INTEGER NOT NULL,
+    view INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    t_start REAL,
+    t_end REAL,
+    PRIMARY KEY (content_id, view)
+) WITHOUT ROWID;
 """
+
+#: The flag of a view's FAISS id, and the bits of the view number below the content id.
+VIEW_FLAG = 1 << 62
+VIEW_BITS = 16
+MAX_VIEWS = (1 << VIEW_BITS) - 1
+_CONTENT_MASK = (1 << (62 - VIEW_BITS)) - 1
+
+
+def view_id(content_id: int, view: int) -> int:
+    """The FAISS id of view ``view`` (1..MAX_VIEWS) of a content; view 0 is the content's own id."""
+    if view == 0:
+        return int(content_id)
+    if not 0 < view <= MAX_VIEWS or not 0 < content_id <= _CONTENT_MASK:
+        raise ValueError(f"view {view} of content {content_id} has no FAISS id")
+    return VIEW_FLAG | (int(content_id) << VIEW_BITS) | view
+
+
+def content_of(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The content ids of FAISS ids (main or view); -1 stays -1."""
+    ids = np.asarray(ids, dtype=np.int64)
+    is_view = (ids > 0) & ((ids & VIEW_FLAG) != 0)
+    return np.where(is_view, (ids >> VIEW_BITS) & _CONTENT_MASK, ids)
+
+
+def view_of(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The view numbers of FAISS ids (0 for a content's main vector)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where((ids > 0) & ((ids & VIEW_FLAG) != 0), ids & MAX_VIEWS, 0)
+
+
+class View(NamedTuple):
+    """A vector of a content beyond its main one: which part of it (``kind``), and when (video)."""
+
+    view: int
+    kind: str
+    t_start: float | None = None
+    t_end: float | None = None
 
 
 #: Columns added to ``roots`` after 0.1.0, with the definitions ``ALTER TABLE`` adds them with.
@@ -83,6 +137,7 @@ _REPLACED_TABLES = {
     "files": "path, size, mtime_ns, content_id, error",
     "pending": "content_id, gen, vector",
     "tombstones": "content_id, gen",
+    "views": "content_id, view, kind, t_start, t_end",
     "meta": "key, value",
 }
 
@@ -119,6 +174,9 @@ class IndexMeta:
     dim: int
     store_kind: str = "flat"
     schema_version: int = SCHEMA_VERSION
+    #: which extra vectors a picture gets: ``none``, or ``sides`` (the side crops of a wide or tall
+    #: picture, for models that crop the centre); indexes made before 0.2 record none
+    coverage: str = "none"
 
 
 class Entry(NamedTuple):
@@ -269,6 +327,7 @@ class Catalog:
                 self.conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # one transaction: one fsync, not 7
                 self._add_missing_columns()
             self._root_columns = self._columns("roots")
+            self._has_views = bool(self._columns("views"))
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from exc
@@ -470,9 +529,12 @@ class Catalog:
 
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
+        contents = one("SELECT count(*) FROM contents").fetchone()[0]
+        views = one("SELECT count(*) FROM views").fetchone()[0] if self._has_views else 0
         return {
             "files": one("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0],
-            "vectors": one("SELECT count(*) FROM contents").fetchone()[0],
+            "contents": contents,
+            "vectors": contents + views,
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
 
@@ -490,6 +552,40 @@ class Catalog:
             out.update(_group(self.conn.execute(f"{_ENTRY_SQL} WHERE f.content_id IN ({marks})", chunk)))
         return out
 
+    def has_views(self) -> bool:
+        """Whether any content has vectors beyond its main one."""
+        return self._has_views and self.conn.execute("SELECT 1 FROM views LIMIT 1").fetchone() is not None
+
+    def view_ids_of(self, content_ids: Sequence[int]) -> list[int]:
+        """The FAISS ids of the extra views of these contents."""
+        if not self._has_views:
+            return []
+        out: list[int] = []
+        for start in range(0, len(content_ids), 500):
+            chunk = [int(i) for i in content_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT content_id, view FROM views WHERE content_id IN ({marks})", chunk
+            )
+            out += [view_id(cid, view) for cid, view in rows]
+        return out
+
+    def views_of(self, content_ids: Sequence[int]) -> dict[int, dict[int, View]]:
+        """content id -> view number -> its view, for the ids given (contents without views: absent)."""
+        out: dict[int, dict[int, View]] = {}
+        if not self._has_views:
+            return out
+        for start in range(0, len(content_ids), 500):
+            chunk = [int(i) for i in content_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT content_id, view, kind, t_start, t_end FROM views WHERE content_id IN ({marks})",
+                chunk,
+            )
+            for cid, view, kind, t_start, t_end in rows:
+                out.setdefault(int(cid), {})[int(view)] = View(int(view), kind, t_start, t_end)
+        return out
+
     def skipped(self) -> list[tuple[str, str]]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path")
         return [(os.fsdecode(path), error) for path, error in rows]
@@ -500,6 +596,13 @@ class Catalog:
         gen = self.get_int("gen") + 1
         self.set("gen", gen)
         return gen
+
+    def insert_views(self, content_id: int, views: Sequence[View]) -> None:
+        """Record a new content's extra views (their vectors: :meth:`add_pending`, ids :func:`view_id`)."""
+        self.conn.executemany(
+            "INSERT INTO views(content_id, view, kind, t_start, t_end) VALUES (?, ?, ?, ?, ?)",
+            [(int(content_id), v.view, v.kind, v.t_start, v.t_end) for v in views],
+        )
 
     def insert_content(self, digest: str, width: int, height: int, taken: float | None) -> int:
         cur = self.conn.execute(
@@ -536,10 +639,13 @@ class Catalog:
         if not orphans:
             return 0
         gen = self.next_gen()
+        dead = orphans + self.view_ids_of(orphans)
         self.conn.executemany("DELETE FROM contents WHERE id = ?", [(i,) for i in orphans])
-        self.conn.executemany("DELETE FROM pending WHERE content_id = ?", [(i,) for i in orphans])
+        if self._has_views:
+            self.conn.executemany("DELETE FROM views WHERE content_id = ?", [(i,) for i in orphans])
+        self.conn.executemany("DELETE FROM pending WHERE content_id = ?", [(i,) for i in dead])
         self.conn.executemany(
-            "INSERT OR REPLACE INTO tombstones(content_id, gen) VALUES (?, ?)", [(i, gen) for i in orphans]
+            "INSERT OR REPLACE INTO tombstones(content_id, gen) VALUES (?, ?)", [(i, gen) for i in dead]
         )
         return len(orphans)
 

@@ -56,7 +56,8 @@ def assert_complete(index_dir: Path, folder: Path) -> str:
         assert all(state.content_id is not None for state in rows.values())
         contents = {r[0] for r in idx.catalog.conn.execute("SELECT id FROM contents")}
         assert {state.content_id for state in rows.values()} == contents
-        assert sorted(idx.store.ids().tolist()) == sorted(contents)
+        views = idx.catalog.view_ids_of(sorted(contents))  # wide pictures' side views
+        assert sorted(idx.store.ids().tolist()) == sorted([*contents, *views])
         assert idx.info()["count"] == len(rows)
         return idx.meta.model
 

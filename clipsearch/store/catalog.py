@@ -408,12 +408,19 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+
+        A Ctrl-C can land just after ``BEGIN`` returns: inside the ``try``, so it is rolled back too,
+        and a transaction found open anyway (an interrupt in the window before) is rolled back first.
+        """
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 

@@ -361,7 +361,11 @@ class IndexFolder:
         sweep_vector_files(self.data, keep=vectors_file(self.catalog.get_int("vectors_gen")))
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
-        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None.
+
+        A unit vector, as the model gave it: the store's 8-bit codes give it back within one part in
+        a thousand of unit length, which would otherwise scale every score of a search with it.
+        """
         state = self.catalog.file(path)
         if state is None or state.content_id is None:
             return None
@@ -371,7 +375,9 @@ class IndexFolder:
             return None
         if (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns):
             return None
-        return self.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+        vector = self.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
 
     def info(self) -> dict[str, Any]:
         """What is in the index, which model, where it lives, each root's settings, and an

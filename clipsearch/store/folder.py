@@ -361,11 +361,7 @@ class IndexFolder:
         sweep_vector_files(self.data, keep=vectors_file(self.catalog.get_int("vectors_gen")))
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
-        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None.
-
-        A unit vector, as the model gave it: the store's 8-bit codes give it back within one part in
-        a thousand of unit length, which would otherwise scale every score of a search with it.
-        """
+        """The indexed (unit) vector of ``path`` if the file is indexed and unchanged on disk, else None."""
         state = self.catalog.file(path)
         if state is None or state.content_id is None:
             return None
@@ -375,7 +371,16 @@ class IndexFolder:
             return None
         if (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns):
             return None
-        vector = self.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+        return self.content_vector(state.content_id)
+
+    def content_vector(self, content_id: int) -> npt.NDArray[np.float32]:
+        """A content's main vector, of unit length as the model gave it (the store's 8-bit codes give
+        it back within 0.1% of unit length, which would otherwise scale every score of a search with it).
+
+        Raises:
+            RuntimeError: the store does not hold it (FAISS's error for an unknown id).
+        """
+        vector = self.store.reconstruct(np.array([content_id], dtype=np.int64))[0]
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 

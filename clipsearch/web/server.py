@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -333,7 +332,7 @@ def _add_api(app: FastAPI, state: _State) -> None:
             if not own:
                 raise HTTPException(404, "No image with this id in the index.")
             try:
-                vector = index.store.reconstruct(np.array([cid], dtype=np.int64))[0]
+                vector = index.folder.content_vector(cid)
             except RuntimeError:  # deleted by a sync since the catalog lookup
                 raise HTTPException(404, "No image with this id in the index.") from None
             hits = index.search_vectors(vector, options.candidates + len(own), filters=filters)[0]

@@ -658,7 +658,9 @@ def search(
     path = index_path_from(index_path)
     marks: dict[int, bool] = {}
     with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
-        options, fitted = idx.calibrate(options)
+        fitted = None
+        if all(t.kind == "text" for t in terms):  # fitted on text queries: images score on another scale
+            options, fitted = idx.calibrate(options)
         if fitted is not None:
             err(_fitted_note(fitted))
         if refine:

@@ -617,3 +617,66 @@ def test_the_fitted_cutoff_beats_k10_and_the_break_on_held_out_queries(world: Wo
     k10, brk, auto = (s["mean"]["f1"] for s in json.loads(result.stdout)["settings"])
     print(f"held-out F1: k=10 {k10:.3f}, break {brk:.3f}, fitted {auto:.3f}")
     assert auto > k10 and auto > brk, (k10, brk, auto)
+
+
+# -- the web API --------------------------------------------------------------------------------------
+
+
+def test_the_page_api_marks_results_and_refines(
+    tmp_path: Path, photos: dict[str, Path], tiny_encoder
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from clipsearch.web.server import create_app
+
+    index_dir = tmp_path / "index"
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        idx.sync([str(photos["coffee"].parent)], options=NO_EXPORT)
+        ids = {name: idx.catalog.file(str(p)).content_id for name, p in photos.items()}
+    client = TestClient(create_app(index_dir), base_url="http://127.0.0.1")
+    with client:
+        first = client.get("/api/search", params={"q": "a  cup", "k": 30}).json()
+        assert (first["key"], first["marks"], first["refined"]) == ("a cup", 0, False)
+        assert all(r["judged"] is None for r in first["results"])
+        refused = client.get("/api/search", params={"q": "a cup", "refine": "true"})
+        assert refused.status_code == 400 and "No results of 'a cup' are marked" in refused.json()["error"]
+
+        v = first["index_version"]
+        for name, relevant in (("coffee", True), ("camera", True), ("rocket", False)):
+            body = {"q": "a cup", "content_id": ids[name], "relevant": relevant, "v": v}
+            marked = client.post("/api/judge", json=body)
+            assert marked.status_code == 200, marked.text
+        assert marked.json() == {"key": "a cup", "content_id": ids["rocket"], "relevant": False, "marks": 3}
+        cleared = client.post(
+            "/api/judge", json={"q": "a cup", "content_id": ids["camera"], "relevant": None}
+        )
+        assert cleared.json()["marks"] == 2
+
+        again = client.get("/api/search", params={"q": "a cup", "k": 30}).json()
+        judged = {r["content_id"]: r["judged"] for r in again["results"]}
+        assert (
+            judged[ids["coffee"]] is True and judged[ids["rocket"]] is False and judged[ids["camera"]] is None
+        )
+        refined = client.get("/api/search", params={"q": "a cup", "k": 30, "refine": "true"}).json()
+        assert refined["refined"] is True and refined["marks"] == 2
+        with Index.open(index_dir) as idx:
+            expected = [h.content_id for h in idx.search_refined("a cup", 30)]
+        assert [r["content_id"] for r in refined["results"]] == expected
+        assert {r["content_id"]: r["judged"] for r in refined["results"]} == judged  # still shown as marked
+
+        for body, status, problem in [
+            (
+                {"q": "./x.jpg", "content_id": ids["coffee"], "relevant": True},
+                400,
+                "Image paths are not accepted",
+            ),
+            ({"q": "dog + + cat", "content_id": ids["coffee"], "relevant": True}, 400, "position 5"),
+            ({"q": "a cup", "content_id": 99999, "relevant": True}, 404, "No image with this id"),
+            ({"q": "a cup", "content_id": ids["coffee"], "relevant": True, "v": "stale"}, 409, "rebuilt"),
+            ({"q": "a cup", "content_id": "x", "relevant": True}, 422, "content_id"),
+            ({"q": "a cup", "content_id": -1, "relevant": True}, 422, "content_id"),
+        ]:
+            answer = client.post("/api/judge", json=body)
+            assert answer.status_code == status and problem in answer.json()["error"], (body, answer.text)
+    with Index.open(index_dir) as idx:
+        assert len(idx.judgements()) == 2

@@ -128,6 +128,10 @@ def by_query(marks: Iterable[Judgement]) -> dict[str, QueryMarks]:
     return {q: m for q, m in out.items() if m}
 
 
+def _text_only(query: str) -> bool:
+    return all(t.kind == "text" for t in parse_query(query))
+
+
 def picture_scores(
     store: VectorStore, catalog: Catalog, query: npt.NDArray[np.float32], content_ids: Sequence[int]
 ) -> dict[int, float]:
@@ -165,11 +169,12 @@ def fit_cutoff(
 ) -> FittedCutoff | None:
     """The calibrated cutoff for this index's model: each marked picture scored against its query's
     vector (as a search scores it), pooled over the queries, and the threshold that maximises F1 on
-    them (:func:`~clipsearch.query.evaluate.best_f1_threshold`). None without enough marks: fewer
-    than :data:`MIN_FIT_JUDGEMENTS` of pictures indexed now, or fewer than
-    :data:`MIN_FIT_PER_LABEL` relevant or not relevant.
+    them (:func:`~clipsearch.query.evaluate.best_f1_threshold`). Text queries only: an image scores
+    other images on another scale. None without enough marks: fewer than
+    :data:`MIN_FIT_JUDGEMENTS` of pictures indexed now, or fewer than :data:`MIN_FIT_PER_LABEL`
+    relevant or not relevant.
     """
-    grouped = by_query(marks)
+    grouped = {q: m for q, m in by_query(marks).items() if _text_only(q)}
     relevant = sum(len(m.relevant) for m in grouped.values())
     irrelevant = sum(len(m.irrelevant) for m in grouped.values())
     if relevant + irrelevant < MIN_FIT_JUDGEMENTS or min(relevant, irrelevant) < MIN_FIT_PER_LABEL:

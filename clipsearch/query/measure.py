@@ -442,9 +442,10 @@ def run_setting(
         if setting.refine and feedback:
             vectors[i] = refined_vector(index.store, vectors[i], feedback.relevant, feedback.irrelevant)
     rankings = index.search_vectors(np.stack(vectors), depth) if vectors else []
-    for (query, relevant, _), feedback, hits in zip(wanted, feedbacks, rankings, strict=True):
+    for (query, relevant, terms), feedback, hits in zip(wanted, feedbacks, rankings, strict=True):
         ranked = [h.path for h in hits]
-        kept = [h.path for h in finish(hits, options)]
+        text_only = all(t.kind == "text" for t in terms)  # the fit is of text queries (see fit_cutoff)
+        kept = [h.path for h in finish(hits, options if text_only else replace(options, calibrated=None))]
         score = score_query(query.query, ranked, relevant, kept)
         if residual:
             seen = _paths_of(index.catalog, feedback) if feedback else set()

@@ -662,7 +662,7 @@ def search(
         if all(t.kind == "text" for t in terms):  # fitted on text queries: images score on another scale
             options, fitted = idx.calibrate(options)
         if fitted is not None:
-            err(_fitted_note(fitted))
+            err(f"Cutoff: {_fitted_note(fitted)}; --cutoff break ignores them.")
         if refine:
             marks = {m.content_id: m.relevant for m in idx.judgements(terms) if m.content_id is not None}
             hits = finish(idx.search_refined(terms, options.candidates, filters=filters), options)
@@ -703,10 +703,10 @@ _MARK_WORDS = {True: "yes", False: "no", None: ""}
 
 
 def _fitted_note(fitted: Any) -> str:
-    """What ``--cutoff auto`` says when it uses the cutoff fitted to the judgements."""
+    """The cutoff fitted to the judgements, in words."""
     return (
-        f"Cutoff: scores >= {fitted.threshold:.3f}, fitted to {fitted.judgements} judgements of "
-        f"{len(fitted.queries)} queries (F1 {fitted.f1:.2f} on them); --cutoff break ignores them."
+        f"scores >= {fitted.threshold:.3f}, fitted to {fitted.judgements} judgements of "
+        f"{len(fitted.queries)} queries (F1 {fitted.f1:.2f} on them)"
     )
 
 
@@ -1068,8 +1068,8 @@ def eval_(
         reports = idx.evaluate(evalset, settings)
     for report in reports:
         if report.cutoff is not None:
-            held = "held out" if report.held_out else "NOT held out: some of these queries were fitted on"
-            err(f"{report.name}: {_fitted_note(report.cutoff).split(';')[0]}; {held}.")
+            held = "none of these queries" if report.held_out else "SOME OF THESE QUERIES: not held out"
+            err(f"{report.name}: cutoff {_fitted_note(report.cutoff)}; fitted on {held}.")
         if report.skipped:
             err(
                 f"{report.name}: {len(report.skipped)} queries have no relevant file in that index, left out."

@@ -41,10 +41,11 @@ if TYPE_CHECKING:
     from clipsearch.encoders.onnx_export import ExportOutcome
     from clipsearch.encoders.onnx_text import OnnxTextEncoder, TextEncoder
     from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
+    from clipsearch.query.evalset import EvalSet
     from clipsearch.query.filters import Filters
     from clipsearch.query.grammar import Term
     from clipsearch.query.judgements import FittedCutoff
-    from clipsearch.query.measure import EvalSet, Setting, SettingReport
+    from clipsearch.query.measure import Setting, SettingReport
     from clipsearch.query.rank import Hit, SearchOptions
     from clipsearch.store.catalog import Catalog, Judgement
 
@@ -687,8 +688,9 @@ class Index:
             EvalFileError: a relevant path or pattern of the file finds nothing in an index.
             BadValueError: a setting names a store kind the index does not have.
         """
+        from clipsearch.query.evalset import from_judgements
         from clipsearch.query.judgements import by_query, fit_cutoff
-        from clipsearch.query.measure import from_judgements, remap, run_setting
+        from clipsearch.query.measure import remap, run_setting
 
         for setting in settings:
             if setting.store not in (None, self.meta.store_kind):

@@ -159,10 +159,10 @@ def phrase(exc: ClipsearchError) -> str:
     """A library error as the CLI tells it: the facts, then the command or flag that helps."""
     from clipsearch.encoders.spec import MissingPretrainedError
     from clipsearch.ingest.sync import SyncInterrupted
+    from clipsearch.query.evalset import NoJudgementsError
     from clipsearch.query.feedback import NoFeedbackError
     from clipsearch.query.grammar import EmptyQueryError, QuerySyntaxError
     from clipsearch.query.judgements import JudgedPathError
-    from clipsearch.query.measure import NoJudgementsError
 
     if isinstance(exc, SyncInterrupted):
         if exc.report.rebuild:
@@ -1055,7 +1055,8 @@ def eval_(
     """Score the search on your own judgements (or a JSONL file): precision, recall, nDCG, MRR, F1."""
     from clipsearch.api import Index
     from clipsearch.encoders.spec import parse_precision
-    from clipsearch.query.measure import Setting, parse_settings, read_eval_file
+    from clipsearch.query.evalset import read_eval_file
+    from clipsearch.query.measure import Setting, parse_settings
 
     if html is not None:
         _check_gallery_target(html)

@@ -17,10 +17,11 @@ from clipsearch.api import Index
 from clipsearch.cli import app
 from clipsearch.errors import BadValueError
 from clipsearch.ingest.sync import SyncOptions
+from clipsearch.query.evalset import read_eval_file
 from clipsearch.query.feedback import Rocchio, refine
 from clipsearch.query.grammar import Term, parse_query
 from clipsearch.query.judgements import MIN_FIT_JUDGEMENTS, JudgedPathError, query_key
-from clipsearch.query.measure import DEPTH, Setting, parse_settings, read_eval_file
+from clipsearch.query.measure import DEPTH, Setting, parse_settings
 from clipsearch.shapes import MODEL_DIR
 from clipsearch.shapes.world import write_dataset
 from clipsearch.web.report import render_report

@@ -430,7 +430,7 @@ def test_image_paths_in_a_web_query_are_refused(served: Served, expr: str) -> No
         ({"min_side": 10**30}, 422, "min_side:"),
         ({"threshold": 2}, 400, "between -1 and 1"),
         ({"threshold": "nan"}, 400, "between -1 and 1"),
-        ({"cutoff": "sometimes"}, 400, "only cutoff is 'auto'"),
+        ({"cutoff": "sometimes"}, 400, "choose auto or break"),
         ({"sort": "size"}, 400, "score or date"),
         ({"after": "yesterday"}, 400, "not a date"),
         ({"before": "2019-13"}, 400, "not a date"),

@@ -152,12 +152,20 @@ def adaptive_cutoff(scores: npt.NDArray[np.float32] | list[float]) -> int:
     return int(np.argmax(between)) + 1
 
 
+#: The values of ``cutoff``: ``auto`` uses the fitted cutoff where the index holds enough judgements
+#: (see :mod:`clipsearch.query.judgements`), else the break; ``break`` always the break.
+CUTOFFS = ("auto", "break")
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """How many results to keep and in which order, once the candidates are ranked.
 
-    ``candidates`` is how many hits to rank before :func:`finish`: ``k``, or with the adaptive
-    cutoff the fixed :data:`CUTOFF_CANDIDATES` (the break is found among them, then capped at ``k``).
+    ``candidates`` is how many hits to rank before :func:`finish`: ``k``, or with a cutoff the fixed
+    :data:`CUTOFF_CANDIDATES` (the cut is made among them, then capped at ``k``). ``calibrate``:
+    the cutoff may use a fitted threshold (``cutoff`` ``auto``); ``calibrated`` is that threshold
+    once the index's judgements gave one (set by the caller that knows the index), which then
+    replaces the break.
     """
 
     k: int = 10
@@ -165,27 +173,34 @@ class SearchOptions:
     threshold: float | None = None
     cutoff: bool = False
     sort: str = "score"
+    calibrate: bool = False
+    calibrated: float | None = None
 
     @classmethod
     def parse(
         cls, *, top: int | None, threshold: float | None, cutoff: str | None, sort: str
     ) -> SearchOptions:
         """Validate CLI-style values."""
-        if cutoff not in (None, "auto"):
-            raise BadValueError("cutoff", cutoff, "the only cutoff is 'auto'")
+        if cutoff not in (None, *CUTOFFS):
+            raise BadValueError("cutoff", cutoff, f"choose {' or '.join(CUTOFFS)}")
         if sort not in ("score", "date"):
             raise BadValueError("sort", sort, "choose score or date")
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise BadValueError("threshold", threshold, "scores are cosine similarities, between -1 and 1")
-        auto = cutoff == "auto"
+        auto = cutoff is not None
         k = top if top is not None else (CUTOFF_CANDIDATES if auto else 10)
         return cls(
-            k=k, candidates=CUTOFF_CANDIDATES if auto else k, threshold=threshold, cutoff=auto, sort=sort
+            k=k,
+            candidates=CUTOFF_CANDIDATES if auto else k,
+            threshold=threshold,
+            cutoff=auto,
+            sort=sort,
+            calibrate=cutoff == "auto",
         )
 
 
 def finish(hits: list[Hit], options: SearchOptions) -> list[Hit]:
-    """Apply the threshold, the adaptive cutoff, the cap and the sort order to ranked hits.
+    """Apply the threshold, the cutoff (fitted or the break), the cap and the sort order to ranked hits.
 
     The cutoff looks at the best ``options.candidates`` hits only, however many are given.
     """
@@ -193,7 +208,9 @@ def finish(hits: list[Hit], options: SearchOptions) -> list[Hit]:
         hits = hits[: options.candidates]
     if options.threshold is not None:
         hits = [h for h in hits if h.score >= options.threshold]
-    if options.cutoff and hits:
+    if options.cutoff and options.calibrated is not None:
+        hits = [h for h in hits if h.score >= options.calibrated]
+    elif options.cutoff and hits:
         hits = hits[: adaptive_cutoff([h.score for h in hits])]
     hits = hits[: options.k]
     if options.sort == "date":

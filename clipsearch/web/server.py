@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,6 +39,7 @@ from clipsearch.files import write_atomic
 from clipsearch.paths import json_fields, json_list
 from clipsearch.query.filters import Filters, parse_filters
 from clipsearch.query.grammar import QuerySyntaxError, Term, parse_query
+from clipsearch.query.judgements import query_key
 from clipsearch.query.rank import Hit, SearchOptions, finish
 from clipsearch.query.vector import image_vector
 from clipsearch.store.folder import CATALOG_FILE
@@ -97,15 +98,52 @@ class Result(BaseModel):
     available: bool
     thumb: str
     image: str
+    #: text searches: the mark of this picture for the query (true: right, false: wrong, null: none)
+    judged: bool | None = None
+
+
+class Cutoff(BaseModel):
+    """The fitted cutoff a ``cutoff=auto`` text search used (see ``clipsearch judge``)."""
+
+    threshold: float
+    f1: float
+    judgements: int
+    queries: int
 
 
 class Results(BaseModel):
-    """Search results; ``index_version`` names the index their ids belong to (see the ``v`` parameter)."""
+    """Search results; ``index_version`` names the index their ids belong to (see the ``v`` parameter).
+
+    Text searches also give ``key`` (the query as its marks are stored), ``marks`` (how many of its
+    pictures are marked) and ``refined``; ``cutoff`` when a fitted cutoff was used."""
 
     query: str
     count: int
     index_version: str
     results: list[Result]
+    key: str | None = None
+    marks: int | None = None
+    refined: bool | None = None
+    cutoff: Cutoff | None = None
+
+
+class Mark(BaseModel):
+    """A mark from the page: picture ``content_id`` is right (true) or wrong (false) for query ``q``
+    (null: forget its mark). ``v``: the index_version of the answer the id came from."""
+
+    q: str = Field(max_length=2000)
+    content_id: int = Field(ge=0, le=2**63 - 1)
+    relevant: bool | None
+    v: str | None = Field(default=None, max_length=64)
+
+
+class Marked(BaseModel):
+    """The query as its marks are stored, the picture's mark now, and how many the query has."""
+
+    key: str
+    content_id: int
+    relevant: bool | None
+    marks: int
 
 
 class ErrorBody(BaseModel):
@@ -312,13 +350,47 @@ def _add_api(app: FastAPI, state: _State) -> None:
     def search_text(
         q: Annotated[str, Query(max_length=2000, description="A query in the CLI's grammar (text terms).")],
         params: SearchParams,
+        refine: Annotated[
+            bool, Query(description="Move the query by its marks (right: towards, wrong: away) first.")
+        ] = False,
     ) -> dict[str, Any]:
-        """Images matching a text query: terms joined by + and -, weighted (``beach + dog:0.5 - people``)."""
+        """Images matching a text query: terms joined by + and -, weighted (``beach + dog:0.5 - people``).
+
+        Each result carries its mark for this query (``judged``); ``refine=true`` searches with the
+        query moved by its marks (400 when none of its pictures is marked)."""
         filters, options = params
         terms = text_terms(q)
         with state.lock:
-            hits = finish(_current(state).search(terms, options.candidates, filters=filters), options)
-            return _results(q, hits, state.version)
+            index = _current(state)
+            options, fitted = index.calibrate(options)
+            if refine:
+                hits = index.search_refined(terms, options.candidates, filters=filters)
+            else:
+                hits = index.search(terms, options.candidates, filters=filters)
+            marks = {m.content_id: m.relevant for m in index.judgements(terms) if m.content_id is not None}
+            answer = _results(q, finish(hits, options), state.version)
+        for result in answer["results"]:
+            result["judged"] = marks.get(result["content_id"])
+        answer |= {"key": query_key(terms), "marks": len(marks), "refined": refine}
+        return answer | ({"cutoff": fitted.to_dict()} if fitted is not None else {})
+
+    @app.post("/api/judge", response_model=Marked, responses=_ERRORS, tags=["judgements"])
+    def judge(mark: Mark) -> dict[str, Any]:
+        """Mark a result of a text query right or wrong (or forget its mark), by its content id."""
+        terms = text_terms(mark.q)
+        with state.lock:
+            index = _current(state)
+            _check_version(state, mark.v)
+            if not index.catalog.entries_of([mark.content_id]):
+                raise HTTPException(404, "No image with this id in the index.")
+            index.mark(terms, relevant=mark.relevant, content_ids=[mark.content_id])
+            count = sum(m.content_id is not None for m in index.judgements(terms))
+        return {
+            "key": query_key(terms),
+            "content_id": mark.content_id,
+            "relevant": mark.relevant,
+            "marks": count,
+        }
 
     @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
     def similar(content_id: str, params: SearchParams, v: Version = None) -> dict[str, Any]:

@@ -11,8 +11,10 @@ const statusLine = $("status");
 const errorBox = $("error");
 const viewer = $("viewer");
 
-let search = null; // what the results show: {kind: "text", q} | {kind: "similar", id, hit} | {kind: "upload", file}
+let search = null; // what the results show: {kind: "text", q, refine} | {kind: "similar", id, hit} | {kind: "upload", file}
 let hits = [];
+let marks = 0; // how many pictures are marked for the text query shown
+let cutoffNote = ""; // what the fitted cutoff of the answer was, if one was used
 let shown = -1; // index in hits of the result open in the viewer
 let requestNo = 0; // answers to superseded requests are dropped
 let maxUpload = Infinity; // bytes, from /api/info
@@ -43,7 +45,9 @@ async function run(next, { push = true } = {}) {
   try {
     if (next.kind === "text") {
       params.set("q", next.q);
+      if (next.refine) params.set("refine", "true");
       response = await fetch(`/api/search?${params}`);
+      params.delete("refine");
     } else if (next.kind === "similar") {
       if (next.v) params.set("v", next.v);
       response = await fetch(`/api/similar/${next.id}?${params}`);
@@ -62,15 +66,21 @@ async function run(next, { push = true } = {}) {
   if (!response.ok) return fail(data.error || `HTTP ${response.status}`);
   hits = data.results;
   shownVersion = data.index_version;
+  marks = data.marks ?? 0;
+  cutoffNote = data.cutoff
+    ? ` · cutoff ${data.cutoff.threshold.toFixed(3)}, fitted to ${data.cutoff.judgements} marks`
+    : "";
   render();
   const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  const refined = data.refined ? " · refined by your marks" : "";
   statusLine.textContent = hits.length
-    ? `${hits.length} result${hits.length === 1 ? "" : "s"} · ${seconds} s`
+    ? `${hits.length} result${hits.length === 1 ? "" : "s"} · ${seconds} s${refined}${cutoffNote}`
     : "No results match. Try other words, or clear the filters.";
 }
 
 function fail(message) {
   hits = [];
+  marks = 0;
   render();
   statusLine.textContent = "";
   errorBox.textContent = message;
@@ -84,7 +94,9 @@ function rerun() {
 // The address bar keeps text and "more like this" searches, so reload and back/forward work.
 function remember(next, params, push) {
   params.delete("q");
+  params.delete("refine");
   if (next.kind === "text") params.set("q", next.q);
+  if (next.kind === "text" && next.refine) params.set("refine", "1");
   if (next.kind === "similar") {
     params.set("similar", next.id);
     if (next.v) params.set("v", next.v);
@@ -109,15 +121,16 @@ function restore() {
         : field.defaultValue;
     field.value = params.get(field.name) ?? fallback;
   }
-  if ([...params.keys()].some((k) => !["q", "similar", "v", "k", "sort"].includes(k))) openFilters(true);
+  if ([...params.keys()].some((k) => !["q", "similar", "v", "k", "sort", "refine"].includes(k))) openFilters(true);
   query.value = params.get("q") ?? "";
-  if (params.has("q")) run({ kind: "text", q: params.get("q") }, { push: false });
+  if (params.has("q")) run({ kind: "text", q: params.get("q"), refine: params.has("refine") }, { push: false });
   else if (params.has("similar")) {
     run({ kind: "similar", id: params.get("similar"), v: params.get("v") }, { push: false });
   }
   else {
     search = null;
     hits = [];
+    marks = 0;
     render();
     showContext();
     statusLine.textContent = "";
@@ -167,11 +180,34 @@ function checkRebuilt() {
   })();
 }
 
+// Tiles keep their picture's shape: justified rows (style.css), each tile as wide as its aspect
+// ratio allows at the row's height; very tall or wide pictures are cropped to these bounds.
+const ASPECT_MIN = 0.5;
+const ASPECT_MAX = 2.5;
+
+function aspect(hit) {
+  const ratio = hit.width > 0 && hit.height > 0 ? hit.width / hit.height : 1;
+  return Math.min(ASPECT_MAX, Math.max(ASPECT_MIN, ratio));
+}
+
+function markButton(i, relevant) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = relevant ? "mark-yes" : "mark-no";
+  button.textContent = relevant ? "✓" : "✗";
+  button.title = relevant ? "Right for this query (y)" : "Wrong for this query (n)";
+  button.setAttribute("aria-label", relevant ? "Mark right" : "Mark wrong");
+  button.addEventListener("click", () => mark(i, relevant));
+  return button;
+}
+
 function render() {
+  const judging = search?.kind === "text";
   const cards = hits.map((hit, i) => {
     const card = document.createElement("li");
     card.className = "card";
     card.dataset.contentId = hit.content_id;
+    card.style.setProperty("--ar", aspect(hit).toFixed(4));
 
     const open = document.createElement("button");
     open.type = "button";
@@ -190,7 +226,7 @@ function render() {
     name.className = "name";
     name.textContent = baseName(hit.path);
     name.title = hit.path;
-    info.append(score, name);
+    info.append(name);
     if (!hit.available) {
       card.classList.add("unavailable");
       open.title = `${hit.path}\nNot on disk now (an unplugged drive?)`;
@@ -203,13 +239,71 @@ function render() {
     const more = document.createElement("button");
     more.type = "button";
     more.className = "more";
-    more.textContent = "More like this";
+    more.textContent = "≈";
+    more.title = "More like this";
+    more.setAttribute("aria-label", "More like this");
     more.addEventListener("click", () => similarTo(hit));
+    info.append(more);
+    if (judging) info.append(markButton(i, true), markButton(i, false));
 
-    card.append(open, info, more);
+    card.append(open, score, info);
+    showMark(card, hit.judged);
     return card;
   });
   grid.replaceChildren(...cards);
+  showRefine();
+}
+
+function showMark(card, judged) {
+  card.classList.toggle("judged-yes", judged === true);
+  card.classList.toggle("judged-no", judged === false);
+  card.querySelector(".mark-yes")?.setAttribute("aria-pressed", String(judged === true));
+  card.querySelector(".mark-no")?.setAttribute("aria-pressed", String(judged === false));
+}
+
+function showRefine() {
+  const judging = search?.kind === "text" && hits.length > 0;
+  $("refine").hidden = !judging;
+  $("keys").hidden = !judging;
+  $("refine").disabled = marks === 0;
+  $("refine").textContent = marks ? `Refine (${marks} marked)` : "Refine";
+  if (!viewer.hidden && hits[shown]) showViewerMark(hits[shown]);
+}
+
+// A tick or a cross: right or wrong for the text query shown; the same mark again takes it back.
+async function mark(i, relevant) {
+  const hit = hits[i];
+  if (!hit || search?.kind !== "text") return;
+  const value = hit.judged === relevant ? null : relevant;
+  const body = { q: search.q, content_id: hit.content_id, relevant: value, v: shownVersion };
+  let response;
+  try {
+    response = await fetch("/api/judge", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch (err) {
+    errorBox.textContent = `The mark was not saved: the server cannot be reached (${err.message}).`;
+    errorBox.hidden = false;
+    return;
+  }
+  const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (!response.ok) {
+    errorBox.textContent = `The mark was not saved: ${data.error || `HTTP ${response.status}`}`;
+    errorBox.hidden = false;
+    return;
+  }
+  errorBox.hidden = true;
+  hit.judged = value;
+  marks = data.marks;
+  const card = grid.querySelector(`.card[data-content-id="${hit.content_id}"]`);
+  if (card) showMark(card, value);
+  showRefine();
+}
+
+function refine() {
+  if (search?.kind === "text" && marks > 0) run({ kind: "text", q: search.q, refine: true });
 }
 
 function similarTo(hit) {
@@ -287,11 +381,20 @@ function openViewer(i) {
       return [dt, dd];
     }),
   );
+  showViewerMark(hit);
   $("viewer-prev").disabled = i === 0;
   $("viewer-next").disabled = i === hits.length - 1;
   viewer.hidden = false;
   document.body.classList.add("noscroll");
   $("viewer-close").focus();
+}
+
+function showViewerMark(hit) {
+  const judging = search?.kind === "text";
+  for (const [id, relevant] of [["viewer-yes", true], ["viewer-no", false]]) {
+    $(id).hidden = !judging;
+    $(id).setAttribute("aria-pressed", String(hit.judged === relevant));
+  }
 }
 
 function closeViewer() {
@@ -319,6 +422,9 @@ form.addEventListener("submit", (event) => {
   const text = query.value.trim();
   if (text) run({ kind: "text", q: text });
 });
+$("refine").addEventListener("click", refine);
+$("viewer-yes").addEventListener("click", () => mark(shown, true));
+$("viewer-no").addEventListener("click", () => mark(shown, false));
 $("pick").addEventListener("click", () => $("file").click());
 $("file").addEventListener("change", (event) => {
   searchFile(event.target.files[0]);
@@ -345,11 +451,56 @@ $("viewer-similar").addEventListener("click", () => similarTo(hits[shown]));
 viewer.addEventListener("click", (event) => {
   if (event.target === viewer || event.target.classList.contains("stage")) closeViewer();
 });
+// Keys: in the viewer, ← → step and Esc closes; y / n / c mark the result open in the viewer, else the
+// one that has the keyboard focus (Tab, ← →) or the mouse; r refines.
+let hovered = -1;
+grid.addEventListener("mouseover", (event) => {
+  const card = event.target.closest?.(".card");
+  hovered = card ? [...grid.children].indexOf(card) : -1;
+});
+grid.addEventListener("mouseleave", () => {
+  hovered = -1;
+});
+
+function current() {
+  if (!viewer.hidden) return shown;
+  const card = document.activeElement?.closest?.(".card");
+  return card ? [...grid.children].indexOf(card) : hovered;
+}
+
+function focusCard(delta) {
+  const at = current();
+  const next = Math.max(0, Math.min(hits.length - 1, at < 0 ? 0 : at + delta));
+  grid.children[next]?.querySelector(".thumb")?.focus();
+}
+
+const MARK_KEYS = { y: true, n: false, c: null };
+
 document.addEventListener("keydown", (event) => {
-  if (viewer.hidden) return;
-  if (event.key === "Escape") closeViewer();
-  else if (event.key === "ArrowLeft") step(-1);
-  else if (event.key === "ArrowRight") step(1);
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (!viewer.hidden) {
+    if (event.key === "Escape") return closeViewer();
+    if (event.key === "ArrowLeft") return step(-1);
+    if (event.key === "ArrowRight") return step(1);
+  }
+  if (event.target.closest?.("input, select, textarea")) return;
+  const key = event.key.toLowerCase();
+  if (key in MARK_KEYS && search?.kind === "text") {
+    const i = current();
+    if (i < 0 || !hits[i]) return;
+    event.preventDefault();
+    const wanted = MARK_KEYS[key];
+    if (wanted === null) {
+      if (hits[i].judged !== null && hits[i].judged !== undefined) mark(i, hits[i].judged); // the same mark again
+    } else if (hits[i].judged !== wanted) mark(i, wanted);
+  } else if (key === "r" && viewer.hidden) {
+    event.preventDefault();
+    refine();
+  } else if (viewer.hidden && (event.key === "ArrowLeft" || event.key === "ArrowRight")) {
+    if (!document.activeElement?.closest?.(".card")) return;
+    event.preventDefault();
+    focusCard(event.key === "ArrowLeft" ? -1 : 1);
+  }
 });
 
 // Drag and drop an image anywhere on the page; pasting an image works too.

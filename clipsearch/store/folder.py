@@ -377,6 +377,7 @@ class IndexFolder:
         """What is in the index, which model, where it lives, each root's settings, and an
         unfinished rebuild if there is one."""
         counts = self.catalog.counts()
+        videos = self.catalog.video_counts()
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
         settings = self.catalog.root_settings()
         return {
@@ -392,6 +393,9 @@ class IndexFolder:
             "contents": counts["contents"],
             "vectors": counts["vectors"],
             "skipped": counts["skipped"],
+            "videos": videos["videos"],
+            "moments": videos["moments"],
+            "video_seconds": round(float(videos["video_seconds"]), 3),
             "roots": list(settings),
             "root_settings": [{"path": root, **s.to_dict()} for root, s in settings.items()],
             "size_bytes": size,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -36,7 +36,7 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 SAMPLE_EVERY = 1.0
 #: A cut: the frame's colours differ from the previous frame's by at least this much (mean absolute
 #: difference of a coarse grid of Y, U and V samples, 0-255) ...
-CUT_MIN_CHANGE = 6.0
+CUT_MIN_CHANGE = 2.5
 #: ... and by this many times the change of the frames just before (a jump, not fast motion).
 CUT_JUMP = 3.0
 #: A cut adds a sample only this long after the previous sample (seconds): a strobe stays cheap.
@@ -155,7 +155,6 @@ def _video_stream(container: Any, max_pixels: int) -> _Video:
     if width * height > max_pixels:
         raise ImageError("too-large", f"{width}x{height} pixels exceeds the limit of {max_pixels:,} pixels")
     ctx.thread_count = 1  # one core per decoding worker: the workers are the parallelism
-    ctx.skip_frame = "NONREF"  # frames no other frame refers to are never sampled: not decoded
     sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
     if not sar or not Fraction(1, _MAX_SAR) <= sar <= _MAX_SAR:
         sar = Fraction(1)
@@ -171,14 +170,28 @@ def _is_cover_art(stream: Any) -> bool:
         return False
 
 
-def _frames(video: _Video) -> Iterator[Any]:
+def _frames(video: _Video, wanted: Callable[[float], bool] | None = None) -> Iterator[Any]:
     """The stream's decoded frames from where the container stands; a stream that turns unreadable
-    (truncated, damaged) ends. Packets that fail to decode are skipped, up to a run of them."""
+    (truncated, damaged) ends. Packets that fail to decode are skipped, up to a run of them.
+
+    ``wanted``: whether a packet whose frame shows at that time may hold a frame to sample; where
+    not, frames that no other frame refers to (B-frames, mostly: half the frames of a film) are not
+    decoded at all.
+    """
     import av
 
     bad = 0
+    ctx = video.stream.codec_context
+    skipping = False
     try:
         for packet in video.container.demux(video.stream):
+            if wanted is not None:
+                skip = packet.pts is not None and not wanted(
+                    float((packet.pts - video.origin) * video.time_base)
+                )
+                if skip != skipping:  # read per packet by a single-threaded decoder
+                    ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                    skipping = skip
             try:
                 frames = packet.decode()
             except (av.FFmpegError, ValueError) as exc:
@@ -320,8 +333,8 @@ def _signature(frame: Any) -> npt.NDArray[np.float32]:
         dtype = np.dtype(np.uint8) if depth == 8 else np.dtype("<u2")
         values = np.frombuffer(plane, dtype=dtype)
         rows = values.reshape(plane.height, plane.line_size // dtype.itemsize)[:, : plane.width]
-        step_y, step_x = max(1, plane.height // 36), max(1, plane.width // 64)
-        grid = rows[::step_y, ::step_x][:36, :64].astype(np.float32)
+        step_y, step_x = max(1, -(-plane.height // 36)), max(1, -(-plane.width // 64))
+        grid = rows[::step_y, ::step_x].astype(np.float32)  # the whole plane, up to 36 x 64 samples
         if depth > 8:
             grid *= 255.0 / ((1 << depth) - 1)
         grids.append(_blocks(grid))
@@ -357,7 +370,8 @@ def sample_window(
 
     The first frame at or after each multiple of ``every`` seconds is a sample, and so is the first
     frame after a cut (a jump in colour much larger than the motion before it, at least
-    ``MIN_CUT_GAP`` after the previous sample), up to ``max_samples`` (default: two per ``every``).
+    ``MIN_CUT_GAP`` after the previous sample), cuts adding at most as many samples as leave the window
+    ``max_samples`` in all (default: two per ``every``).
     Samples depend only on the video, not on where windows begin: windows of one video can be
     sampled in parallel and their samples put side by side. Pictures have their shorter side
     shrunk to ``side``.
@@ -383,38 +397,66 @@ def _seek(video: _Video, start: float) -> None:
         video.container.seek(0)
 
 
+class _Sampler:
+    """Picks the samples of one window from its frames, in order (see :func:`sample_window`)."""
+
+    def __init__(self, start: float, every: float, cut_budget: int) -> None:
+        self.every = every
+        self.due = math.ceil(start / every - 1e-9) * every  # the next grid time
+        self.cut_budget = cut_budget
+        self.last_sample = -math.inf
+        self.previous: npt.NDArray[np.float32] | None = None
+        self.changes: deque[float] = deque(maxlen=5)
+
+    def wanted(self, shown: float) -> bool:
+        """Whether a frame shown then may be sampled (if not, it is decoded only if others refer to it)."""
+        return shown >= self.due - 1e-6
+
+    def after_cut(self, frame: Any) -> bool:
+        """Whether the frame follows a cut: its colours jump, far more than the motion just before."""
+        signature = _signature(frame)
+        previous, self.previous = self.previous, signature
+        if previous is None:
+            return False
+        change = _change(signature, previous)
+        jump = change >= CUT_MIN_CHANGE and change >= CUT_JUMP * _mean(self.changes)
+        self.changes.append(change)
+        return jump
+
+    def take(self, t: float, cut: bool) -> bool:
+        """Whether the frame at ``t`` (``cut``: after a cut) is a sample."""
+        on_grid = t >= self.due - 1e-6
+        by_cut = not on_grid and cut and t - self.last_sample >= MIN_CUT_GAP and self.cut_budget > 0
+        if on_grid:
+            self.due = (math.floor(t / self.every + 1e-6) + 1) * self.every
+        if by_cut:
+            self.cut_budget -= 1
+        if on_grid or by_cut:
+            self.last_sample = t
+        return on_grid or by_cut
+
+
 def _sample(video: _Video, start: float, end: float, *, side: int, every: float, limit: int) -> Window:
     samples: list[Sample] = []
     frames = 0
     last_end: float | None = None
     next_time: float | None = None
-    previous: npt.NDArray[np.float32] | None = None
-    changes: deque[float] = deque(maxlen=5)
-    due = math.ceil(start / every - 1e-9) * every  # the next grid time
-    last_sample = -math.inf
+    sampler = _Sampler(start, every, cut_budget=max(0, limit - math.ceil((end - start) / every)))
     t: float | None = None
     broken = False
     try:
-        for frame in _frames(video):
+        for frame in _frames(video, wanted=sampler.wanted):
             t = _time(frame, video, t)
             if t >= end:
                 next_time = t
                 break
-            signature = _signature(frame)
-            change = _change(signature, previous) if previous is not None else 0.0
-            cut = previous is not None and change >= CUT_MIN_CHANGE and change >= CUT_JUMP * _mean(changes)
-            changes.append(change)
-            previous = signature
+            cut = sampler.after_cut(frame)
             if t < start:  # decoded from the keyframe before the window: only sets the scene
                 continue
             frames += 1
             last_end = t + _duration(frame, video)
-            on_grid = t >= due
-            if (on_grid or (cut and t - last_sample >= MIN_CUT_GAP)) and len(samples) < limit:
+            if sampler.take(t, cut):
                 samples.append(Sample(t, _picture(frame, video, side), cut))
-                last_sample = t
-            if on_grid:
-                due = (math.floor(t / every + 1e-9) + 1) * every
     except _Unreadable:
         broken = True
     return Window(samples, frames, last_end, next_time, broken)
@@ -435,7 +477,6 @@ def frame_at(path: str | Path, time: float, *, max_pixels: int, side: int | None
         ImageError: the file cannot be opened as a video, or holds no decodable frame.
     """
     with _opened(path, max_pixels) as video:
-        video.stream.codec_context.skip_frame = "DEFAULT"  # the very frame shown, whatever it is
         if time > 0:
             _seek(video, time)
         found = None

@@ -494,7 +494,7 @@ def test_a_copy_met_while_its_video_decodes_is_committed_with_it(tmp_path: Path,
     film = blue_star_film(folder / "a.mp4")
     shutil.copy(film, folder / "b.mp4")
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        report = idx.sync([str(folder)], options=SyncOptions(video_window=5.0))
+        report = idx.sync([str(folder)])
         assert (report.added, report.reused, report.videos) == (1, 1, 1)
         ids = {idx.catalog.file(str(folder / n)).content_id for n in ("a.mp4", "b.mp4")}
         assert len(ids) == 1
@@ -506,3 +506,62 @@ def test_an_unreadable_window_skips_the_video_with_its_reason(tmp_path: Path) ->
     with pytest.raises(ImageError) as caught:
         sample_window(tmp_path / "missing.mp4", 0, 10, side=100, max_pixels=LIMIT)
     assert caught.value.reason == "missing"
+
+
+KILL_SCRIPT = """
+import sys
+from clipsearch.api import Index
+from clipsearch.encoders.spec import ModelSpec
+from clipsearch.ingest.sync import SyncOptions
+with Index.open_for_write(sys.argv[1], spec=ModelSpec.parse("shapes", None)) as idx:
+    idx.sync([sys.argv[2]], options=SyncOptions(video_window=1.0, batch_size=4, workers=1, export_text=False))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_video_loses_only_that_videos_work(tmp_path: Path, shapes) -> None:
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    folder, index = tmp_path / "media", tmp_path / "index"
+    folder.mkdir()
+    for i in range(12):
+        scene(("red", "blue", "green")[i % 3], ("circle", "star", "cross", "square")[i % 4], seed=i).save(
+            folder / f"a{i:02d}.png"
+        )
+    scenes = [scene(c, "triangle", background=b) for c in ("red", "blue") for b in ("grey", "beige", "navy")]
+    write_video(folder / "z.mp4", [(25.0, s) for s in scenes] * 2, fps=2)  # 5 minutes
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(index), str(folder)], stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    pictures = 0
+    while pictures < 12 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(f"file:{index / 'catalog.sqlite'}?mode=ro", uri=True) as db:
+                pictures = db.execute("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0]
+        except sqlite3.Error:
+            continue
+    time.sleep(0.5)
+    assert proc.poll() is None, (
+        proc.stderr.read().decode() if proc.stderr else "the video was done: make it longer"
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Index.open(index, encoder=shapes) as idx:
+        assert idx.catalog.file(str(folder / "z.mp4")) is None  # none of the video...
+        assert len(idx.catalog.files_under(str(folder))) == 12  # ...and every picture committed before
+        assert not idx.catalog.has_views()
+        contents = {r[0] for r in idx.catalog.conn.execute("SELECT id FROM contents")}
+        assert set(idx.store.ids().tolist()) == contents
+    with Index.open_for_write(index, shapes) as idx:
+        report = idx.sync([str(folder)])
+        assert (report.added, report.unchanged, report.videos) == (1, 12, 1)
+        cid = idx.catalog.file(str(folder / "z.mp4")).content_id
+        views = idx.catalog.views_of([cid])[cid]
+        assert len(views) >= 4 and max(v.t_end for v in views.values()) == pytest.approx(300, abs=0.6)
+        ids = set(idx.store.ids().tolist())
+        assert ids == contents | {cid} | set(idx.catalog.view_ids_of([cid]))

@@ -171,8 +171,9 @@ class SyncReport:
     #: (``text_export_reason`` says why), "" when there was nothing to do
     text_export: str = ""
     text_export_reason: str = ""
-    #: new videos indexed, their moments (vectors) and their length in seconds
+    #: new videos indexed, their sampled frames, their moments (vectors) and their length in seconds
     videos: int = 0
+    video_samples: int = 0
     moments: int = 0
     video_seconds: float = 0.0
     #: CPU seconds the workers spent decoding video windows, and the encoder encoding their frames
@@ -364,6 +365,7 @@ class _Committer:
 
     def _encode_frames(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         started = time.monotonic()
+        self.report.video_samples += len(pixels)
         size = self.options.batch_size
         vectors = np.concatenate([self._encode(pixels[i : i + size]) for i in range(0, len(pixels), size)])
         self.report.video_encode_seconds = round(

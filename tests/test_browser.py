@@ -258,6 +258,7 @@ def test_a_video_tile_plays_its_moment(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     from clipsearch.encoders.loading import load_encoder
+    from clipsearch.ingest.sync import SyncOptions
     from videos import blue_star_film, scene
 
     folder = tmp_path / "media"
@@ -266,7 +267,7 @@ def test_a_video_tile_plays_its_moment(tmp_path: Path) -> None:
     scene("blue", "star", size="small", position="right").save(folder / "star.png")
     index_dir = tmp_path / "index"
     with Index.open_for_write(index_dir, load_encoder("shapes")) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=SyncOptions(export_text=False))
         best = idx.search_text("a large blue star", 1)[0]
     assert best.is_moment
 

@@ -28,6 +28,8 @@ from clipsearch.query.filters import parse_filters
 from videos import blue_star_film, scene, write_video
 
 LIMIT = 50_000_000
+#: Syncs here skip the text export (once per model and machine; every test has its own cache).
+FAST = SyncOptions(export_text=False)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +196,7 @@ def test_a_one_frame_video_is_one_moment(tmp_path: Path, shapes) -> None:
     folder.mkdir()
     write_video(folder / "one.mp4", [(0.1, scene("blue", "star"))])
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        report = idx.sync([str(folder)])
+        report = idx.sync([str(folder)], options=FAST)
         assert (report.added, report.videos, report.moments) == (1, 1, 1)
         (hit,) = idx.search_text("a blue star", 5)
         assert hit.t_start == 0.0 and hit.t_end == pytest.approx(0.1)
@@ -265,7 +267,7 @@ def test_every_bad_video_is_skipped_with_its_reason_or_indexed(tmp_path: Path, s
     expected = write_bad_videos(tmp_path / "bad")
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
         started = time.monotonic()
-        report = idx.sync([str(tmp_path / "bad")])
+        report = idx.sync([str(tmp_path / "bad")], options=FAST)
         assert time.monotonic() - started < 60  # no header makes it hang
         skipped = {Path(p).name: reason.split(":")[0] for p, reason in idx.skipped()}
         assert skipped == {name: why for name, why in expected.items() if why}
@@ -291,10 +293,11 @@ def test_the_pixel_limit_applies_to_videos(tmp_path: Path, shapes) -> None:
     folder.mkdir()
     write_video(folder / "small.mp4", [(1.0, scene("red", "circle"))])
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        report = idx.sync([str(folder)], options=SyncOptions(max_pixels=10_000))
+        report = idx.sync([str(folder)], options=SyncOptions(max_pixels=10_000, export_text=False))
         assert report.skip_reasons == {"too-large": 1}
         assert "19,200 pixels" not in idx.skipped()[0][1] and "160x120" in idx.skipped()[0][1]
-        report = idx.sync([str(folder)], options=SyncOptions(max_pixels=20_000))  # raised: retried
+        retry = SyncOptions(max_pixels=20_000, export_text=False)  # raised: the file is retried
+        report = idx.sync([str(folder)], options=retry)
         assert (report.added, report.videos) == (1, 1)
 
 
@@ -308,7 +311,7 @@ def test_a_blue_star_is_found_inside_its_moment(tmp_path: Path, shapes, codec: s
     film = blue_star_film(folder / ("film.mp4" if codec == "libx264" else "film.webm"), codec=codec)
     scene("blue", "star", position="left", size="small").save(folder / "small-star.png")
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        report = idx.sync([str(folder)])
+        report = idx.sync([str(folder)], options=FAST)
         assert (report.videos, report.video_seconds) == (1, pytest.approx(40.0, abs=0.11))
         best = idx.search_text("a large blue star", 10)[0]
         assert best.path == str(film) and best.is_moment
@@ -339,7 +342,7 @@ def test_a_static_shot_is_one_or_two_moments_a_montage_one_per_scene(tmp_path: P
     ]
     write_video(folder / "montage.mp4", [(1.0, scene(c, s, background="navy")) for c, s in montage])
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=FAST)
         static = idx.catalog.views_of([idx.catalog.file(str(folder / "static.mp4")).content_id])
         assert 1 <= len(next(iter(static.values()))) <= 2
         cuts = idx.catalog.views_of([idx.catalog.file(str(folder / "montage.mp4")).content_id])
@@ -353,7 +356,7 @@ def test_rotated_phone_video_is_indexed_upright(tmp_path: Path, shapes) -> None:
     upright = scene("blue", "star", position="left", frame=(96, 160))
     write_video(folder / "portrait.mov", [(2.0, upright)], rotation=90)
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=FAST)
         hit = idx.search_image(upright, 1)[0]
         assert (hit.width, hit.height) == (96, 160) and hit.score > 0.97
         sideways = upright.transpose(Image.Transpose.ROTATE_270)
@@ -368,7 +371,7 @@ def test_moments_per_file_and_filters(tmp_path: Path, shapes) -> None:
     write_video(folder / "stars.mp4", [(2.0, star), (2.0, scene("red", "star")), (2.0, small)])
     star.save(folder / "star.png")
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=FAST)
         hits = idx.search_text("a blue star", 10)
         assert [h.path.endswith("stars.mp4") for h in hits].count(True) == 3  # every moment ranks
         once = idx.search_text("a large blue star in the center", 10, per_file=1)
@@ -389,7 +392,7 @@ def test_windows_give_the_same_moments_as_one_pass(tmp_path: Path, shapes) -> No
     moments = []
     for window in (3.0, 7.0, 60.0):
         with Index.open_for_write(tmp_path / f"index-{window}", shapes) as idx:
-            idx.sync([str(folder)], options=SyncOptions(video_window=window))
+            idx.sync([str(folder)], options=SyncOptions(video_window=window, export_text=False))
             views = idx.catalog.views_of([idx.catalog.file(str(folder / "film.mp4")).content_id])
             moments.append(sorted((v.t_start, v.t_end) for v in next(iter(views.values())).values()))
     assert moments[0] == moments[1] == moments[2]
@@ -400,23 +403,23 @@ def test_videos_sync_incrementally(tmp_path: Path, shapes) -> None:
     folder.mkdir()
     film = blue_star_film(folder / "film.mp4")
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        first = idx.sync([str(folder)])
+        first = idx.sync([str(folder)], options=FAST)
         cid = idx.catalog.file(str(film)).content_id
         moments = idx.catalog.views_of([cid])[cid]
         vectors = len(idx.store)
-        again = idx.sync([str(folder)])
+        again = idx.sync([str(folder)], options=FAST)
         assert (again.unchanged, again.videos, again.video_decode_seconds) == (1, 0, 0.0)  # not opened
         moved = film.rename(folder / "renamed.mp4")
-        renamed = idx.sync([str(folder)])
+        renamed = idx.sync([str(folder)], options=FAST)
         assert (renamed.reused, renamed.removed, renamed.videos) == (1, 1, 0)
         assert idx.catalog.file(str(moved)).content_id == cid and len(idx.store) == vectors
         write_video(moved, [(3.0, scene("yellow", "square"))])
-        changed = idx.sync([str(folder)])
+        changed = idx.sync([str(folder)], options=FAST)
         new = idx.catalog.file(str(moved)).content_id
         assert (changed.updated, changed.videos) == (1, 1) and new != cid
         assert cid not in idx.catalog.views_of([cid]) and len(idx.catalog.views_of([new])[new]) == 1
         moved.unlink()
-        gone = idx.sync([str(folder)])
+        gone = idx.sync([str(folder)], options=FAST)
         assert gone.removed == 1 and len(idx.store) == 0 and idx.catalog.views_of([new]) == {}
     assert first.moments == len(moments) >= 4
 
@@ -427,7 +430,7 @@ def test_info_and_search_on_the_command_line(tmp_path: Path, shapes) -> None:
     blue_star_film(folder / "film.mp4")
     index = tmp_path / "index"
     with Index.open_for_write(index, shapes) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=FAST)
     runner = CliRunner()
     info = json.loads(runner.invoke(app, ["info", "--index", str(index), "--json"]).stdout)
     assert (info["videos"], info["video_seconds"]) == (1, pytest.approx(40.0, abs=0.11)) and info[
@@ -447,6 +450,7 @@ def test_info_and_search_on_the_command_line(tmp_path: Path, shapes) -> None:
     assert bad.exit_code == 2
 
 
+@pytest.mark.slow  # a CLI subprocess on a pseudo-terminal
 def test_the_table_shows_a_moment_as_path_at_start_to_end(tmp_path: Path, shapes) -> None:
     """On a terminal (a pseudo-terminal here), a video's hit reads ``path @ 0:00:10–0:00:20``."""
     import pty
@@ -458,7 +462,7 @@ def test_the_table_shows_a_moment_as_path_at_start_to_end(tmp_path: Path, shapes
     film = blue_star_film(folder / "film.mp4")
     index = tmp_path / "index"
     with Index.open_for_write(index, shapes) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=FAST)
     leader, follower = pty.openpty()
     command = [
         sys.executable,
@@ -494,7 +498,7 @@ def test_a_copy_met_while_its_video_decodes_is_committed_with_it(tmp_path: Path,
     film = blue_star_film(folder / "a.mp4")
     shutil.copy(film, folder / "b.mp4")
     with Index.open_for_write(tmp_path / "index", shapes) as idx:
-        report = idx.sync([str(folder)])
+        report = idx.sync([str(folder)], options=FAST)
         assert (report.added, report.reused, report.videos) == (1, 1, 1)
         ids = {idx.catalog.file(str(folder / n)).content_id for n in ("a.mp4", "b.mp4")}
         assert len(ids) == 1
@@ -558,7 +562,7 @@ def test_kill_9_mid_video_loses_only_that_videos_work(tmp_path: Path, shapes) ->
         contents = {r[0] for r in idx.catalog.conn.execute("SELECT id FROM contents")}
         assert set(idx.store.ids().tolist()) == contents
     with Index.open_for_write(index, shapes) as idx:
-        report = idx.sync([str(folder)])
+        report = idx.sync([str(folder)], options=FAST)
         assert (report.added, report.unchanged, report.videos) == (1, 12, 1)
         cid = idx.catalog.file(str(folder / "z.mp4")).content_id
         views = idx.catalog.views_of([cid])[cid]

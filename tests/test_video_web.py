@@ -15,11 +15,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from clipsearch.api import Index
+from clipsearch.ingest.sync import SyncOptions
 from clipsearch.web.gallery import render_gallery
 from clipsearch.web.server import create_app
 from videos import blue_star_film, scene
 
 LOCAL = "http://127.0.0.1"
+FAST = SyncOptions(export_text=False)  # no text export: each test run has its own cache
 
 
 @dataclass
@@ -39,7 +41,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     film = blue_star_film(folder / "film.webm", codec="libvpx-vp9")
     scene("blue", "star", size="small", position="right").save(folder / "star.png")
     with Index.open_for_write(root / "index", load_encoder("shapes")) as idx:
-        idx.sync([str(folder)])
+        idx.sync([str(folder)], options=FAST)
     with TestClient(create_app(root / "index"), base_url=LOCAL) as client:
         yield Site(folder, film, client)
 

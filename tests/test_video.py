@@ -144,6 +144,22 @@ def test_a_frame_each_second_and_the_first_after_each_cut(tmp_path: Path) -> Non
     assert _close(window.samples[times.index(3.5)].image, blue) < 6
 
 
+def test_with_a_keyframe_each_second_only_keyframes_are_decoded(tmp_path: Path) -> None:
+    """A phone's video (a keyframe every second): a sample costs one frame's decoding, and a cut,
+    where the encoder starts a keyframe, is still sampled at once."""
+    red, blue = scene("red", "circle"), scene("blue", "star")
+    timeline = [(3.5, red), (6.5, blue)]
+    phone = write_video(tmp_path / "phone.mp4", timeline, options={"g": "10"})  # 10 fps: 1 s GOPs
+    film = write_video(tmp_path / "film.mp4", timeline)  # x264's default: a keyframe every 25 s here
+    cheap = sample_window(phone, 0, 60, side=120, max_pixels=LIMIT)
+    full = sample_window(film, 0, 60, side=120, max_pixels=LIMIT)
+    assert cheap.frames <= 13 < 50 <= full.frames  # the keyframes (and the cut's) against most frames
+    times = [round(s.time, 1) for s in cheap.samples]
+    assert times == [0.0, 1.0, 2.0, 3.0, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 9.5]
+    assert [s.cut for s in cheap.samples] == [t == 3.5 for t in times]
+    assert _close(cheap.samples[4].image, blue) < 6 and cheap.end == pytest.approx(10.0, abs=0.11)
+
+
 def test_windows_sample_the_same_frames_as_one_pass(tmp_path: Path) -> None:
     timeline = [(1.3, scene(c, "circle")) for c in ("red", "blue", "green", "yellow", "purple", "white")]
     path = write_video(tmp_path / "montage.mp4", timeline)

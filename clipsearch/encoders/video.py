@@ -41,6 +41,9 @@ CUT_MIN_CHANGE = 2.5
 CUT_JUMP = 3.0
 #: A cut adds a sample only this long after the previous sample (seconds): a strobe stays cheap.
 MIN_CUT_GAP = 0.25
+#: Where the container's index shows keyframes at most this far apart (seconds; phones record one
+#: every second or two), only keyframes are decoded and sampled: a sample costs one frame's decoding.
+KEYFRAMES_ONLY_GAP = 1.5
 #: A video's frames past this time are not read (a header or timestamps may claim anything).
 MAX_VIDEO_SECONDS = 24 * 3600.0
 #: A sample aspect ratio outside 1/8..8 is a broken header: the pixels are taken as square.
@@ -170,21 +173,31 @@ def _is_cover_art(stream: Any) -> bool:
         return False
 
 
-def _frames(video: _Video, wanted: Callable[[float], bool] | None = None) -> Iterator[Any]:
+def _frames(
+    video: _Video, wanted: Callable[[float], bool] | None = None, *, keys_only_gap: float = 0.0
+) -> Iterator[Any]:
     """The stream's decoded frames from where the container stands; a stream that turns unreadable
     (truncated, damaged) ends. Packets that fail to decode are skipped, up to a run of them.
 
     ``wanted``: whether a packet whose frame shows at that time may hold a frame to sample; where
     not, frames that no other frame refers to (B-frames, mostly: half the frames of a film) are not
-    decoded at all.
+    decoded at all. ``keys_only_gap``: from a keyframe whose next keyframe (in the container's
+    index) is at most this many seconds later, only the keyframes are decoded.
     """
     import av
 
     bad = 0
     ctx = video.stream.codec_context
     skipping = False
+    keys_only = False
+    index = video.stream.index_entries if keys_only_gap > 0 else None
     try:
         for packet in video.container.demux(video.stream):
+            if index is not None and packet.size:
+                if packet.is_keyframe:
+                    keys_only = _next_keyframe_gap(video, index, packet) <= keys_only_gap
+                elif keys_only:
+                    continue  # never decoded: no sample comes from it, and no keyframe refers to it
             if wanted is not None:
                 skip = packet.pts is not None and not wanted(
                     float((packet.pts - video.origin) * video.time_base)
@@ -203,6 +216,17 @@ def _frames(video: _Video, wanted: Callable[[float], bool] | None = None) -> Ite
             yield from frames
     except (av.FFmpegError, OSError, EOFError) as exc:  # demuxing failed: the rest cannot be read
         raise _Unreadable from exc
+
+
+def _next_keyframe_gap(video: _Video, index: Any, packet: Any) -> float:
+    """Seconds from this keyframe to the next one the container's index knows (inf: none)."""
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    if stamp is None or not len(index):
+        return math.inf
+    found = index.search_timestamp(stamp + 1, backward=False)
+    if found < 0:
+        return math.inf
+    return float((index[found].timestamp - stamp) * video.time_base)
 
 
 class _Unreadable(Exception):
@@ -370,7 +394,9 @@ def sample_window(
 
     The first frame at or after each multiple of ``every`` seconds is a sample, and so is the first
     frame after a cut (a jump in colour much larger than the motion before it, at least
-    ``MIN_CUT_GAP`` after the previous sample), cuts adding at most as many samples as leave the window
+    ``MIN_CUT_GAP`` after the previous sample); where keyframes come at least every
+    ``KEYFRAMES_ONLY_GAP`` times ``every`` seconds, only keyframes are decoded, so the samples are the
+    first keyframes at or after those times (encoders start a cut with a keyframe); cuts adding at most as many samples as leave the window
     ``max_samples`` in all (default: two per ``every``).
     Samples depend only on the video, not on where windows begin: windows of one video can be
     sampled in parallel and their samples put side by side. Pictures have their shorter side
@@ -445,7 +471,7 @@ def _sample(video: _Video, start: float, end: float, *, side: int, every: float,
     t: float | None = None
     broken = False
     try:
-        for frame in _frames(video, wanted=sampler.wanted):
+        for frame in _frames(video, wanted=sampler.wanted, keys_only_gap=KEYFRAMES_ONLY_GAP * every):
             t = _time(frame, video, t)
             if t >= end:
                 next_time = t

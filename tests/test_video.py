@@ -585,3 +585,24 @@ def test_kill_9_mid_video_loses_only_that_videos_work(tmp_path: Path, shapes) ->
         assert len(views) >= 4 and max(v.t_end for v in views.values()) == pytest.approx(300, abs=0.6)
         ids = set(idx.store.ids().tolist())
         assert ids == contents | {cid} | set(idx.catalog.view_ids_of([cid]))
+
+
+def test_worker_processes_decode_windows_as_threads_do(tmp_path: Path, shapes) -> None:
+    """Enough files for worker processes: a video's windows are decoded there (tasks and samples
+    pickled across), giving the moments threads give."""
+    from clipsearch.ingest.decode import PROCESS_THRESHOLD
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    blue_star_film(folder / "film.mp4")
+    for i in range(PROCESS_THRESHOLD):
+        Image.new("RGB", (16, 12), (i * 3, 255 - i * 3, 90)).save(folder / f"p{i:02d}.png")
+    moments = []
+    for processes in (True, False):
+        with Index.open_for_write(tmp_path / f"index-{processes}", shapes) as idx:
+            options = SyncOptions(processes=processes, workers=2, video_window=10.0, export_text=False)
+            report = idx.sync([str(folder)], options=options)
+            assert (report.added, report.videos) == (PROCESS_THRESHOLD + 1, 1)
+            cid = idx.catalog.file(str(folder / "film.mp4")).content_id
+            moments.append(sorted((v.t_start, v.t_end) for v in idx.catalog.views_of([cid])[cid].values()))
+    assert moments[0] == moments[1]

@@ -394,10 +394,10 @@ def sample_window(
 
     The first frame at or after each multiple of ``every`` seconds is a sample, and so is the first
     frame after a cut (a jump in colour much larger than the motion before it, at least
-    ``MIN_CUT_GAP`` after the previous sample); where keyframes come at least every
-    ``KEYFRAMES_ONLY_GAP`` times ``every`` seconds, only keyframes are decoded, so the samples are the
-    first keyframes at or after those times (encoders start a cut with a keyframe); cuts adding at most as many samples as leave the window
-    ``max_samples`` in all (default: two per ``every``).
+    ``MIN_CUT_GAP`` after the previous sample); cuts add at most as many samples as leave the window
+    ``max_samples`` in all (default: two per ``every``). Where keyframes come at least every
+    ``KEYFRAMES_ONLY_GAP`` times ``every`` seconds, only keyframes are decoded, so the samples are
+    the first keyframes at or after those times (encoders start a cut with a keyframe).
     Samples depend only on the video, not on where windows begin: windows of one video can be
     sampled in parallel and their samples put side by side. Pictures have their shorter side
     shrunk to ``side``.

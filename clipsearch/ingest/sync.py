@@ -176,7 +176,7 @@ class SyncReport:
     video_samples: int = 0
     moments: int = 0
     video_seconds: float = 0.0
-    #: CPU seconds the workers spent decoding video windows, and the encoder encoding their frames
+    #: CPU seconds spent decoding video windows (in the workers), and seconds encoding their frames
     video_decode_seconds: float = 0.0
     video_encode_seconds: float = 0.0
 

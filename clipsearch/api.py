@@ -485,14 +485,20 @@ class Index:
         return report
 
     def search_vectors(
-        self, queries: npt.NDArray[np.float32], k: int = 10, *, filters: Filters | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension).
 
         Args:
             queries: ``(d,)`` or ``(n, d)`` unit vectors.
-            k: most files returned per query.
+            k: most hits returned per query (a video's hits are its moments, with their times).
             filters: restrict the candidates (folder, dates, types, size) before the top-k cut.
+            per_file: most moments of one video returned (None: every moment that ranks).
 
         Raises:
             FolderNotIndexedError: ``filters.folder`` is not inside an indexed folder.
@@ -508,7 +514,7 @@ class Index:
             if changed or self.follow_rebuild():  # encoded for the index a rebuild has just replaced
                 raise IndexChangedError(self.path)
             raise BadValueError("queries", queries.shape, f"the index holds {store.dim}-d vectors")
-        return rank(store, self.catalog, queries, k, filters=filters)
+        return rank(store, self.catalog, queries, k, filters=filters, per_file=per_file)
 
     def _check_folder(self, folder: str) -> None:
         roots = self.catalog.roots()
@@ -521,27 +527,42 @@ class Index:
         if not os.path.isdir(folder) and not self.catalog.files_under(folder):
             raise FolderNotIndexedError(folder, roots, missing=True)
 
-    def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str | list[Term],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
+    ) -> list[Hit]:
         """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""
         from clipsearch.query.grammar import parse_query
         from clipsearch.query.vector import query_vector
 
         terms = parse_query(query) if isinstance(query, str) else query
-        return self.search_vectors(query_vector(self, terms), k, filters=filters)[0]
+        return self.search_vectors(query_vector(self, terms), k, filters=filters, per_file=per_file)[0]
 
-    def search_text(self, text: str, k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
-        """Images best matching a text."""
+    def search_text(
+        self, text: str, k: int = 10, *, filters: Filters | None = None, per_file: int | None = None
+    ) -> list[Hit]:
+        """Images (and moments of videos) best matching a text."""
         from clipsearch.query.vector import text_vector
 
-        return self.search_vectors(text_vector(self, text), k, filters=filters)[0]
+        return self.search_vectors(text_vector(self, text), k, filters=filters, per_file=per_file)[0]
 
     def search_image(
-        self, image: str | Path | Image.Image, k: int = 10, *, filters: Filters | None = None
+        self,
+        image: str | Path | Image.Image,
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[Hit]:
-        """Images most similar to an image: a file path (indexed or not) or a PIL image."""
+        """Images (and moments of videos) most similar to an image: a file path (indexed or not) or a
+        PIL image. A frame exported from a video finds the moment it came from."""
         from clipsearch.query.vector import image_vector
 
-        return self.search_vectors(image_vector(self, image), k, filters=filters)[0]
+        return self.search_vectors(image_vector(self, image), k, filters=filters, per_file=per_file)[0]
 
     # -- judgements: marks, refinement, the fitted cutoff, evaluation -------------------------
 
@@ -624,10 +645,15 @@ class Index:
         return refined_vector(self.store, query_vector(self, terms), marks.relevant, marks.irrelevant)
 
     def search_refined(
-        self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None
+        self,
+        query: str | list[Term],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[Hit]:
         """:meth:`search` with the query refined by its marks (see :meth:`refined_vector`)."""
-        return self.search_vectors(self.refined_vector(query), k, filters=filters)[0]
+        return self.search_vectors(self.refined_vector(query), k, filters=filters, per_file=per_file)[0]
 
     def fitted_cutoff(self) -> FittedCutoff | None:
         """The calibrated cutoff of this index's model: the score threshold that maximises F1 on the

@@ -466,6 +466,13 @@ def index(
         f"{report.reused} reused, {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.skipped} skipped{f' ({reasons})' if reasons else ''}.\nIndex: {report.index}"
     )
+    if report.videos:
+        from clipsearch.query.rank import format_time
+
+        typer.echo(
+            f"Videos: {report.videos} new, {format_time(report.video_seconds)} long in all, "
+            f"{report.moments} moments."
+        )
     if report.skipped:
         err("See which files were skipped and why with: clipsearch info --skipped")
 
@@ -493,6 +500,7 @@ def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebui
 SEARCH_HELP = """Search the index by text, by image, or by both; best matches first.
 
 Filters (--in, --after, --before, --type, --min-side, --available) apply before the top-k cut.
+A video's hits are its moments (path @ start–end); --per-file 1 keeps its best one.
 
 {grammar}
 
@@ -501,6 +509,7 @@ Examples:
   clipsearch search --image ./cat.jpg -k 20
   clipsearch search "a beach at sunset" --add dog --sub people --image ./ref.jpg
   clipsearch search "beach + dog:0.5 - people" --in ~/Photos/2019 --after 2019-06 --json
+  clipsearch search --image ./frame.png --type mp4,mov --per-file 1
 """
 
 
@@ -619,6 +628,15 @@ def search(
     sort: Annotated[
         str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
     ] = "score",
+    per_file: Annotated[
+        int | None,
+        typer.Option(
+            "--per-file",
+            min=1,
+            help="Keep at most this many moments of each video (its best). Default: every moment that ranks.",
+            show_default=False,
+        ),
+    ] = None,
     index_path: IndexOpt = None,
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
@@ -641,12 +659,12 @@ def search(
     from clipsearch.encoders.spec import parse_precision
     from clipsearch.query.filters import parse_filters
     from clipsearch.query.grammar import build_terms, describe
-    from clipsearch.query.rank import SearchOptions, finish
+    from clipsearch.query.rank import SearchOptions, finish, moment_span
 
     if html is not None:
         _check_gallery_target(html)  # before the model loads and the search runs
     terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
-    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
+    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort, per_file=per_file)
     filters = parse_filters(
         folder=str(in_folder) if in_folder else None,
         after=after,
@@ -665,9 +683,10 @@ def search(
             err(f"Cutoff: {_fitted_note(fitted)}; --cutoff break ignores them.")
         if refine:
             marks = {m.content_id: m.relevant for m in idx.judgements(terms) if m.content_id is not None}
-            hits = finish(idx.search_refined(terms, options.candidates, filters=filters), options)
-        else:
-            hits = finish(idx.search(terms, options.candidates, filters=filters), options)
+        search_with = idx.search_refined if refine else idx.search
+        hits = finish(
+            search_with(terms, options.candidates, filters=filters, per_file=options.per_file), options
+        )
         empty = idx.info()["count"] == 0
     if html is not None:
         from clipsearch.web.gallery import write_gallery
@@ -683,7 +702,9 @@ def search(
             typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
     elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
-            mark = "" if hit.available else "  [not on disk]"
+            mark = (f" @ {moment_span(hit)}" if hit.is_moment else "") + (
+                "" if hit.available else "  [not on disk]"
+            )
             judged = f"{_MARK_WORDS[marks.get(hit.content_id)]:<3}  " if refine else ""
             echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  {judged}", suffix=mark, table=True)
         if any(not hit.available for hit in hits):
@@ -732,6 +753,7 @@ def info(
 ) -> None:
     """Show what is in the index, which model built it, and where it lives."""
     from clipsearch.paths import for_terminal, json_fields, json_list
+    from clipsearch.query.rank import format_time
     from clipsearch.store.folder import IndexFolder
 
     with IndexFolder.open(index_path_from(index_path)) as folder:
@@ -754,7 +776,13 @@ def info(
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['contents']} distinct, {data['skipped']} skipped; "
         f"{data['vectors']} vectors (coverage: {data['coverage']})\n"
-        f"Roots:    {roots}\n"
+        + (
+            f"Videos:   {data['videos']} files, {data['moments']} moments, "
+            f"{format_time(data['video_seconds'])} in all\n"
+            if data["videos"]
+            else ""
+        )
+        + f"Roots:    {roots}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
     typer.echo(os.fsencode(text))  # paths as the file system spells them, even when not UTF-8

@@ -390,3 +390,70 @@ def test_tick_cross_keys_and_refine_in_a_real_browser(
         page.screenshot(path=str(tmp_path / "refined.png"))
         assert not problems, problems
         browser.close()
+
+
+def test_a_video_tile_plays_its_moment(tmp_path: Path) -> None:
+    """A video's result is a tile per moment with its time; the viewer plays the file from the moment
+    (the browser fetches it in ranges), and "more like this" starts from the moment."""
+    _require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    from clipsearch.encoders.loading import load_encoder
+    from clipsearch.ingest.sync import SyncOptions
+    from videos import blue_star_film, scene
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    film = blue_star_film(folder / "film.webm", codec="libvpx-vp9")  # WebM: every Chromium build plays it
+    scene("blue", "star", size="small", position="right").save(folder / "star.png")
+    index_dir = tmp_path / "index"
+    with Index.open_for_write(index_dir, load_encoder("shapes")) as idx:
+        idx.sync([str(folder)], options=SyncOptions(export_text=False))
+        best = idx.search_text("a large blue star", 1)[0]
+    assert best.is_moment
+
+    with running(create_app(index_dir)) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        problems: list[str] = []
+        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        ranges: list[str] = []
+        page.on(
+            "request",
+            lambda req: ranges.append(req.headers.get("range", "")) if "/api/video/" in req.url else None,
+        )
+        page.goto(url)
+        expect(page.locator("#footer")).to_contain_text("1 videos")
+        page.fill("#q", "a large blue star")
+        page.press("#q", "Enter")
+        tile = page.locator("#grid .card.moment").first
+        expect(tile.locator(".time")).to_have_text("0:10–0:20")
+        assert tile.get_attribute("data-moment") == str(best.moment)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+
+        tile.locator(".thumb").click()
+        video = page.locator("#viewer-video")
+        expect(video).to_be_visible()
+        expect(page.locator("#viewer-img")).to_be_hidden()
+        expect(page.locator("#viewer-meta")).to_contain_text("0:10–0:20")
+        page.wait_for_function("() => document.getElementById('viewer-video').readyState >= 1")
+        at = page.evaluate("() => document.getElementById('viewer-video').currentTime")
+        assert 9.5 <= at <= 20, at  # the player stands at the moment, not at the start
+        assert any(r.startswith("bytes=") for r in ranges), ranges  # it asked for ranges of the file
+        page.screenshot(path=str(tmp_path / "video.png"))
+        page.keyboard.press("Escape")
+        expect(page.locator("#viewer")).to_be_hidden()
+
+        tile.locator(".more").click()
+        expect(page.locator("#context")).to_contain_text(f"More like {film} @ 0:10–0:20")
+        expect(page).to_have_url(re.compile(rf"similar={best.content_id}&moment={best.moment}"))
+        expect(page.locator("#status")).to_contain_text("result")
+        shown = page.locator("#grid .card").evaluate_all(
+            "cs => cs.map(c => [c.dataset.contentId, c.dataset.moment ?? null])"
+        )
+        assert [str(best.content_id), str(best.moment)] not in shown  # the moment itself left out
+        assert not problems, problems
+        browser.close()

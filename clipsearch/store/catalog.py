@@ -17,9 +17,11 @@ Tables (schema version 1):
   are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
   ``error`` set for files that were skipped.
 - ``views(content_id, view, kind, t_start, t_end)``: a content's vectors beyond its main one: the
-  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``), later
-  video moments (with their times). Added after 0.1.0 (a writer creates it in place; a reader of an
-  older catalog sees no views).
+  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``,
+  ``part``), and a video's moments (``kind`` ``moment``, ``t_start``/``t_end`` in seconds from its
+  first frame). Every moment of a video has a row: view 0, whose vector is the content's main one,
+  is the moment most like the whole video; views 1, 2, ... are the others, in time order. Added
+  after 0.1.0 (a writer creates it in place; a reader of an older catalog sees no views).
 - ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint;
   ``content_id`` is the vector's FAISS id (see :func:`view_id`).
 - ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted since the last FAISS checkpoint.
@@ -567,13 +569,28 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
         contents = one("SELECT count(*) FROM contents").fetchone()[0]
-        views = one("SELECT count(*) FROM views").fetchone()[0] if self._has_views else 0
+        views = one("SELECT count(*) FROM views WHERE view > 0").fetchone()[0] if self._has_views else 0
         return {
             "files": one("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0],
             "contents": contents,
             "vectors": contents + views,
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
+
+    def video_counts(self) -> dict[str, float]:
+        """Video files, distinct videos, their moments and their total length in seconds."""
+        if not self._has_views:
+            return {"videos": 0, "video_contents": 0, "moments": 0, "video_seconds": 0.0}
+        contents, moments, seconds = self.conn.execute(
+            "SELECT count(*), COALESCE(sum(n), 0), COALESCE(sum(length), 0) FROM "
+            "(SELECT count(*) AS n, max(t_end) AS length FROM views WHERE kind = 'moment' "
+            "GROUP BY content_id)"
+        ).fetchone()
+        files = self.conn.execute(
+            "SELECT count(*) FROM files WHERE content_id IN (SELECT content_id FROM views WHERE view = 0 "
+            "AND kind = 'moment')"
+        ).fetchone()[0]
+        return {"videos": files, "video_contents": contents, "moments": moments, "video_seconds": seconds}
 
     def entries_matching(self, where: FileFilter) -> dict[int, list[Entry]]:
         """content id -> its files that pass the filter."""
@@ -601,8 +618,8 @@ class Catalog:
         for start in range(0, len(content_ids), 500):
             chunk = [int(i) for i in content_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(
-                f"SELECT content_id, view FROM views WHERE content_id IN ({marks})", chunk
+            rows = self.conn.execute(  # a video's view 0 is its main vector
+                f"SELECT content_id, view FROM views WHERE view > 0 AND content_id IN ({marks})", chunk
             )
             out += [view_id(cid, view) for cid, view in rows]
         return out

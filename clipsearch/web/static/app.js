@@ -11,7 +11,7 @@ const statusLine = $("status");
 const errorBox = $("error");
 const viewer = $("viewer");
 
-let search = null; // what the results show: {kind: "text", q, refine} | {kind: "similar", id, hit} | {kind: "upload", file}
+let search = null; // what the results show: {kind: "text", q, refine} | {kind: "similar", id, moment, hit} | {kind: "upload", file}
 let hits = [];
 let marks = 0; // how many pictures are marked for the text query shown
 let cutoffNote = ""; // what the fitted cutoff of the answer was, if one was used
@@ -27,7 +27,7 @@ function filterParams() {
   for (const field of filters.elements) {
     if (!field.name) continue;
     if (field.type === "checkbox") {
-      if (field.checked) params.set(field.name, "true");
+      if (field.checked) params.set(field.name, field.value || "true");
     } else if (field.value.trim() !== "") params.set(field.name, field.value.trim());
   }
   return params;
@@ -50,8 +50,10 @@ async function run(next, { push = true } = {}) {
       params.delete("refine");
     } else if (next.kind === "similar") {
       if (next.v) params.set("v", next.v);
+      if (next.moment != null) params.set("moment", next.moment);
       response = await fetch(`/api/similar/${next.id}?${params}`);
       params.delete("v");
+      params.delete("moment");
     } else {
       const body = new FormData();
       body.append("file", next.file, next.file.name || "image");
@@ -99,6 +101,7 @@ function remember(next, params, push) {
   if (next.kind === "text" && next.refine) params.set("refine", "1");
   if (next.kind === "similar") {
     params.set("similar", next.id);
+    if (next.moment != null) params.set("moment", next.moment);
     if (next.v) params.set("v", next.v);
   }
   const hash = next.kind === "upload" ? "" : `#${params}`;
@@ -112,7 +115,7 @@ function restore() {
   for (const field of filters.elements) {
     if (!field.name) continue;
     if (field.type === "checkbox") {
-      field.checked = params.get(field.name) === "true";
+      field.checked = params.get(field.name) === (field.value || "true");
       continue;
     }
     const fallback =
@@ -121,11 +124,11 @@ function restore() {
         : field.defaultValue;
     field.value = params.get(field.name) ?? fallback;
   }
-  if ([...params.keys()].some((k) => !["q", "similar", "v", "k", "sort", "refine"].includes(k))) openFilters(true);
+  if ([...params.keys()].some((k) => !["q", "similar", "moment", "v", "k", "sort", "refine"].includes(k))) openFilters(true);
   query.value = params.get("q") ?? "";
   if (params.has("q")) run({ kind: "text", q: params.get("q"), refine: params.has("refine") }, { push: false });
   else if (params.has("similar")) {
-    run({ kind: "similar", id: params.get("similar"), v: params.get("v") }, { push: false });
+    run({ kind: "similar", id: params.get("similar"), moment: params.get("moment"), v: params.get("v") }, { push: false });
   }
   else {
     search = null;
@@ -143,6 +146,21 @@ function restore() {
 function baseName(path) {
   return path.slice(path.lastIndexOf("/") + 1);
 }
+
+// A video's moment: 83.4 -> "1:23", 3723 -> "1:02:03".
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(s / 3600);
+  const mm = String(Math.floor(s / 60) % 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${mm.padStart(2, "0")}:${ss}` : `${mm}:${ss}`;
+}
+
+function span(hit) {
+  return `${clock(hit.t_start)}–${clock(hit.t_end)}`;
+}
+
+const isMoment = (hit) => hit.t_start != null;
 
 function thumbImage(hit) {
   const img = document.createElement("img");
@@ -214,6 +232,15 @@ function render() {
     open.className = "thumb";
     open.title = hit.path;
     open.append(thumbImage(hit));
+    if (isMoment(hit)) {
+      card.classList.add("moment");
+      card.dataset.moment = hit.moment;
+      const time = document.createElement("span");
+      time.className = "time";
+      time.textContent = span(hit);
+      open.title = `${hit.path} @ ${span(hit)}`;
+      open.append(time);
+    }
     open.addEventListener("click", () => openViewer(i));
 
     const info = document.createElement("div");
@@ -309,7 +336,7 @@ function refine() {
 function similarTo(hit) {
   closeViewer();
   query.value = "";
-  run({ kind: "similar", id: String(hit.content_id), v: shownVersion, hit });
+  run({ kind: "similar", id: String(hit.content_id), moment: hit.moment ?? null, v: shownVersion, hit });
   window.scrollTo({ top: 0 });
 }
 
@@ -340,9 +367,13 @@ function showContext() {
     img.src = URL.createObjectURL(search.file);
     $("context-text").textContent = `Similar to the uploaded image ${search.file.name || ""}`;
   } else {
-    img.src = search.hit ? search.hit.thumb : `/api/thumb/${search.id}${search.v ? `?v=${search.v}` : ""}`;
+    const query = new URLSearchParams();
+    if (search.v) query.set("v", search.v);
+    if (search.moment != null) query.set("moment", search.moment);
+    img.src = search.hit ? search.hit.thumb : `/api/thumb/${search.id}?${query}`;
     const path = search.hit ? search.hit.path : `#${search.id}`;
-    $("context-text").textContent = `More like ${path}`;
+    const when = search.hit && isMoment(search.hit) ? ` @ ${span(search.hit)}` : "";
+    $("context-text").textContent = `More like ${path}${when}`;
   }
 }
 
@@ -358,15 +389,28 @@ function openViewer(i) {
   shown = i;
   const hit = hits[i];
   const img = $("viewer-img");
+  const video = $("viewer-video");
   img.removeAttribute("src");
-  img.src = hit.image;
+  video.pause();
+  video.removeAttribute("src");
+  const moment = isMoment(hit);
+  img.hidden = moment;
+  video.hidden = !moment;
+  if (moment) {
+    // plays from the moment: the server answers range requests, so the player seeks without the whole file
+    video.src = `${hit.video}#t=${hit.t_start}`;
+    video.poster = hit.image;
+  } else {
+    img.src = hit.image;
+  }
   img.alt = baseName(hit.path);
   $("viewer-name").textContent = baseName(hit.path);
   $("viewer-path").textContent = hit.path;
-  $("viewer-open").href = hit.image;
+  $("viewer-open").href = moment ? `${hit.video}#t=${hit.t_start}` : hit.image;
   const rows = [
     ["Score", hit.score.toFixed(4)],
     ["Rank", `${hit.rank} of ${hits.length}`],
+    ...(moment ? [["Moment", span(hit)]] : []),
     ["Size", `${hit.width} × ${hit.height} px · ${formatBytes(hit.size)}`],
     ["Date", hit.date.slice(0, 10)],
     ["On disk", hit.available ? "yes" : "no (an unplugged drive, or deleted since indexed)"],
@@ -399,6 +443,7 @@ function showViewerMark(hit) {
 
 function closeViewer() {
   if (viewer.hidden) return;
+  $("viewer-video").pause();
   viewer.hidden = true;
   document.body.classList.remove("noscroll");
   grid.children[shown]?.querySelector(".thumb")?.focus();
@@ -445,6 +490,7 @@ $("context-clear").addEventListener("click", () => {
 
 $("viewer-close").addEventListener("click", closeViewer);
 $("viewer-img").addEventListener("error", checkRebuilt);
+$("viewer-video").addEventListener("error", checkRebuilt);
 $("viewer-prev").addEventListener("click", () => step(-1));
 $("viewer-next").addEventListener("click", () => step(1));
 $("viewer-similar").addEventListener("click", () => similarTo(hits[shown]));
@@ -538,7 +584,8 @@ async function loadInfo() {
   maxUpload = info.max_upload_bytes;
   const footer = $("footer");
   const model = info.pretrained ? `${info.model} (${info.pretrained})` : info.model;
-  footer.textContent = `${info.count.toLocaleString()} images indexed · model ${model} · ${info.index}`;
+  const videos = info.videos ? ` (${info.videos.toLocaleString()} videos, ${info.moments.toLocaleString()} moments)` : "";
+  footer.textContent = `${info.count.toLocaleString()} images indexed${videos} · model ${model} · ${info.index}`;
   $("roots").replaceChildren(
     ...info.roots.map((root) => {
       const option = document.createElement("option");

@@ -29,7 +29,7 @@ from clipsearch.store.folder import IndexFolder, exists, index_root
 from clipsearch.store.vectors import DEFAULT_STORE_KIND, VectorStore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
     from PIL import Image
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from clipsearch.encoders.loading import ModelLoader
     from clipsearch.encoders.onnx_export import ExportOutcome
     from clipsearch.encoders.onnx_text import OnnxTextEncoder, TextEncoder
+    from clipsearch.ingest.importer import ImportItem
     from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
     from clipsearch.query.filters import Filters
     from clipsearch.query.grammar import Term
@@ -478,6 +479,55 @@ class Index:
             report.text_export = "exported" if outcome.path is not None else "unavailable"
             report.text_export_reason = outcome.reason
         report.seconds = round(time.monotonic() - started, 3)
+        return report
+
+    def import_vectors(
+        self,
+        batches: Iterable[Sequence[ImportItem]],
+        *,
+        weights_sha256: str,
+        roots: Sequence[str | Path] = (),
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Add files whose vectors were computed elsewhere (another process, a cluster), batch by batch.
+
+        Each batch is committed like a sync's (with its vectors, in one transaction): a crash or
+        Ctrl-C keeps the batches committed before. A rebuild (``open_for_write(..., rebuild=True)``)
+        replaces the index once the import completes. Needs the writer lock (:meth:`open_for_write`).
+
+        Args:
+            batches: lists of :class:`~clipsearch.ingest.importer.ImportItem` (file record, content
+                hash, unit vector of the index's model, size, date, side views).
+            weights_sha256: the sha256 of the model weights that computed the vectors; must be the
+                index's (``meta.weights_sha256``).
+            roots: folders the files lie in, recorded in the index (a later sync of the index re-syncs them).
+            progress: told how many files each batch held.
+
+        Raises:
+            ModelMismatchError: the vectors come from other weights than the index's.
+            VectorDimensionError: a vector is not of the index's dimension.
+            BadValueError: a vector that is not a unit vector, a path outside ``roots``, side views
+                for an index without them (nothing of that batch is kept).
+            SyncInterrupted: Ctrl-C; committed batches are kept.
+        """
+        from clipsearch.ingest.importer import import_vectors
+
+        if not self.folder.writable:
+            raise UsageError("import_vectors needs an index opened with Index.open_for_write.")
+        if weights_sha256 != self.meta.weights_sha256:
+            label = _label(self.meta.model, self.meta.pretrained)
+            raise ModelMismatchError(
+                self.path,
+                f"{label} with weights sha256 {self.meta.weights_sha256[:12]}",
+                f"the model with weights sha256 {weights_sha256[:12]} that computed the vectors",
+            )
+        report = import_vectors(
+            self.folder,
+            batches,
+            roots=[os.path.abspath(os.path.expanduser(r)) for r in roots],
+            progress=progress,
+        )
+        self.folder.finish_rebuild()  # an import into a rebuild, now complete, replaces the index
         return report
 
     def search_vectors(

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -30,9 +30,10 @@ from clipsearch.errors import (
     RootInsideRootError,
     UsageError,
 )
+from clipsearch.ingest.commit import FileRow, NewContent, commit_batch
 from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
 from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
-from clipsearch.store.catalog import Catalog, FileState, NewFile, RootSettings, View, view_id
+from clipsearch.store.catalog import Catalog, FileState, RootSettings
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.rebuild import live_root_settings
 
@@ -305,16 +306,12 @@ class _Committer:
         # every picture's main vector, then its views: one encoder batch
         pixels = [p.pixels for p in new] + [view for p in new for _, view in p.views]
         vectors = self._encode(pixels) if new else None
-        self.folder.check_present()  # SQLite would go on writing into a deleted catalog
-        with self.catalog.transaction():
-            ids = {
-                p.digest: self.catalog.insert_content(p.digest, p.width, p.height, p.taken)
-                for p in new
-                if p.digest
-            }
-            if vectors is not None:  # a new generation only when the vectors change
-                self.catalog.add_pending(self.catalog.next_gen(), self._vector_ids(new, ids), vectors)
-            self.catalog.upsert_files(self._file_rows(rows, ids))
+        contents = [
+            NewContent(p.digest, p.width, p.height, p.taken, tuple(k for k, _ in p.views))
+            for p in new
+            if p.digest
+        ]
+        commit_batch(self.folder, contents, vectors, [FileRow(*r) for r in rows])
         if encode:
             self.queue.clear()
             self.queued_vectors = 0
@@ -324,19 +321,6 @@ class _Committer:
             self.folder.checkpoint()
             self.since_checkpoint = 0
 
-    def _vector_ids(self, new: list[Prepared], ids: dict[str, int]) -> list[int]:
-        """The FAISS ids of ``new``'s vectors in encoding order (main vectors, then views), with the
-        views recorded in the catalog."""
-        main = [ids[p.digest] for p in new if p.digest]
-        extra: list[int] = []
-        for p in new:
-            if p.views and p.digest:
-                cid = ids[p.digest]
-                views = [View(n, kind) for n, (kind, _) in enumerate(p.views, 1)]
-                self.catalog.insert_views(cid, views)
-                extra += [view_id(cid, v.view) for v in views]
-        return main + extra
-
     def _encode(self, pixels: list[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
         encoder = self.model.encoder()  # waits for the model if it is still loading
@@ -345,15 +329,6 @@ class _Committer:
             assert encoder.pixel_transform is not None  # the only source of uint8 pixels
             batch = encoder.pixel_transform.normalize(batch)
         return encoder.encode_pixels(batch, threads=self.threads)
-
-    def _file_rows(
-        self, rows: list[tuple[FileRecord, str | None, str | None]], new_ids: dict[str, int]
-    ) -> Iterator[NewFile]:
-        for record, digest, error in rows:
-            content_id = None
-            if digest is not None and error is None:
-                content_id = new_ids.get(digest) or self.catalog.content_id(digest)
-            yield NewFile(record.path, record.size, record.mtime_ns, content_id, error)
 
     def sweep(self, gone: list[str]) -> None:
         """Forget files that disappeared, and the vectors no file uses any more."""

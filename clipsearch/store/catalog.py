@@ -523,6 +523,30 @@ class Catalog:
         ).fetchone()
         return None if row is None else FileState(*row)
 
+    def files_by_path(self, paths: Sequence[str]) -> dict[str, FileState]:
+        """The catalogued files among ``paths`` (absent ones are left out)."""
+        out: dict[str, FileState] = {}
+        for start in range(0, len(paths), 500):
+            chunk = [os.fsencode(p) for p in paths[start : start + 500]]
+            rows = self.conn.execute(
+                "SELECT path, size, mtime_ns, content_id, error FROM files "
+                f"WHERE path IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update({os.fsdecode(r[0]): FileState(r[1], r[2], r[3], r[4]) for r in rows})
+        return out
+
+    def content_ids_of(self, digests: Sequence[str]) -> dict[str, int]:
+        """hash -> content id, for the hashes among ``digests`` that are catalogued."""
+        out: dict[str, int] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start : start + 500])
+            rows = self.conn.execute(
+                f"SELECT hash, id FROM contents WHERE hash IN ({','.join('?' * len(chunk))})", chunk
+            )
+            out.update({str(h): int(i) for h, i in rows})
+        return out
+
     def content_id(self, digest: str) -> int | None:
         row = self.conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
         return None if row is None else int(row[0])

@@ -1,0 +1,83 @@
+"""The one transaction that commits a batch: new contents, their vectors, and the file rows.
+
+Shared by the sync (:mod:`clipsearch.ingest.sync`, vectors it encodes) and the import of vectors
+computed elsewhere (:mod:`clipsearch.ingest.importer`), so both keep the same guarantees: a batch is
+in the catalog with its vectors, or not at all (``indexes/README.md``, "The commit protocol").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.ingest.scan import FileRecord
+from clipsearch.store.catalog import Catalog, NewFile, View, view_id
+from clipsearch.store.folder import IndexFolder
+
+
+class NewContent(NamedTuple):
+    """A content seen for the first time: its hash, facts, and the kinds of its extra views (view 1, 2...)."""
+
+    digest: str
+    width: int
+    height: int
+    taken: float | None
+    views: tuple[str, ...] = ()
+
+
+class FileRow(NamedTuple):
+    """A file row to write: its content hash, or None with the reason it was skipped."""
+
+    record: FileRecord
+    digest: str | None
+    error: str | None
+
+
+def commit_batch(
+    folder: IndexFolder,
+    new: Sequence[NewContent],
+    vectors: npt.NDArray[np.float32] | None,
+    rows: Sequence[FileRow],
+) -> dict[str, int]:
+    """Commit ``new`` contents with their ``vectors`` and the file ``rows``, in one transaction.
+
+    ``vectors`` holds every new content's main vector in order, then their views' vectors (content
+    by content, view 1 first); None when there are no new contents. The vector set moves to a new
+    generation only when vectors are added. Returns the ids given to the new contents, by hash.
+
+    Raises:
+        IndexGoneError: the index folder was deleted since it was opened.
+    """
+    catalog = folder.catalog
+    folder.check_present()  # SQLite would go on writing into a deleted catalog
+    with catalog.transaction():
+        ids = {c.digest: catalog.insert_content(c.digest, c.width, c.height, c.taken) for c in new}
+        if vectors is not None and len(new):
+            catalog.add_pending(catalog.next_gen(), vector_ids(catalog, new, ids), vectors)
+        catalog.upsert_files(_file_rows(catalog, rows, ids))
+    return ids
+
+
+def vector_ids(catalog: Catalog, new: Sequence[NewContent], ids: dict[str, int]) -> list[int]:
+    """The FAISS ids of ``new``'s vectors in the order :func:`commit_batch` takes them (main vectors,
+    then views), with the views recorded in the catalog (inside the caller's transaction)."""
+    main = [ids[c.digest] for c in new]
+    extra: list[int] = []
+    for c in new:
+        if c.views:
+            cid = ids[c.digest]
+            views = [View(n, kind) for n, kind in enumerate(c.views, 1)]
+            catalog.insert_views(cid, views)
+            extra += [view_id(cid, v.view) for v in views]
+    return main + extra
+
+
+def _file_rows(catalog: Catalog, rows: Sequence[FileRow], new_ids: dict[str, int]) -> Iterator[NewFile]:
+    for record, digest, error in rows:
+        content_id = None
+        if digest is not None and error is None:
+            content_id = new_ids.get(digest) or catalog.content_id(digest)
+        yield NewFile(record.path, record.size, record.mtime_ns, content_id, error)

@@ -469,6 +469,7 @@ class Index:
         started = time.monotonic()
         options = options or SyncOptions()
         report = sync(self.folder, _SyncModel(self), roots, options, progress)
+        self._optimize(report, progress)
         self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():
             if progress is not None:
@@ -527,8 +528,42 @@ class Index:
             roots=[os.path.abspath(os.path.expanduser(r)) for r in roots],
             progress=progress,
         )
+        self._optimize(report, progress)
         self.folder.finish_rebuild()  # an import into a rebuild, now complete, replaces the index
         return report
+
+    def _optimize(self, report: SyncReport, progress: Progress | None) -> None:
+        """After a sync or an import: the vector files take the kind the index's size calls for."""
+        from clipsearch.ingest.sync import SyncInterrupted
+
+        try:
+            report.reorganized = self.folder.optimize(progress.note if progress is not None else None) or ""
+        except KeyboardInterrupt:  # the files being written are left over; the index is as it was
+            report.interrupted = True
+            raise SyncInterrupted(report) from None
+
+    def set_store(self, kind: str | None = None, memory_budget: int | None = None) -> None:
+        """Choose how the vectors are stored; the next sync (or :meth:`optimize`) applies it.
+
+        Args:
+            kind: ``auto`` (by size: ``sq8`` exhaustive search up to 50,000 vectors, then ``ivfpq``
+                approximate search), or ``flat``, ``sq8``, ``ivfpq`` whatever the size.
+            memory_budget: bytes an approximate index may keep in memory for searching (its
+                codes' size follows); see :func:`clipsearch.store.maintain.parse_budget`.
+
+        Raises:
+            BadValueError: an unknown kind.
+        """
+        if not self.folder.writable:
+            raise UsageError("set_store needs an index opened with Index.open_for_write.")
+        self.folder.set_store_settings(kind, memory_budget)
+
+    def optimize(self, progress: Progress | None = None) -> str | None:
+        """Checkpoint, merge segments when due, and rebuild the vector files if the index outgrew
+        their kind (searches use the old files meanwhile). Returns why it rebuilt, or None."""
+        if not self.folder.writable:
+            raise UsageError("optimize needs an index opened with Index.open_for_write.")
+        return self.folder.optimize(progress.note if progress is not None else None)
 
     def search_vectors(
         self, queries: npt.NDArray[np.float32], k: int = 10, *, filters: Filters | None = None

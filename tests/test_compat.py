@@ -39,15 +39,25 @@ def test_an_index_from_before_the_move_opens_searches_and_syncs(tmp_path: Path) 
             stored = idx.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
             fresh = encoder.encode_images([open_image(path, min_side=draft_side(encoder))])[0]
             assert float(stored @ fresh) > 0.99, path.name  # indexed in bf16, encoded here in fp32
+        ids = idx.store.ids()
+        before = {int(i): v for i, v in zip(ids, idx.store.reconstruct(ids), strict=True)}
         hits = idx.search("a green star", k=3)
         assert Path(hits[0].path).name == "0000_green-star.jpg"  # the one picture of a green star alone
         # its roots had no settings then: a reader (which never writes) shows the defaults
         assert info["root_settings"] == [
             {"path": OLD_ROOT, "include_hidden": False, "exclude": [], "max_pixels": None}
         ]
+    # readers never write
+    assert [p.name for p in index_dir.glob("vectors-*")] == ["vectors-0000000002.faiss"]
     extra = tmp_path / "more"
     write_dataset(extra, 3, seed=12)
     with Index.open_for_write(index_dir, encoder) as idx:  # upgraded in place by a writer
+        # the one FAISS file became one segment, its codes copied as they were
+        assert idx.catalog.get("schema_version") == "2" and not list(index_dir.glob("vectors-*"))
+        (segment,) = idx.catalog.segments()
+        assert segment[1:] == (12, True)
+        upgraded = idx.store.reconstruct(np.array(sorted(before), dtype=np.int64))
+        np.testing.assert_array_equal(upgraded, np.stack([before[i] for i in sorted(before)]))
         report = idx.sync([str(extra)], options=SyncOptions(exclude=("*.png",)))
         assert report.added == 1  # the one JPEG of the three
         columns = {row[1] for row in idx.catalog.conn.execute("PRAGMA table_info(roots)")}
@@ -60,4 +70,7 @@ def test_an_index_from_before_the_move_opens_searches_and_syncs(tmp_path: Path) 
             {"path": OLD_ROOT, "include_hidden": False, "exclude": [], "max_pixels": None},
             {"path": str(extra), "include_hidden": False, "exclude": ["*.png"], "max_pixels": None},
         ]
-        assert idx.catalog.get("schema_version") == "1"  # columns added; older versions still read it
+        # version 2: older versions refuse it with a message naming the version, rather than reading
+        # no vectors from the segment files they do not know
+        assert idx.catalog.get("schema_version") == "2"
+        assert idx.info()["store"] == "sq8" and idx.info()["segments"] >= 1

@@ -41,38 +41,66 @@ def commit_batch(
     new: Sequence[NewContent],
     vectors: npt.NDArray[np.float32] | None,
     rows: Sequence[FileRow],
+    *,
+    direct: bool = False,
 ) -> dict[str, int]:
     """Commit ``new`` contents with their ``vectors`` and the file ``rows``, in one transaction.
 
     ``vectors`` holds every new content's main vector in order, then their views' vectors (content
     by content, view 1 first); None when there are no new contents. The vector set moves to a new
-    generation only when vectors are added. Returns the ids given to the new contents, by hash.
+    generation only when vectors are added. ``direct``: the vectors go straight to a new segment
+    file, written before the transaction that names it (a large batch: an import), instead of the
+    pending log that the next checkpoint writes out. Returns the ids given to the new contents.
 
     Raises:
         IndexGoneError: the index folder was deleted since it was opened.
     """
     catalog = folder.catalog
     folder.check_present()  # SQLite would go on writing into a deleted catalog
+    if direct and vectors is not None and len(new):
+        first = catalog.last_content_id() + 1  # free under the writer lock
+        ids = {c.digest: first + n for n, c in enumerate(new)}
+        vector_ids, views = _vector_ids(new, ids)
+
+        def write_rows(catalog: Catalog) -> None:
+            for c in new:
+                catalog.insert_content(c.digest, c.width, c.height, c.taken, content_id=ids[c.digest])
+            _write_rows(catalog, views, rows, ids)
+
+        folder.commit_vectors(np.array(vector_ids, dtype=np.int64), vectors, write_rows)
+        return ids
     with catalog.transaction():
         ids = {c.digest: catalog.insert_content(c.digest, c.width, c.height, c.taken) for c in new}
+        vector_ids, views = _vector_ids(new, ids)
         if vectors is not None and len(new):
-            catalog.add_pending(catalog.next_gen(), vector_ids(catalog, new, ids), vectors)
-        catalog.upsert_files(_file_rows(catalog, rows, ids))
+            catalog.add_pending(catalog.next_gen(), vector_ids, vectors)
+        _write_rows(catalog, views, rows, ids)
     return ids
 
 
-def vector_ids(catalog: Catalog, new: Sequence[NewContent], ids: dict[str, int]) -> list[int]:
+def _vector_ids(
+    new: Sequence[NewContent], ids: dict[str, int]
+) -> tuple[list[int], list[tuple[int, list[View]]]]:
     """The FAISS ids of ``new``'s vectors in the order :func:`commit_batch` takes them (main vectors,
-    then views), with the views recorded in the catalog (inside the caller's transaction)."""
+    then views), and each content's views to record."""
     main = [ids[c.digest] for c in new]
     extra: list[int] = []
+    views: list[tuple[int, list[View]]] = []
     for c in new:
         if c.views:
             cid = ids[c.digest]
-            views = [View(n, kind) for n, kind in enumerate(c.views, 1)]
-            catalog.insert_views(cid, views)
-            extra += [view_id(cid, v.view) for v in views]
-    return main + extra
+            mine = [View(n, kind) for n, kind in enumerate(c.views, 1)]
+            views.append((cid, mine))
+            extra += [view_id(cid, v.view) for v in mine]
+    return main + extra, views
+
+
+def _write_rows(
+    catalog: Catalog, views: list[tuple[int, list[View]]], rows: Sequence[FileRow], ids: dict[str, int]
+) -> None:
+    for cid, mine in views:
+        catalog.insert_views(cid, mine)
+    catalog.upsert_files(_file_rows(catalog, rows, ids))
 
 
 def _file_rows(catalog: Catalog, rows: Sequence[FileRow], new_ids: dict[str, int]) -> Iterator[NewFile]:

@@ -3,9 +3,12 @@
 An engine that reads, hashes, decodes and encodes files somewhere else hands the results over in
 batches of :class:`ImportItem`; each batch is committed like a sync's (one transaction with its
 vectors, :func:`clipsearch.ingest.commit.commit_batch`), so a crash or Ctrl-C keeps every batch
-committed before it and loses nothing else. The caller checks the model first (the façade's
-``Index.import_vectors`` compares the weights' sha256 with the index's); this module checks the
-vectors' length, that they are unit vectors, and that each file lies in a folder of the index.
+committed before it and loses nothing else. A batch's vectors go straight to a segment file of
+their own, written before the transaction that names it (no pending log to copy them through).
+
+The caller checks the model first (the façade's ``Index.import_vectors`` compares the weights'
+sha256 with the index's); this module checks the vectors' length, that they are unit vectors, and
+that each file lies in a folder of the index.
 """
 
 from __future__ import annotations
@@ -60,7 +63,6 @@ def import_vectors(
     batches: Iterable[Sequence[ImportItem]],
     *,
     roots: Sequence[str] = (),
-    checkpoint_every: int = 20_000,
     progress: Progress | None = None,
 ) -> SyncReport:
     """Commit batches of files indexed elsewhere; each batch is one transaction.
@@ -75,7 +77,6 @@ def import_vectors(
         batches: lists of items; a batch may hold any number of files (thousands is right).
         roots: folders to record in the index (with default settings, unless recorded already);
             every file must lie inside a recorded folder.
-        checkpoint_every: vectors after which they are folded into the vector files mid-run.
         progress: told how many files each batch held.
 
     Raises:
@@ -88,15 +89,12 @@ def import_vectors(
     report = SyncReport(index=str(folder.path), rebuild=folder.rebuilding)
     _record_roots(folder, roots)
     recorded = folder.catalog.roots()
-    since_checkpoint = 0
+    folder.checkpoint(merges="none")  # what an earlier sync left pending, first
     try:
         for batch in batches:
-            since_checkpoint += _import_batch(folder, list(batch), recorded, report)
+            _import_batch(folder, list(batch), recorded, report)
             if progress is not None:
                 progress.advance(len(batch))
-            if since_checkpoint >= checkpoint_every:
-                folder.checkpoint()
-                since_checkpoint = 0
         folder.check_present()
         with folder.catalog.transaction():  # contents no file uses any more (files given new contents)
             folder.catalog.drop_orphan_contents()
@@ -104,7 +102,7 @@ def import_vectors(
         report.interrupted = True
         raise SyncInterrupted(report) from None
     finally:
-        folder.checkpoint()
+        folder.checkpoint(merges="tiers")
         report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -120,10 +118,10 @@ def _record_roots(folder: IndexFolder, roots: Sequence[str]) -> None:
             folder.catalog.set_root(root, RootSettings())
 
 
-def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str], report: SyncReport) -> int:
-    """Check and commit one batch; returns how many vectors it added."""
+def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str], report: SyncReport) -> None:
+    """Check and commit one batch: its new vectors become one segment (merged with others later)."""
     if not items:
-        return 0
+        return
     _check_items(folder, items, roots)
     catalog = folder.catalog
     paths = [item.record.path for item in items]
@@ -149,10 +147,9 @@ def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str]
     if firsts:
         views = [v for i in firsts for _, v in i.views]
         vectors = np.stack([i.vector for i in firsts] + views).astype(np.float32, copy=False)
-    commit_batch(folder, contents, vectors, rows)
+    commit_batch(folder, contents, vectors, rows, direct=True)
     for key, n in counts.items():
         setattr(report, key, getattr(report, key) + n)
-    return 0 if vectors is None else len(vectors)
 
 
 def _check_items(folder: IndexFolder, items: list[ImportItem], roots: list[str]) -> None:

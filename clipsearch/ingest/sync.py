@@ -150,6 +150,8 @@ class SyncReport:
     #: (``text_export_reason`` says why), "" when there was nothing to do
     text_export: str = ""
     text_export_reason: str = ""
+    #: why the vector files were rebuilt after the sync (another kind, new training), "" if not
+    reorganized: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

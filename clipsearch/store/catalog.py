@@ -1,11 +1,13 @@
 """SQLite catalog: files, their content hashes, skip reasons, pending vectors, and index metadata.
 
-Tables (schema version 1):
+Tables (schema version 2; version 1 is read, and upgraded in place by the first writer):
 
 - ``meta(key, value)``: model, pretrained, weights_sha256, dim, store_kind, schema_version,
-  ``gen`` (last batch that changed the vectors), ``vectors_gen`` (generation of the saved FAISS
-  file) and ``rebuild_id`` (set when a rebuild replaced the index; a staged rebuild also records
-  ``rebuild_complete`` once it is ready to replace it).
+  ``gen`` (last batch that changed the vectors), ``vectors_gen`` (the last batch whose vectors
+  are in segment files), ``layout`` (moves whenever the list of segments changes),
+  ``store_params`` (JSON: the kind's parameters and its measured recall), ``store_choice`` and
+  ``memory_budget`` (what the kind is chosen by), and ``rebuild_id`` (set when a rebuild replaced
+  the index; a staged rebuild also records ``rebuild_complete`` once it is ready to replace it).
 - ``roots(path, include_hidden, exclude, max_pixels)``: folders the user indexed, with the settings
   their syncs use (``exclude``: gitignore lines; ``max_pixels`` NULL: the default). A sync without
   roots re-syncs these. The settings columns were added after version 0.1.0: a writer adds them
@@ -20,9 +22,13 @@ Tables (schema version 1):
   side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``), later
   video moments (with their times). Added after 0.1.0 (a writer creates it in place; a reader of an
   older catalog sees no views).
-- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint;
+- ``pending(content_id, gen, vector)``: vectors committed since the last checkpoint;
   ``content_id`` is the vector's FAISS id (see :func:`view_id`).
-- ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted since the last FAISS checkpoint.
+- ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted whose vectors may still lie in a
+  segment file; kept until a merge drops them from the files.
+- ``segments(name, count, big)``: the segment files holding the vectors (added in version 2);
+  see :mod:`clipsearch.store.segments`. Version 1 kept them in one FAISS file,
+  ``vectors-<vectors_gen>.faiss``, and its tombstones were those after ``vectors_gen``.
 
 FAISS ids: a content's main vector has the content's id; view ``n`` (1, 2, ...) of content ``c``
 has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide and
@@ -45,7 +51,9 @@ import numpy.typing as npt
 from clipsearch.errors import ClipsearchError, IndexAccessError, IndexCorruptError
 from clipsearch.files import free_space_note
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Catalog versions this code reads (1: one FAISS file; upgraded to 2 by the first writer).
+READABLE_VERSIONS = (1, 2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +84,11 @@ CREATE TABLE IF NOT EXISTS pending (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tombstones (content_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (
+    name TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    big INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS views (
     content_id INTEGER NOT NULL,
     view INTEGER NOT NULL,
@@ -138,6 +151,7 @@ _REPLACED_TABLES = {
     "pending": "content_id, gen, vector",
     "tombstones": "content_id, gen",
     "views": "content_id, view, kind, t_start, t_end",
+    "segments": "name, count, big",
     "meta": "key, value",
 }
 
@@ -331,12 +345,12 @@ class Catalog:
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from exc
-        if version is not None and int(version) != SCHEMA_VERSION:
+        if version is not None and int(version) not in READABLE_VERSIONS:
             self.conn.close()
             raise IndexCorruptError(
                 path.parent,
-                f"{path} has catalog schema version {version}; this clipsearch reads version "
-                f"{SCHEMA_VERSION}.",
+                f"{path} has catalog schema version {version}; this clipsearch reads versions "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}.",
             )
 
     @staticmethod
@@ -408,12 +422,19 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+
+        A Ctrl-C can land just after ``BEGIN`` returns: inside the ``try``, so it is rolled back too,
+        and a transaction found open anyway (an interrupt in the window before) is rolled back first.
+        """
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -628,10 +649,14 @@ class Catalog:
             [(int(content_id), v.view, v.kind, v.t_start, v.t_end) for v in views],
         )
 
-    def insert_content(self, digest: str, width: int, height: int, taken: float | None) -> int:
+    def insert_content(
+        self, digest: str, width: int, height: int, taken: float | None, *, content_id: int | None = None
+    ) -> int:
+        """A new content row; ``content_id``: the id to give it (one of :meth:`last_content_id`'s
+        successors, taken by a writer that wrote its vectors first), else the next one."""
         cur = self.conn.execute(
-            "INSERT INTO contents(hash, width, height, taken) VALUES (?, ?, ?, ?)",
-            (digest, width, height, taken),
+            "INSERT INTO contents(id, hash, width, height, taken) VALUES (?, ?, ?, ?, ?)",
+            (content_id, digest, width, height, taken),
         )
         return int(cur.lastrowid or 0)
 
@@ -725,9 +750,39 @@ class Catalog:
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def forget_log_through(self, gen: int) -> None:
-        """After a checkpoint at ``gen``: its pending vectors and tombstones live in the FAISS file."""
+        """After a version-1 checkpoint at ``gen``: its pending vectors and tombstones are in its file."""
         self.conn.execute("DELETE FROM pending WHERE gen <= ?", (gen,))
         self.conn.execute("DELETE FROM tombstones WHERE gen <= ?", (gen,))
+
+    def forget_pending_through(self, gen: int) -> None:
+        """After a checkpoint at ``gen``: the pending vectors up to it are in a segment file."""
+        self.conn.execute("DELETE FROM pending WHERE gen <= ?", (gen,))
+
+    def forget_tombstones(self, ids: Iterable[int]) -> None:
+        """Tombstones no longer needed (their vectors are in no segment file any more)."""
+        self.conn.executemany("DELETE FROM tombstones WHERE content_id = ?", [(int(i),) for i in ids])
+
+    def tombstone_ids(self) -> npt.NDArray[np.int64]:
+        return np.array(
+            [r[0] for r in self.conn.execute("SELECT content_id FROM tombstones")], dtype=np.int64
+        )
+
+    # -- segments -------------------------------------------------------------------------------
+
+    def segments(self) -> list[tuple[str, int, bool]]:
+        """(name, count, big) of every segment file set, by name (none in a version-1 catalog)."""
+        if int(self.get("schema_version") or 1) < 2:
+            return []
+        rows = self.conn.execute("SELECT name, count, big FROM segments ORDER BY name")
+        return [(str(name), int(count), bool(big)) for name, count, big in rows]
+
+    def replace_segments(self, remove: Iterable[str], add: Iterable[tuple[str, int, bool]]) -> None:
+        """Swap segments in the list (inside a transaction), moving ``layout`` on."""
+        self.conn.executemany("DELETE FROM segments WHERE name = ?", [(n,) for n in remove])
+        self.conn.executemany(
+            "INSERT INTO segments(name, count, big) VALUES (?, ?, ?)", [(n, c, int(b)) for n, c, b in add]
+        )
+        self.set("layout", self.get_int("layout") + 1)
 
     def reclaim_space(self) -> None:
         """Return free pages (left by deleted pending vectors) to the file system; outside a transaction."""

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP threads (FAISS's, torch's) sleep while they wait, as under the CLI (``cli.main`` sets it):
+# spinning ones make small FAISS jobs (training a test index) several times slower on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # huggingface_hub reads these when first imported, so they are set before anything imports it.
 HF_CACHE = Path(tempfile.mkdtemp(prefix="clipsearch-test-hf-"))
 os.environ["HF_HUB_CACHE"] = str(HF_CACHE)

@@ -530,6 +530,12 @@ class IndexFolder:
                 self.catalog.set("store_choice", choice)
             if memory_budget is not None:
                 self.catalog.set("memory_budget", int(memory_budget))
+            empty = int(self.catalog.get("schema_version") or 1) >= 2 and not self.catalog.segments()
+            if empty:  # nothing written yet: the vectors to come are written in the new kind at once
+                kind = maintain.choose_kind(0, self.meta.dim, self.store_settings(), self.meta.store_kind)
+                self.catalog.set("store_kind", kind)
+        if empty:
+            self.meta = replace(self.meta, store_kind=kind)
 
     def _upgrade(self) -> None:
         """Rewrite a version-1 index's vectors (one FAISS file and its log) as one big segment, in place."""

@@ -599,7 +599,7 @@ class Index:
         ):
             raise FolderNotIndexedError(folder, roots)
         # a folder that is gone may still hold indexed files (an unplugged drive); a typo holds none
-        if not os.path.isdir(folder) and not self.catalog.files_under(folder):
+        if not os.path.isdir(folder) and not self.catalog.holds_files_under(folder):
             raise FolderNotIndexedError(folder, roots, missing=True)
 
     def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:

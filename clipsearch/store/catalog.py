@@ -38,6 +38,7 @@ has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide a
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -538,6 +539,15 @@ class Catalog:
         )
         return {os.fsdecode(r[0]): FileState(r[1], r[2], r[3], r[4]) for r in rows}
 
+    def holds_files_under(self, root: str) -> bool:
+        """Whether any file at or below ``root`` is catalogued (without reading them all)."""
+        low, high = under(root)
+        row = self.conn.execute(
+            "SELECT 1 FROM files WHERE path = ? OR (path >= ? AND path < ?) LIMIT 1",
+            (os.fsencode(root), low, high),
+        ).fetchone()
+        return row is not None
+
     def file(self, path: str) -> FileState | None:
         row = self.conn.execute(
             "SELECT size, mtime_ns, content_id, error FROM files WHERE path = ?", (os.fsencode(path),)
@@ -583,19 +593,37 @@ class Catalog:
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
 
-    def entries_matching(self, where: FileFilter) -> dict[int, list[Entry]]:
-        """content id -> its files that pass the filter."""
-        clause, params = where.sql()
-        return _group(self.conn.execute(f"{_ENTRY_SQL} WHERE {clause}", params))
-
-    def entries_of(self, content_ids: Sequence[int]) -> dict[int, list[Entry]]:
-        """content id -> its files, for the ids given."""
+    def entries_of(
+        self, content_ids: Sequence[int], where: FileFilter | None = None
+    ) -> dict[int, list[Entry]]:
+        """content id -> its files (those that pass ``where``, if given), for the ids given."""
+        clause, params = where.sql() if where is not None else ("1", [])
         out: dict[int, list[Entry]] = {}
         for start in range(0, len(content_ids), 500):
             chunk = [int(i) for i in content_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            out.update(_group(self.conn.execute(f"{_ENTRY_SQL} WHERE f.content_id IN ({marks})", chunk)))
+            rows = self.conn.execute(
+                f"{_ENTRY_SQL} WHERE f.content_id IN ({marks}) AND {clause}", chunk + params
+            )
+            out.update(_group(rows))
         return out
+
+    def vector_ids_matching(self, where: FileFilter) -> npt.NDArray[np.int64]:
+        """The FAISS ids (contents and their views) of the contents with a file that passes ``where``:
+        one pass over the matching rows, no record per file (a filter may keep millions)."""
+        clause, params = where.sql()
+        joined = (
+            "JOIN contents c ON c.id = f.content_id " if re.search(r"\bc\.", clause) else ""
+        )  # dates, sizes
+        matching = f"SELECT f.content_id FROM files f {joined}WHERE {clause}"
+        contents = np.unique(np.fromiter((r[0] for r in self.conn.execute(matching, params)), np.int64))
+        if not self._has_views or not len(contents):
+            return contents
+        rows = self.conn.execute(
+            f"SELECT content_id, view FROM views WHERE content_id IN ({matching})", params
+        )
+        views = np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 2)
+        return np.concatenate([contents, VIEW_FLAG | (views[:, 0] << VIEW_BITS) | views[:, 1]])
 
     def has_views(self) -> bool:
         """Whether any content has vectors beyond its main one."""

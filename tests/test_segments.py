@@ -310,3 +310,62 @@ def test_store_and_memory_budget_options_are_checked_before_anything_runs(tmp_pa
     assert not (tmp_path / "i").exists()
     assert maintain.parse_budget("1G") == 1024**3 and maintain.parse_budget("512m") == 512 * 1024**2
     assert maintain.parse_budget("1.5GB") == int(1.5 * 1024**3)
+
+
+# -- real files through the sync ----------------------------------------------------------------------
+
+
+def test_add_remove_rename_across_a_segment_merge(tmp_path, tiny_model, tiny_encoder) -> None:
+    from test_crash import check_exact, write_corpus
+
+    from clipsearch.api import Index
+    from clipsearch.ingest.sync import SyncOptions
+
+    folder, index_dir = tmp_path / "photos", tmp_path / "idx"
+    write_corpus(folder, 40, seed=1)
+    options = SyncOptions(export_text=False, processes=False)
+
+    def sync() -> None:
+        with Index.open_for_write(index_dir, tiny_encoder) as idx:
+            idx.sync([str(folder)], options=options)
+
+    sync()
+    with IndexFolder.open(index_dir) as reader:
+        (first,) = reader.catalog.segments()
+        moved = {p: reader.stored_vector(str(p)) for p in sorted(folder.iterdir())[:5]}
+    for path in moved:
+        path.rename(path.with_name("renamed-" + path.name))
+    for path in sorted(folder.iterdir())[5:10]:
+        path.unlink()
+    write_corpus(tmp_path / "new", 15, seed=2)
+    for path in (tmp_path / "new").iterdir():
+        path.rename(folder / ("new-" + path.name))
+    sync()  # a small segment of 15 pictures (and views) > a quarter of the big one: merged at once
+    with IndexFolder.open(index_dir) as reader:
+        (merged,) = reader.catalog.segments()
+        assert merged[0] != first[0] and merged[2]
+        assert not len(reader.catalog.tombstone_ids())  # the deleted ones left out of the files
+        for path, vector in moved.items():  # renamed: the same vector, not encoded again
+            np.testing.assert_array_equal(
+                reader.stored_vector(str(path.with_name("renamed-" + path.name))), vector
+            )
+    check_exact(index_dir, folder, tiny_encoder)  # every file once, each finds itself, nothing else
+
+
+def test_index_store_options_are_recorded_and_shown(tmp_path, tiny_model) -> None:
+    photos = tmp_path / "photos"
+    from test_crash import write_corpus
+
+    write_corpus(photos, 6, seed=3)
+    index = ["index", str(photos), "--index", str(tmp_path / "idx"), "--quiet"]
+    result = runner.invoke(app, [*index, "--model", tiny_model, "--store", "flat", "--memory-budget", "512M"])
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(runner.invoke(app, ["info", "--index", str(tmp_path / "idx"), "--json"]).stdout)
+    assert (info["store"], info["store_choice"], info["memory_budget"]) == ("flat", "flat", 512 * 1024**2)
+    assert info["recall_at_10"] == 1.0 and info["bytes_per_vector"]["search"] > 4 * 32
+    with IndexFolder.open_for_write(tmp_path / "idx") as folder:  # back to auto (sq8): vectors rewritten
+        folder.set_store_settings("auto")
+        assert "flat -> sq8" in (folder.optimize() or "")
+    info = json.loads(runner.invoke(app, ["info", "--index", str(tmp_path / "idx"), "--json"]).stdout)
+    assert (info["store"], info["store_choice"], info["memory_budget"]) == ("sq8", "auto", 512 * 1024**2)
+    assert info["bytes_per_vector"]["search"] < 2 * 32 + 10  # fp16 codes (fewer than 64 vectors)

@@ -63,8 +63,7 @@ def commit_batch(
         vector_ids, views = _vector_ids(new, ids)
 
         def write_rows(catalog: Catalog) -> None:
-            for c in new:
-                catalog.insert_content(c.digest, c.width, c.height, c.taken, content_id=ids[c.digest])
+            catalog.insert_contents([(ids[c.digest], c.digest, c.width, c.height, c.taken) for c in new])
             _write_rows(catalog, views, rows, ids)
 
         folder.commit_vectors(np.array(vector_ids, dtype=np.int64), vectors, write_rows)

@@ -90,14 +90,16 @@ def import_vectors(
     _record_roots(folder, roots)
     recorded = folder.catalog.roots()
     folder.checkpoint(merges="none")  # what an earlier sync left pending, first
+    replaced = False
     try:
         for batch in batches:
-            _import_batch(folder, list(batch), recorded, report)
+            replaced |= _import_batch(folder, list(batch), recorded, report)
             if progress is not None:
                 progress.advance(len(batch))
-        folder.check_present()
-        with folder.catalog.transaction():  # contents no file uses any more (files given new contents)
-            folder.catalog.drop_orphan_contents()
+        if replaced:  # contents no file uses any more (files given new contents): a scan of them all
+            folder.check_present()
+            with folder.catalog.transaction():
+                folder.catalog.drop_orphan_contents()
     except KeyboardInterrupt:
         report.interrupted = True
         raise SyncInterrupted(report) from None
@@ -118,62 +120,77 @@ def _record_roots(folder: IndexFolder, roots: Sequence[str]) -> None:
             folder.catalog.set_root(root, RootSettings())
 
 
-def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str], report: SyncReport) -> None:
-    """Check and commit one batch: its new vectors become one segment (merged with others later)."""
+def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str], report: SyncReport) -> bool:
+    """Check and commit one batch: its new vectors become one segment (merged with others later).
+    Returns whether a file known before got another content (whose vectors may be left unused)."""
     if not items:
-        return
+        return False
+    main = _vectors(folder, [item.vector for item in items])
     _check_items(folder, items, roots)
     catalog = folder.catalog
     paths = [item.record.path for item in items]
     old_files = catalog.files_by_path(paths)
     known = catalog.content_ids_of(sorted({item.digest for item in items}))
-    new: dict[str, ImportItem] = {}
+    new: dict[str, int] = {}  # digest -> the row of its first item
     rows: list[FileRow] = []
     counts = {"added": 0, "updated": 0, "reused": 0, "unchanged": 0}
-    for item in items:
+    replaced = False
+    for row, item in enumerate(items):
         old = old_files.get(item.record.path)
         if item.digest in known or item.digest in new:
             same = old is not None and old.content_id is not None and old.content_id == known.get(item.digest)
             counts["unchanged" if same else "reused"] += 1
+            replaced |= old is not None and old.content_id is not None and not same
         else:
+            replaced |= old is not None and old.content_id is not None
             counts["added" if old is None or old.content_id is None else "updated"] += 1
-            new[item.digest] = item
+            new[item.digest] = row
         rows.append(FileRow(item.record, item.digest, None))
-    firsts = list(new.values())
+    firsts = [items[row] for row in new.values()]
     contents = [
         NewContent(i.digest, i.width, i.height, i.taken, tuple(k for k, _ in i.views)) for i in firsts
     ]
     vectors = None
     if firsts:
         views = [v for i in firsts for _, v in i.views]
-        vectors = np.stack([i.vector for i in firsts] + views).astype(np.float32, copy=False)
+        parts = [main[list(new.values())]] + ([_vectors(folder, views)] if views else [])
+        vectors = np.concatenate(parts)
     commit_batch(folder, contents, vectors, rows, direct=True)
     for key, n in counts.items():
         setattr(report, key, getattr(report, key) + n)
+    return replaced
+
+
+def _vectors(folder: IndexFolder, vectors: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    """The vectors as one float32 array, checked: the index's dimension, unit length."""
+    dim = folder.meta.dim
+    try:
+        stacked = np.stack(vectors).astype(np.float32, copy=False)
+    except ValueError:  # not all of one shape
+        stacked = np.zeros((0, 0), np.float32)
+    if stacked.ndim != 2 or stacked.shape[1] != dim:
+        bad = next((np.shape(v) for v in vectors if np.shape(v) != (dim,)), stacked.shape)
+        raise VectorDimensionError(folder.path, dim, bad[-1] if bad else 0)
+    lengths = np.sqrt(np.einsum("ij,ij->i", stacked, stacked))
+    bad_rows = np.flatnonzero(~(np.abs(lengths - 1.0) <= UNIT_TOLERANCE))  # NaN counts as bad
+    if len(bad_rows):
+        raise BadValueError(
+            "vectors",
+            f"row {int(bad_rows[0])}",
+            f"length {lengths[bad_rows[0]]:.4f}, not a unit (L2-normalised) vector",
+        )
+    return stacked
 
 
 def _check_items(folder: IndexFolder, items: list[ImportItem], roots: list[str]) -> None:
-    dim = folder.meta.dim
-    for item in items:
-        for vector in (item.vector, *(v for _, v in item.views)):
-            shape = np.shape(vector)
-            if len(shape) != 1 or shape[0] != dim:
-                raise VectorDimensionError(folder.path, dim, shape[-1] if shape else 0)
-        if item.views and folder.meta.coverage != "sides":
+    if folder.meta.coverage != "sides":
+        with_views = next((item for item in items if item.views), None)
+        if with_views is not None:
             raise BadValueError(
                 "views",
-                item.record.path,
+                with_views.record.path,
                 f"the index records coverage {folder.meta.coverage!r}: no side views",
             )
-    vectors = np.stack([item.vector for item in items] + [v for item in items for _, v in item.views])
-    lengths = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    bad = np.flatnonzero(~(np.abs(lengths - 1.0) <= UNIT_TOLERANCE))  # NaN counts as bad
-    if len(bad):
-        raise BadValueError(
-            "vectors",
-            f"row {int(bad[0])}",
-            f"length {lengths[bad[0]]:.4f}, not a unit (L2-normalised) vector",
-        )
     prefixes = [r.rstrip("/") + "/" for r in roots]
     for item in items:
         path = item.record.path

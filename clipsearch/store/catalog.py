@@ -688,6 +688,13 @@ class Catalog:
         )
         return int(cur.lastrowid or 0)
 
+    def insert_contents(self, rows: Sequence[tuple[int, str, int, int, float | None]]) -> None:
+        """New content rows ``(id, hash, width, height, taken)`` with ids taken beforehand (see
+        :meth:`insert_content`), in one statement."""
+        self.conn.executemany(
+            "INSERT INTO contents(id, hash, width, height, taken) VALUES (?, ?, ?, ?, ?)", rows
+        )
+
     def add_pending(self, gen: int, ids: Sequence[int], vectors: npt.NDArray[np.float32]) -> None:
         self.conn.executemany(
             "INSERT INTO pending(content_id, gen, vector) VALUES (?, ?, ?)",

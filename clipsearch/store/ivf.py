@@ -38,7 +38,7 @@ TRAIN_PER_LIST = 40
 #: PQ code sizes (bytes per vector) tried, largest first, against the memory budget
 PQ_SIZES = (64, 32, 16, 8, 4)
 #: re-ranking depths tried, as candidates per segment for k = 10
-RERANK_CHOICES = (20, 40, 80, 160)
+RERANK_CHOICES = (20, 40, 80, 160, 320, 640, 1280)
 
 
 @dataclass(frozen=True)

@@ -282,11 +282,12 @@ def measure_search(index_dir: Path, truth: Truth, files_root: Path) -> dict[str,
 
     with Index.open(index_dir) as idx:
         idx.search_vectors(truth.queries[0], 10)  # opens the files
-        times, found = [], []
+        times, cpu, found = [], [], []
         for query in truth.queries:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             hits = idx.search_vectors(query, 10)[0]
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             found.append([row_of(h.path) for h in hits])
         where = Filters(folder=f"{files_root}/part-{FILTER_PART}")
         filtered, filtered_times = [], []
@@ -298,6 +299,7 @@ def measure_search(index_dir: Path, truth: Truth, files_root: Path) -> dict[str,
     return {
         "warm_ms_p50": round(1000 * float(np.median(times)), 2),
         "warm_ms_p99": round(1000 * float(np.percentile(times, 99)), 2),
+        "warm_cpu_ms_p50": round(1000 * float(np.median(cpu)), 2),
         "recall_at_10": round(recall(found, truth.all[1]), 4),
         "filtered_ms_p50": round(1000 * float(np.median(filtered_times)), 2),
         "filtered_recall_at_10": round(recall(filtered, truth.part[1]), 4),
@@ -314,16 +316,19 @@ def clipsearch(
     return time.perf_counter() - t0, done
 
 
-def measure_cold(index_dir: Path, env: dict[str, str]) -> float:
-    """Median wall time of ``clipsearch search TEXT`` in a new process (page cache warm: a new
-    process, not a cold disk)."""
-    seconds = []
+def measure_cold(index_dir: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Median wall and CPU time (user + system, all threads) of ``clipsearch search TEXT`` in a new
+    process (page cache warm: a new process, not a cold disk); the first run is not counted."""
+    seconds, cpus = [], []
     for text in TEXTS:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         elapsed, done = clipsearch("search", text, "--index", str(index_dir), env=env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if done.returncode != 0:
             raise RuntimeError(f"clipsearch search failed: {done.stderr}")
         seconds.append(elapsed)
-    return round(statistics.median(seconds[1:]), 3)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return round(statistics.median(seconds[1:]), 3), round(statistics.median(cpus[1:]), 3)
 
 
 def measure_checkpoint(index_dir: Path, args: argparse.Namespace, files_root: Path) -> float:
@@ -540,7 +545,7 @@ def main() -> None:
     figures.update(disk_split(index_dir, args.count))
     say("searching ...")
     figures.update(measure_search(index_dir, truth, files_root))
-    figures["cold_search_s"] = measure_cold(index_dir, env)
+    figures["cold_search_s"], figures["cold_search_cpu_s"] = measure_cold(index_dir, env)
     if args.baselines:
         say("baselines ...")
         figures["baselines"] = baselines(index_dir, args, truth, state)
@@ -564,10 +569,11 @@ def show(f: dict[str, Any]) -> None:
     lines = [
         f"count                     {f['count']:,}",
         f"store                     {f['store']} {f['store_params']}",
-        f"warm query, k=10          p50 {f['warm_ms_p50']} ms, p99 {f['warm_ms_p99']} ms",
+        f"warm query, k=10          p50 {f['warm_ms_p50']} ms, p99 {f['warm_ms_p99']} ms "
+        f"(CPU p50 {f['warm_cpu_ms_p50']} ms)",
         f"recall@10 vs exact        {f['recall_at_10']} (filter keeping 10%: {f['filtered_recall_at_10']}, "
         f"{f['filtered_ms_p50']} ms p50)",
-        f"cold clipsearch search    {f['cold_search_s']} s",
+        f"cold clipsearch search    {f['cold_search_s']} s (CPU {f['cold_search_cpu_s']} s)",
         f"bytes per image on disk   {f['bytes_per_image']} (searched {split['search']}, codes kept for "
         f"re-rank/rebuild {split['codes']}, ids {split['ids']}, catalog {split['catalog']})",
         f"build from imported       {f['build_s']} s (import {f['import_s']} s), "

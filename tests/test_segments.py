@@ -369,3 +369,33 @@ def test_index_store_options_are_recorded_and_shown(tmp_path, tiny_model) -> Non
     info = json.loads(runner.invoke(app, ["info", "--index", str(tmp_path / "idx"), "--json"]).stdout)
     assert (info["store"], info["store_choice"], info["memory_budget"]) == ("sq8", "auto", 512 * 1024**2)
     assert info["bytes_per_vector"]["search"] < 2 * 32 + 10  # fp16 codes (fewer than 64 vectors)
+
+
+def test_ctrl_c_while_the_vectors_are_rewritten_keeps_the_index_as_it_was(tmp_path, monkeypatch) -> None:
+    from clipsearch.api import Index
+    from clipsearch.ingest.importer import ImportItem
+    from clipsearch.ingest.sync import SyncInterrupted
+
+    new_folder(tmp_path / "idx", "ivfpq").close()
+    x = clustered(1200, seed=9)
+    items = [
+        ImportItem(FileRecord(f"/photos/{i}.jpg", 1, 1), f"{i:032x}", v, 640, 480) for i, v in enumerate(x)
+    ]
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    real = maintain.rebuild
+    monkeypatch.setattr(maintain, "rebuild", interrupted)
+    with Index.open_for_write(tmp_path / "idx") as idx:  # the model it records is never needed
+        with pytest.raises(SyncInterrupted) as info:
+            idx.import_vectors([items], weights_sha256="0" * 64, roots=["/photos"])
+        assert info.value.report.interrupted and info.value.report.added == 1200
+    with IndexFolder.open(tmp_path / "idx") as reader:  # imported, searchable, the kind unchanged
+        assert reader.store.kind == "sq8" and len(reader.store) == 1200
+        assert reader.store.search(x[:1], 1)[1][0, 0] == 1
+    monkeypatch.setattr(maintain, "rebuild", real)
+    with Index.open_for_write(tmp_path / "idx") as idx:  # the next run does it
+        assert "sq8 -> ivfpq" in (idx.optimize() or "")
+        assert idx.store.kind == "ivfpq" and len(idx.store) == 1200
+    assert_tidy(tmp_path / "idx")

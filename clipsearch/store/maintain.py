@@ -211,7 +211,9 @@ class _Rows:
         source, position = self.source[start:stop], self.position[start:stop]
         for i in np.unique(source):
             mask = source == i
-            rows = inputs[i].codes.codes[position[mask]]
+            wanted = position[mask]
+            rows = inputs[i].codes.codes[wanted]
+            inputs[i].codes.let_go(int(wanted.min()), int(wanted.max()))
             codes_in = inputs[i].codes.codec
             out[mask] = rows if codes_in == codec else codec.encode(codes_in.decode(rows))
         return out
@@ -247,7 +249,7 @@ def _output_codec(store: SegmentedStore, inputs: list[Segment], kind: str, rows:
     if codec is None:
         if len(rows) < codes_mod.TRAIN_MIN:
             return Codec("fp16", store.dim)
-        return codes_mod.spanning(store.dim, extremes.min(axis=0), extremes.max(axis=0))
+        return codes_mod.spanning(store.dim, extremes.min(axis=0), extremes.max(axis=0), len(rows))
     return codes_mod.fit(codec, extremes)
 
 
@@ -374,14 +376,17 @@ def _encoding_chunks(
 def tune(folder: Path, info: SegmentInfo, dim: int, shape: dict[str, Any]) -> dict[str, Any]:
     """Tune nprobe and re-ranking depth on a new big IVF segment; measure recall@10 (all, filtered).
 
-    Queries are stored vectors chosen at random; the exact answer is an exhaustive search of the
-    segment's codes (so recall counts what the approximation loses, not the codes' rounding).
+    Queries are stored vectors chosen at random, each moved a little; the exact answer is an
+    exhaustive search of the segment's codes (so recall counts what the approximation loses, not
+    the codes' rounding, which :data:`clipsearch.store.ivf.TARGET_RECALL` leaves room for).
     """
     segment = Segment(folder, info)
     store = SegmentedStore(dim, ivf_kind.KIND, [segment], IvfParams(shape["nlist"], shape["m"]))
     count = len(segment)
     rng = np.random.default_rng(count + 1)
-    queries = segment.codes.rows(np.sort(rng.choice(count, size=min(count, TUNING_QUERIES), replace=False)))
+    queries = _queries_near(
+        segment.codes.rows(np.sort(rng.choice(count, size=min(count, TUNING_QUERIES), replace=False))), rng
+    )
     allowed_mask = rng.random(count) < FILTER_SHARE
     k = min(10, count)
     truth, truth_filtered = _exact(segment, queries, k, allowed_mask)
@@ -403,6 +408,15 @@ def tune(folder: Path, info: SegmentInfo, dim: int, shape: dict[str, Any]) -> di
         "recall_queries": len(queries),
         "measured_at": count,
     }
+
+
+def _queries_near(vectors: Vectors, rng: np.random.Generator) -> Vectors:
+    """Queries near stored vectors, not on them (a stored vector would find itself first, for free):
+    each moved to cosine ~0.9 from where it was."""
+    noise = rng.standard_normal(vectors.shape).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    moved = vectors + 0.5 * noise
+    return (moved / np.linalg.norm(moved, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _exact(segment: Segment, queries: Vectors, k: int, allowed: npt.NDArray[np.bool_]) -> tuple[Ids, Ids]:

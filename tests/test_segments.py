@@ -198,7 +198,7 @@ def test_the_kind_follows_the_size_and_the_budget(tmp_path, monkeypatch) -> None
 
 _DIE = r"""
 import os, signal, sys
-from clipsearch.store import codes, folder as folder_mod, maintain
+from clipsearch.store import codes, maintain, vectorfiles
 from clipsearch.store.catalog import Catalog
 from clipsearch.store.folder import IndexFolder
 path, step, action = sys.argv[1:4]
@@ -224,14 +224,14 @@ elif step == "listing":  # files written, the catalog not switched yet
         real_replace(self, remove, add)
     Catalog.replace_segments = replace_segments
 elif step == "sweep":  # the catalog switched, the old files not deleted yet
-    real_sweep = folder_mod.sweep_unlisted
+    real_sweep = vectorfiles.sweep_unlisted
     calls = []
     def sweep(folder, catalog):
         calls.append(1)
         if len(calls) > 2:  # after opening, after the checkpoint: after the merge or the rebuild
             die()
         real_sweep(folder, catalog)
-    folder_mod.sweep_unlisted = sweep
+    vectorfiles.sweep_unlisted = sweep
 folder = IndexFolder.open_for_write(path)
 if action == "merge":
     folder.checkpoint()

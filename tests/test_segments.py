@@ -399,3 +399,20 @@ def test_ctrl_c_while_the_vectors_are_rewritten_keeps_the_index_as_it_was(tmp_pa
         assert "sq8 -> ivfpq" in (idx.optimize() or "")
         assert idx.store.kind == "ivfpq" and len(idx.store) == 1200
     assert_tidy(tmp_path / "idx")
+
+
+def test_a_segment_whose_vectors_are_all_deleted_is_dropped(tmp_path) -> None:
+    folder = new_folder(tmp_path / "idx", "sq8")
+    x = clustered(1100, seed=10)
+    add(folder, x[:1000], 0)
+    folder.checkpoint()
+    add(folder, x[1000:], 1000)
+    folder.checkpoint()
+    assert len(folder.catalog.segments()) == 2
+    delete(folder, list(range(1000, 1100)))
+    folder.checkpoint()  # nothing rewritten: the big segment is as it was
+    (segment,) = folder.catalog.segments()
+    assert segment[1:] == (1000, True) and not len(folder.catalog.tombstone_ids())
+    assert len(folder.store) == 1000
+    assert_tidy(tmp_path / "idx")
+    folder.close()

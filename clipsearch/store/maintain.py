@@ -171,6 +171,9 @@ def due_merge(store: SegmentedStore, *, fold: bool = True) -> tuple[list[Segment
         or store.count_dead(head) > PURGE_SHARE * len(head)
     ):
         return segments, True
+    emptied = [s for s in small if store.count_dead(s) == len(s)]
+    if emptied:  # every vector deleted: the segment is dropped, nothing written
+        return emptied, False
     tiers: dict[int, list[Segment]] = {}
     for s in small:
         tier = 0 if len(s) <= TIER_BASE else int(math.log(len(s) / TIER_BASE, TIER_FACTOR)) + 1

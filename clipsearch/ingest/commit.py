@@ -28,6 +28,18 @@ class NewContent(NamedTuple):
     views: tuple[str, ...] = ()
 
 
+class NewVideo(NamedTuple):
+    """A video seen for the first time: its content, and its moments as views with their vectors.
+
+    ``views`` has every moment, view 0 first (the moment most like the whole video: its vector is the
+    content's main one), then views 1, 2, ...; ``vectors`` one row per view, in that order.
+    """
+
+    content: NewContent
+    views: tuple[View, ...]
+    vectors: npt.NDArray[np.float32]
+
+
 class FileRow(NamedTuple):
     """A file row to write: its content hash, or None with the reason it was skipped."""
 
@@ -42,9 +54,11 @@ def commit_batch(
     vectors: npt.NDArray[np.float32] | None,
     rows: Sequence[FileRow],
     *,
+    videos: Sequence[NewVideo] = (),
     direct: bool = False,
 ) -> dict[str, int]:
-    """Commit ``new`` contents with their ``vectors`` and the file ``rows``, in one transaction.
+    """Commit ``new`` contents with their ``vectors``, new ``videos`` with their moments, and the
+    file ``rows``, in one transaction.
 
     ``vectors`` holds every new content's main vector in order, then their views' vectors (content
     by content, view 1 first); None when there are no new contents. The vector set moves to a new
@@ -57,23 +71,34 @@ def commit_batch(
     """
     catalog = folder.catalog
     folder.check_present()  # SQLite would go on writing into a deleted catalog
-    if direct and vectors is not None and len(new):
+    if direct and ((vectors is not None and len(new)) or videos):
+        everyone = [*new, *(v.content for v in videos)]
         first = catalog.last_content_id() + 1  # free under the writer lock
-        ids = {c.digest: first + n for n, c in enumerate(new)}
+        ids = {c.digest: first + n for n, c in enumerate(everyone)}
         vector_ids, views = _vector_ids(new, ids)
+        video_ids, video_views = _video_ids(videos, ids)
+        parts = ([vectors] if vectors is not None and len(new) else []) + [v.vectors for v in videos]
 
         def write_rows(catalog: Catalog) -> None:
-            catalog.insert_contents([(ids[c.digest], c.digest, c.width, c.height, c.taken) for c in new])
-            _write_rows(catalog, views, rows, ids)
+            catalog.insert_contents([(ids[c.digest], c.digest, c.width, c.height, c.taken) for c in everyone])
+            _write_rows(catalog, views + video_views, rows, ids)
 
-        folder.commit_vectors(np.array(vector_ids, dtype=np.int64), vectors, write_rows)
+        all_ids = np.array(vector_ids + video_ids, dtype=np.int64)
+        folder.commit_vectors(all_ids, np.concatenate(parts).astype(np.float32, copy=False), write_rows)
         return ids
     with catalog.transaction():
         ids = {c.digest: catalog.insert_content(c.digest, c.width, c.height, c.taken) for c in new}
         vector_ids, views = _vector_ids(new, ids)
+        for video in videos:
+            c = video.content
+            ids[c.digest] = catalog.insert_content(c.digest, c.width, c.height, c.taken)
+        video_ids, video_views = _video_ids(videos, ids)
+        gen = catalog.next_gen() if (vectors is not None and len(new)) or videos else 0
         if vectors is not None and len(new):
-            catalog.add_pending(catalog.next_gen(), vector_ids, vectors)
-        _write_rows(catalog, views, rows, ids)
+            catalog.add_pending(gen, vector_ids, vectors)
+        if videos:
+            catalog.add_pending(gen, video_ids, np.concatenate([v.vectors for v in videos]))
+        _write_rows(catalog, views + video_views, rows, ids)
     return ids
 
 
@@ -92,6 +117,19 @@ def _vector_ids(
             views.append((cid, mine))
             extra += [view_id(cid, v.view) for v in mine]
     return main + extra, views
+
+
+def _video_ids(
+    videos: Sequence[NewVideo], ids: dict[str, int]
+) -> tuple[list[int], list[tuple[int, list[View]]]]:
+    """The FAISS ids of the videos' moments (video by video, view 0 first) and the views to record."""
+    out: list[int] = []
+    views: list[tuple[int, list[View]]] = []
+    for video in videos:
+        cid = ids[video.content.digest]
+        views.append((cid, list(video.views)))
+        out += [view_id(cid, v.view) for v in video.views]
+    return out, views
 
 
 def _write_rows(

@@ -19,9 +19,11 @@ Tables (schema version 2; version 1 is read, and upgraded in place by the first 
   are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
   ``error`` set for files that were skipped.
 - ``views(content_id, view, kind, t_start, t_end)``: a content's vectors beyond its main one: the
-  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``), later
-  video moments (with their times). Added after 0.1.0 (a writer creates it in place; a reader of an
-  older catalog sees no views).
+  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``,
+  ``part``), and a video's moments (``kind`` ``moment``, ``t_start``/``t_end`` in seconds from its
+  first frame). Every moment of a video has a row: view 0, whose vector is the content's main one,
+  is the moment most like the whole video; views 1, 2, ... are the others, in time order. Added
+  after 0.1.0 (a writer creates it in place; a reader of an older catalog sees no views).
 - ``pending(content_id, gen, vector)``: vectors committed since the last checkpoint;
   ``content_id`` is the vector's FAISS id (see :func:`view_id`).
 - ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted whose vectors may still lie in a
@@ -29,6 +31,13 @@ Tables (schema version 2; version 1 is read, and upgraded in place by the first 
 - ``segments(name, count, big)``: the segment files holding the vectors (added in version 2);
   see :mod:`clipsearch.store.segments`. Version 1 kept them in one FAISS file,
   ``vectors-<vectors_gen>.faiss``, and its tombstones were those after ``vectors_gen``.
+- ``judgements(query, hash, label, time)``: a person's marks: the picture with this content
+  ``hash`` is relevant (``label`` 1) or not (0) to ``query`` (as written, in the query grammar),
+  marked at ``time`` (POSIX). Keyed by the content's hash, not its id, so that marks survive a
+  rename, a re-sync and a rebuild (which hands out new ids), and follow a picture that is removed
+  and added again. Added after 0.2: created in place by the first mark (also by a reader, such as
+  the web server: a mark is a small write of its own, allowed while a sync runs); a catalog
+  without the table has no judgements. A rebuild keeps the table (it replaces the others).
 
 FAISS ids: a content's main vector has the content's id; view ``n`` (1, 2, ...) of content ``c``
 has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide and
@@ -99,6 +108,15 @@ CREATE TABLE IF NOT EXISTS views (
     PRIMARY KEY (content_id, view)
 ) WITHOUT ROWID;
 """
+
+#: The judgements table (see the module docstring); created by the first mark, not with the catalog.
+_JUDGEMENTS_SCHEMA = """CREATE TABLE IF NOT EXISTS judgements (
+    query TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    time REAL NOT NULL,
+    PRIMARY KEY (query, hash)
+) WITHOUT ROWID"""
 
 #: The flag of a view's FAISS id, and the bits of the view number below the content id.
 VIEW_FLAG = 1 << 62
@@ -192,6 +210,20 @@ class IndexMeta:
     #: which extra vectors a picture gets: ``none``, or ``sides`` (the side crops of a wide or tall
     #: picture, for models that crop the centre); indexes made before 0.2 record none
     coverage: str = "none"
+
+
+class Judgement(NamedTuple):
+    """A stored mark: the content with ``hash`` is relevant to ``query`` or not, marked at ``time``.
+
+    ``content_id``: that content's id in this index now; None when no file of it is indexed now
+    (the mark waits for the picture to come back).
+    """
+
+    query: str
+    hash: str
+    relevant: bool
+    time: float
+    content_id: int | None
 
 
 class Entry(NamedTuple):
@@ -585,13 +617,28 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
         contents = one("SELECT count(*) FROM contents").fetchone()[0]
-        views = one("SELECT count(*) FROM views").fetchone()[0] if self._has_views else 0
+        views = one("SELECT count(*) FROM views WHERE view > 0").fetchone()[0] if self._has_views else 0
         return {
             "files": one("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0],
             "contents": contents,
             "vectors": contents + views,
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
+
+    def video_counts(self) -> dict[str, float]:
+        """Video files, distinct videos, their moments and their total length in seconds."""
+        if not self._has_views:
+            return {"videos": 0, "video_contents": 0, "moments": 0, "video_seconds": 0.0}
+        contents, moments, seconds = self.conn.execute(
+            "SELECT count(*), COALESCE(sum(n), 0), COALESCE(sum(length), 0) FROM "
+            "(SELECT count(*) AS n, max(t_end) AS length FROM views WHERE kind = 'moment' "
+            "GROUP BY content_id)"
+        ).fetchone()
+        files = self.conn.execute(
+            "SELECT count(*) FROM files WHERE content_id IN (SELECT content_id FROM views WHERE view = 0 "
+            "AND kind = 'moment')"
+        ).fetchone()[0]
+        return {"videos": files, "video_contents": contents, "moments": moments, "video_seconds": seconds}
 
     def entries_of(
         self, content_ids: Sequence[int], where: FileFilter | None = None
@@ -620,7 +667,7 @@ class Catalog:
         if not self._has_views or not len(contents):
             return contents
         rows = self.conn.execute(
-            f"SELECT content_id, view FROM views WHERE content_id IN ({matching})", params
+            f"SELECT content_id, view FROM views WHERE view > 0 AND content_id IN ({matching})", params
         )
         views = np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 2)
         return np.concatenate([contents, VIEW_FLAG | (views[:, 0] << VIEW_BITS) | views[:, 1]])
@@ -637,8 +684,8 @@ class Catalog:
         for start in range(0, len(content_ids), 500):
             chunk = [int(i) for i in content_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(
-                f"SELECT content_id, view FROM views WHERE content_id IN ({marks})", chunk
+            rows = self.conn.execute(  # a video's view 0 is its main vector
+                f"SELECT content_id, view FROM views WHERE view > 0 AND content_id IN ({marks})", chunk
             )
             out += [view_id(cid, view) for cid, view in rows]
         return out
@@ -662,6 +709,86 @@ class Catalog:
     def skipped(self) -> list[tuple[str, str]]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path")
         return [(os.fsdecode(path), error) for path, error in rows]
+
+    # -- judgements (their own small transactions, also from a reader's connection) -----------
+
+    def has_judgements_table(self) -> bool:
+        """Whether the judgements table exists (another process may have created it since we opened)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'judgements'"
+        ).fetchone()
+        return row is not None
+
+    def mark(self, query: str, marks: Sequence[tuple[int, bool | None]], when: float) -> list[int]:
+        """Mark contents relevant (True) or not (False) to ``query``, replacing earlier marks; None
+        removes a content's mark. One transaction; returns, per mark, whether it changed a row (1, 0).
+
+        Raises:
+            IndexAccessError: the catalog cannot be written (read-only media, permissions).
+        """
+        changed = []
+        try:
+            with self.transaction():
+                self.conn.execute(_JUDGEMENTS_SCHEMA)
+                for cid, relevant in marks:
+                    if relevant is None:
+                        cur = self.conn.execute(
+                            "DELETE FROM judgements WHERE query = ? "
+                            "AND hash = (SELECT hash FROM contents WHERE id = ?)",
+                            (query, int(cid)),
+                        )
+                    else:
+                        cur = self.conn.execute(
+                            "INSERT OR REPLACE INTO judgements(query, hash, label, time) "
+                            "SELECT ?, hash, ?, ? FROM contents WHERE id = ?",
+                            (query, int(relevant), when, int(cid)),
+                        )
+                    changed.append(max(cur.rowcount, 0))
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "read-only" not in str(exc):
+                raise
+            raise IndexAccessError(
+                self.path.parent,
+                f"Cannot record judgements in the index at {self.path.parent}: its catalog is read-only "
+                f"({exc}). Judgements are stored in the index; make its folder writable.",
+            ) from exc
+        return changed
+
+    def judgements(self, query: str | None = None) -> list[Judgement]:
+        """Every stored mark (of ``query`` only, if given), by query then time."""
+        if not self.has_judgements_table():
+            return []
+        sql = (
+            "SELECT j.query, j.hash, j.label, j.time, c.id FROM judgements j "
+            "LEFT JOIN contents c ON c.hash = j.hash"
+        )
+        rows = (
+            self.conn.execute(f"{sql} WHERE j.query = ? ORDER BY j.time, j.hash", (query,))
+            if query is not None
+            else self.conn.execute(f"{sql} ORDER BY j.query, j.time, j.hash")
+        )
+        return [Judgement(q, h, bool(label), float(t), cid) for q, h, label, t, cid in rows]
+
+    def judgements_state(self) -> tuple[int, float]:
+        """(how many marks name a content indexed now, the time of the latest mark): what a result
+        computed from the judgements depends on."""
+        if not self.has_judgements_table():
+            return 0, 0.0
+        count, latest = self.conn.execute(
+            "SELECT count(c.id), coalesce(max(j.time), 0) FROM judgements j "
+            "LEFT JOIN contents c ON c.hash = j.hash"
+        ).fetchone()
+        return int(count), float(latest)
+
+    def contents_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """hash -> content id, for the hashes of contents in this index."""
+        out: dict[str, int] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = list(hashes[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT hash, id FROM contents WHERE hash IN ({marks})", chunk)
+            out.update({h: int(i) for h, i in rows})
+        return out
 
     # -- writes (call inside transaction()) ---------------------------------------------------
 

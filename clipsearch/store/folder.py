@@ -29,7 +29,7 @@ from clipsearch.errors import (
 )
 from clipsearch.files import free_space_note
 from clipsearch.store import rebuild as staged
-from clipsearch.store.catalog import Catalog, IndexMeta
+from clipsearch.store.catalog import Catalog, IndexMeta, view_id
 from clipsearch.store.layout import (
     CATALOG_FILE,
     LOCK_FILE,
@@ -298,11 +298,7 @@ class IndexFolder(VectorFiles):
     # -- vectors: reading and writing them is VectorFiles' (store/vectorfiles.py) ------------
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
-        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None.
-
-        A unit vector, as the model gave it: the store's 8-bit codes give it back within one part in
-        a thousand of unit length, which would otherwise scale every score of a search with it.
-        """
+        """The indexed (unit) vector of ``path`` if the file is indexed and unchanged on disk, else None."""
         state = self.catalog.file(path)
         if state is None or state.content_id is None:
             return None
@@ -312,7 +308,17 @@ class IndexFolder(VectorFiles):
             return None
         if (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns):
             return None
-        vector = self.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+        return self.content_vector(state.content_id)
+
+    def content_vector(self, content_id: int, view: int = 0) -> npt.NDArray[np.float32]:
+        """A content's main vector (or that of its ``view``: a side view, a video moment), of unit
+        length as the model gave it (the store's 8-bit codes give it back within 0.1% of unit
+        length, which would otherwise scale every score of a search with it).
+
+        Raises:
+            RuntimeError: the store does not hold it (FAISS's error for an unknown id).
+        """
+        vector = self.store.reconstruct(np.array([view_id(content_id, view)], dtype=np.int64))[0]
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 
@@ -320,6 +326,7 @@ class IndexFolder(VectorFiles):
         """What is in the index, which model, where it lives, each root's settings, and an
         unfinished rebuild if there is one."""
         counts = self.catalog.counts()
+        videos = self.catalog.video_counts()
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
         settings = self.catalog.root_settings()
         return {
@@ -335,6 +342,9 @@ class IndexFolder(VectorFiles):
             "contents": counts["contents"],
             "vectors": counts["vectors"],
             "skipped": counts["skipped"],
+            "videos": videos["videos"],
+            "moments": videos["moments"],
+            "video_seconds": round(float(videos["video_seconds"]), 3),
             "roots": list(settings),
             "root_settings": [{"path": root, **s.to_dict()} for root, s in settings.items()],
             "size_bytes": size,

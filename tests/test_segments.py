@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from clipsearch.cli import app
 from clipsearch.encoders.encoder import l2_normalize
-from clipsearch.ingest.commit import FileRow, NewContent, commit_batch
+from clipsearch.ingest.commit import FileRow, NewContent, NewVideo, commit_batch
 from clipsearch.ingest.scan import FileRecord
+from clipsearch.query.filters import parse_filters
 from clipsearch.store import maintain, segmented
-from clipsearch.store.catalog import IndexMeta
+from clipsearch.store.catalog import IndexMeta, View, view_id
 from clipsearch.store.folder import IndexFolder
 from conftest import assert_tidy
 
@@ -127,6 +128,51 @@ def test_filters_keep_k_results_and_equal_an_exact_filtered_search(built, monkey
             monkeypatch.undo()
             assert np.isin(got, allowed).all() and (got >= 0).all()  # 10 hits, all allowed
             assert recall(got, exact) >= 0.95
+
+
+def add_videos(folder: IndexFolder, moments: np.ndarray, first: int, *, direct: bool = False) -> list[int]:
+    """Commit one video per row of ``moments`` (videos x moments x dim; ``/films/<n>/film.mp4``), its
+    moments as views 0, 1, ...; returns their content ids."""
+    digests = [f"f{first + i:031x}" for i in range(len(moments))]
+    videos = [
+        NewVideo(
+            NewContent(d, 640, 360, None),
+            tuple(View(n, "moment", 2.0 * n, 2.0 * n + 2) for n in range(len(m))),
+            m,
+        )
+        for d, m in zip(digests, moments, strict=True)
+    ]
+    rows = [FileRow(FileRecord(f"/films/{first + i}/film.mp4", 1, 1), d, None) for i, d in enumerate(digests)]
+    ids = commit_batch(folder, [], None, rows, videos=videos, direct=direct)
+    return [ids[d] for d in digests]
+
+
+@pytest.mark.parametrize("kind", ["sq8", "ivfpq"])
+def test_moments_are_stored_and_searched_by_every_kind(tmp_path, kind) -> None:
+    """Videos' moments (views 0, 1, 2 of a content) through the pending log and straight into a
+    segment file, then merged into the big segment: each moment is found by its own vector under its own
+    FAISS id, a filter on the video's path allows its moments only, and deleting it drops them."""
+    folder, _ = three_segments(tmp_path / "idx", kind)
+    moments = clustered(60, seed=7).reshape(20, 3, DIM)
+    cids = add_videos(folder, moments[:10], 0) + add_videos(folder, moments[10:], 10, direct=True)
+    assert folder.catalog.counts()["vectors"] == 3000 + 60
+    for _ in ("in small segments", "merged into the big one"):
+        store = folder.store
+        assert len(store) == 3060 and store.kind == kind
+        want = np.array([view_id(c, v) for c in cids for v in range(3)], dtype=np.int64)
+        _, got = store.search(moments.reshape(60, DIM), 1)
+        assert (got[:, 0] == want).mean() >= (1.0 if kind == "sq8" else 0.95)
+        allowed = folder.catalog.vector_ids_matching(parse_filters(folder="/films/3").for_catalog())
+        assert sorted(allowed) == sorted(want[9:12])
+        _, got = store.search(moments[3], 3, allowed=allowed)
+        assert sorted(got[:, 0]) == sorted(want[9:12])
+        folder.checkpoint(merges="all")  # moments merged into the big segment (ivfpq: encoded with its PQ)
+    with folder.catalog.transaction():
+        folder.catalog.delete_files(["/films/3/film.mp4"])
+        folder.catalog.drop_orphan_contents()
+    folder.checkpoint(merges="all")
+    assert len(folder.store) == 3057 and not np.isin(want[9:12], folder.store.ids()).any()
+    folder.close()
 
 
 def test_deleted_vectors_are_skipped_then_dropped_by_a_merge(tmp_path) -> None:

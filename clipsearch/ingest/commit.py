@@ -7,7 +7,7 @@ in the catalog with its vectors, or not at all (``indexes/README.md``, "The comm
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -56,6 +56,7 @@ def commit_batch(
     *,
     videos: Sequence[NewVideo] = (),
     direct: bool = False,
+    merges: str = "tiers",
 ) -> dict[str, int]:
     """Commit ``new`` contents with their ``vectors``, new ``videos`` with their moments, and the
     file ``rows``, in one transaction.
@@ -64,7 +65,9 @@ def commit_batch(
     by content, view 1 first); None when there are no new contents. The vector set moves to a new
     generation only when vectors are added. ``direct``: the vectors go straight to a new segment
     file, written before the transaction that names it (a large batch: an import), instead of the
-    pending log that the next checkpoint writes out. Returns the ids given to the new contents.
+    pending log that the next checkpoint writes out; ``merges``: the segment merges after it
+    (``tiers``, or ``none`` for an import that leaves them to its end). Returns the ids given to the
+    new contents.
 
     Raises:
         IndexGoneError: the index folder was deleted since it was opened.
@@ -84,7 +87,8 @@ def commit_batch(
             _write_rows(catalog, views + video_views, rows, ids)
 
         all_ids = np.array(vector_ids + video_ids, dtype=np.int64)
-        folder.commit_vectors(all_ids, np.concatenate(parts).astype(np.float32, copy=False), write_rows)
+        stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a copy only when needed
+        folder.commit_vectors(all_ids, stacked.astype(np.float32, copy=False), write_rows, merges=merges)
         return ids
     with catalog.transaction():
         ids = {c.digest: catalog.insert_content(c.digest, c.width, c.height, c.taken) for c in new}
@@ -110,6 +114,8 @@ def _vector_ids(
     main = [ids[c.digest] for c in new]
     extra: list[int] = []
     views: list[tuple[int, list[View]]] = []
+    if not any(c.views for c in new):
+        return main, views
     for c in new:
         if c.views:
             cid = ids[c.digest]
@@ -140,9 +146,12 @@ def _write_rows(
     catalog.upsert_files(_file_rows(catalog, rows, ids))
 
 
-def _file_rows(catalog: Catalog, rows: Sequence[FileRow], new_ids: dict[str, int]) -> Iterator[NewFile]:
+def _file_rows(catalog: Catalog, rows: Sequence[FileRow], new_ids: dict[str, int]) -> list[NewFile]:
+    new_id = new_ids.get
+    out = []
     for record, digest, error in rows:
         content_id = None
         if digest is not None and error is None:
-            content_id = new_ids.get(digest) or catalog.content_id(digest)
-        yield NewFile(record.path, record.size, record.mtime_ns, content_id, error)
+            content_id = new_id(digest) or catalog.content_id(digest)
+        out.append(NewFile(record.path, record.size, record.mtime_ns, content_id, error))
+    return out

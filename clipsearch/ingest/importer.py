@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +26,7 @@ from clipsearch.errors import BadValueError, VectorDimensionError
 from clipsearch.ingest.commit import FileRow, NewContent, commit_batch
 from clipsearch.ingest.scan import FileRecord
 from clipsearch.ingest.sync import Progress, SyncInterrupted, SyncReport, normalize_roots
-from clipsearch.store.catalog import RootSettings
+from clipsearch.store.catalog import FileState, RootSettings
 from clipsearch.store.folder import IndexFolder
 
 #: How far from 1 a vector's length may be (encoders return float32 unit vectors).
@@ -103,8 +104,8 @@ def import_vectors(
     except KeyboardInterrupt:
         report.interrupted = True
         raise SyncInterrupted(report) from None
-    finally:
-        folder.checkpoint(merges="tiers")
+    finally:  # the segments merge (or are rewritten) after: Index.import_vectors optimizes the index
+        folder.checkpoint(merges="none")
         report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -129,10 +130,39 @@ def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str]
     _check_items(folder, items, roots)
     catalog = folder.catalog
     paths = [item.record.path for item in items]
+    digests = [item.digest for item in items]
     old_files = catalog.files_by_path(paths)
-    known = catalog.content_ids_of(sorted({item.digest for item in items}))
+    known = catalog.content_ids_of(sorted(set(digests)))
+    rows = [FileRow(item.record, item.digest, None) for item in items]
+    replaced = False
+    if not old_files and not known and len(set(digests)) == len(items):  # all new: no row by row
+        counts = {"added": len(items)}
+        firsts, vectors = items, main
+    else:
+        counts, replaced, first_rows = _classify(items, old_files, known)
+        firsts = [items[row] for row in first_rows]
+        vectors = main[first_rows] if len(first_rows) != len(items) else main
+    contents = [
+        NewContent(i.digest, i.width, i.height, i.taken, tuple(k for k, _ in i.views) if i.views else ())
+        for i in firsts
+    ]
+    views = [v for i in firsts for _, v in i.views]
+    if views:
+        vectors = np.concatenate([vectors, _vectors(folder, views)])
+    # no merges between batches: the optimize that ends Index.import_vectors (a rewrite, or merges)
+    # reads each batch's segment once, not once per merge tier
+    commit_batch(folder, contents, vectors if firsts else None, rows, direct=True, merges="none")
+    for key, n in counts.items():
+        setattr(report, key, getattr(report, key) + n)
+    return replaced
+
+
+def _classify(
+    items: list[ImportItem], old_files: dict[str, FileState], known: dict[str, int]
+) -> tuple[dict[str, int], bool, list[int]]:
+    """Count a batch's files as added, updated, reused or unchanged; whether a file known before got
+    another content; the rows of the items whose contents are new (the first of each)."""
     new: dict[str, int] = {}  # digest -> the row of its first item
-    rows: list[FileRow] = []
     counts = {"added": 0, "updated": 0, "reused": 0, "unchanged": 0}
     replaced = False
     for row, item in enumerate(items):
@@ -145,20 +175,7 @@ def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str]
             replaced |= old is not None and old.content_id is not None
             counts["added" if old is None or old.content_id is None else "updated"] += 1
             new[item.digest] = row
-        rows.append(FileRow(item.record, item.digest, None))
-    firsts = [items[row] for row in new.values()]
-    contents = [
-        NewContent(i.digest, i.width, i.height, i.taken, tuple(k for k, _ in i.views)) for i in firsts
-    ]
-    vectors = None
-    if firsts:
-        views = [v for i in firsts for _, v in i.views]
-        parts = [main[list(new.values())]] + ([_vectors(folder, views)] if views else [])
-        vectors = np.concatenate(parts)
-    commit_batch(folder, contents, vectors, rows, direct=True)
-    for key, n in counts.items():
-        setattr(report, key, getattr(report, key) + n)
-    return replaced
+    return counts, replaced, list(new.values())
 
 
 def _vectors(folder: IndexFolder, vectors: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
@@ -191,12 +208,16 @@ def _check_items(folder: IndexFolder, items: list[ImportItem], roots: list[str])
                 with_views.record.path,
                 f"the index records coverage {folder.meta.coverage!r}: no side views",
             )
-    prefixes = [r.rstrip("/") + "/" for r in roots]
+    prefixes = tuple(r.rstrip("/") + "/" for r in roots)
+    exact = set(roots)
+    # one pass in C for the usual case (every path inside a root, so absolute); the loop names the bad one
+    if all(map(str.startswith, (i.record.path for i in items), repeat(prefixes))):
+        return
     for item in items:
         path = item.record.path
         if not os.path.isabs(path):
             raise BadValueError("path", path, "give absolute paths")
-        if not any(path == r or path.startswith(p) for r, p in zip(roots, prefixes, strict=True)):
+        if path not in exact and not path.startswith(prefixes):
             raise BadValueError(
                 "path",
                 path,

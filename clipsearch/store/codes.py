@@ -173,7 +173,7 @@ def write_codes(path: Path, codec: Codec, chunks: Iterable[Codes], count: int) -
         out.write(bytes(header[:-8]) + struct.pack("<Q", length))
         for chunk in chunks:
             chunk = np.ascontiguousarray(chunk, dtype=np.uint8).reshape(-1, codec.code_size)
-            out.write(chunk.tobytes())
+            out.write(memoryview(chunk).cast("B"))  # no copy
             written += len(chunk)
     if written != count:
         tmp.unlink(missing_ok=True)

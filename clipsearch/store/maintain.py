@@ -145,12 +145,13 @@ def write_vectors(folder: Path, store: SegmentedStore, ids: Ids, vectors: Vector
     """Write vectors (``ids`` ascending) as a new segment of ``store``'s kind (big if it is the first)."""
     codec = codec_for(store, vectors)
     name = seg.new_name()
+    codes = codec.encode(vectors)
     sa = None
     if store.approximate:
         big = next(s for s in store.segments if s.info.big and s.ivf is not None)
-        sa = ivf_kind.sa_encode(big.ivf, codec.decode(codec.encode(vectors)))
+        sa = ivf_kind.sa_encode(big.ivf, codec.decode(codes))
     is_big = not any(s.info.big for s in store.segments)
-    seg.write(folder, name, ids, codec, [codec.encode(vectors)], sa=sa)
+    seg.write(folder, name, ids, codec, [codes], sa=sa)
     return SegmentInfo(name, len(ids), is_big)
 
 

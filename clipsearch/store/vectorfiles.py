@@ -177,17 +177,22 @@ class VectorFiles:
             inputs, big = due
             self._replace(inputs, maintain.merge(self.data, self._segmented(), inputs, big))
 
-    def commit_vectors(self, ids: Ids, vectors: Vectors, write_rows: Callable[[Catalog], None]) -> None:
+    def commit_vectors(
+        self, ids: Ids, vectors: Vectors, write_rows: Callable[[Catalog], None], *, merges: str = "tiers"
+    ) -> None:
         """Write ``vectors`` straight to a new segment, then in one transaction list it with the
         catalog rows ``write_rows`` writes (the ids' contents): a large batch skips the pending log.
+        ``merges`` after it: as :meth:`checkpoint`'s (``none``: a long import leaves them to its end).
 
         The ids must be new (content ids above :meth:`Catalog.last_content_id`, taken under the
         writer lock); a crash before the transaction leaves only files no catalog names.
         """
         self.check_present()
         store = self._segmented()
-        order = np.argsort(ids, kind="stable")
-        info = maintain.write_vectors(self.data, store, ids[order], vectors[order])
+        if len(ids) > 1 and not (np.diff(ids) > 0).all():  # new contents come in order: no copy then
+            order = np.argsort(ids, kind="stable")
+            ids, vectors = ids[order], vectors[order]
+        info = maintain.write_vectors(self.data, store, ids, vectors)
         self.check_present()
         with self.catalog.transaction():
             caught_up = self.catalog.get_int("gen") == self.catalog.get_int("vectors_gen")
@@ -196,7 +201,7 @@ class VectorFiles:
             if caught_up:  # nothing pending: the vectors up to this batch are all in files
                 self.catalog.set("vectors_gen", gen)
             self.catalog.replace_segments([], [(info.name, info.count, info.big)])
-        self._merge("tiers")
+        self._merge(merges)
 
     def optimize(self, note: Callable[[str], None] | None = None) -> str | None:
         """Rebuild the vector files if the index has outgrown its kind or training (or its settings

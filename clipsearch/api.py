@@ -30,7 +30,7 @@ from clipsearch.store.folder import IndexFolder, exists, index_root
 from clipsearch.store.vectors import DEFAULT_STORE_KIND, VectorStore
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from PIL import Image
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from clipsearch.encoders.loading import ModelLoader
     from clipsearch.encoders.onnx_export import ExportOutcome
     from clipsearch.encoders.onnx_text import OnnxTextEncoder, TextEncoder
+    from clipsearch.ingest.importer import ImportItem
     from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
     from clipsearch.query.evalset import EvalSet
     from clipsearch.query.filters import Filters
@@ -472,6 +473,7 @@ class Index:
         started = time.monotonic()
         options = options or SyncOptions()
         report = sync(self.folder, _SyncModel(self), roots, options, progress)
+        self._optimize(report, progress)
         self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():
             if progress is not None:
@@ -483,6 +485,89 @@ class Index:
             report.text_export_reason = outcome.reason
         report.seconds = round(time.monotonic() - started, 3)
         return report
+
+    def import_vectors(
+        self,
+        batches: Iterable[Sequence[ImportItem]],
+        *,
+        weights_sha256: str,
+        roots: Sequence[str | Path] = (),
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        """Add files whose vectors were computed elsewhere (another process, a cluster), batch by batch.
+
+        Each batch is committed like a sync's (with its vectors, in one transaction): a crash or
+        Ctrl-C keeps the batches committed before. A rebuild (``open_for_write(..., rebuild=True)``)
+        replaces the index once the import completes. Needs the writer lock (:meth:`open_for_write`).
+
+        Args:
+            batches: lists of :class:`~clipsearch.ingest.importer.ImportItem` (file record, content
+                hash, unit vector of the index's model, size, date, side views).
+            weights_sha256: the sha256 of the model weights that computed the vectors; must be the
+                index's (``meta.weights_sha256``).
+            roots: folders the files lie in, recorded in the index (a later sync of the index re-syncs them).
+            progress: told how many files each batch held.
+
+        Raises:
+            ModelMismatchError: the vectors come from other weights than the index's.
+            VectorDimensionError: a vector is not of the index's dimension.
+            BadValueError: a vector that is not a unit vector, a path outside ``roots``, side views
+                for an index without them (nothing of that batch is kept).
+            SyncInterrupted: Ctrl-C; committed batches are kept.
+        """
+        from clipsearch.ingest.importer import import_vectors
+
+        if not self.folder.writable:
+            raise UsageError("import_vectors needs an index opened with Index.open_for_write.")
+        if weights_sha256 != self.meta.weights_sha256:
+            label = _label(self.meta.model, self.meta.pretrained)
+            raise ModelMismatchError(
+                self.path,
+                f"{label} with weights sha256 {self.meta.weights_sha256[:12]}",
+                f"the model with weights sha256 {weights_sha256[:12]} that computed the vectors",
+            )
+        report = import_vectors(
+            self.folder,
+            batches,
+            roots=[os.path.abspath(os.path.expanduser(r)) for r in roots],
+            progress=progress,
+        )
+        self._optimize(report, progress)
+        self.folder.finish_rebuild()  # an import into a rebuild, now complete, replaces the index
+        return report
+
+    def _optimize(self, report: SyncReport, progress: Progress | None) -> None:
+        """After a sync or an import: the vector files take the kind the index's size calls for."""
+        from clipsearch.ingest.sync import SyncInterrupted
+
+        try:
+            report.reorganized = self.folder.optimize(progress.note if progress is not None else None) or ""
+        except KeyboardInterrupt:  # the files being written are left over; the index is as it was
+            report.interrupted = True
+            raise SyncInterrupted(report) from None
+
+    def set_store(self, kind: str | None = None, memory_budget: int | None = None) -> None:
+        """Choose how the vectors are stored; the next sync (or :meth:`optimize`) applies it.
+
+        Args:
+            kind: ``auto`` (by size: ``sq8`` exhaustive search up to 50,000 vectors, then ``ivfpq``
+                approximate search), or ``flat``, ``sq8``, ``ivfpq`` whatever the size.
+            memory_budget: bytes an approximate index may keep in memory for searching (its
+                codes' size follows); see :func:`clipsearch.store.maintain.parse_budget`.
+
+        Raises:
+            BadValueError: an unknown kind.
+        """
+        if not self.folder.writable:
+            raise UsageError("set_store needs an index opened with Index.open_for_write.")
+        self.folder.set_store_settings(kind, memory_budget)
+
+    def optimize(self, progress: Progress | None = None) -> str | None:
+        """Checkpoint, merge segments when due, and rebuild the vector files if the index outgrew
+        their kind (searches use the old files meanwhile). Returns why it rebuilt, or None."""
+        if not self.folder.writable:
+            raise UsageError("optimize needs an index opened with Index.open_for_write.")
+        return self.folder.optimize(progress.note if progress is not None else None)
 
     def search_vectors(
         self,
@@ -524,7 +609,7 @@ class Index:
         ):
             raise FolderNotIndexedError(folder, roots)
         # a folder that is gone may still hold indexed files (an unplugged drive); a typo holds none
-        if not os.path.isdir(folder) and not self.catalog.files_under(folder):
+        if not os.path.isdir(folder) and not self.catalog.holds_files_under(folder):
             raise FolderNotIndexedError(folder, roots, missing=True)
 
     def search(

@@ -402,6 +402,25 @@ def index(
             show_default=False,
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="How vectors are stored and searched: auto (by size: sq8, exhaustive, up to 50,000 "
+            "vectors; then ivfpq, approximate, sized by --memory-budget), flat, sq8 or ivfpq. Recorded "
+            "in the index. Default: as recorded, else auto.",
+            show_default=False,
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Memory an approximate index may keep for searching, e.g. 1G or 512M (the size of its "
+            "codes follows). Recorded in the index. Default: as recorded, else 2G.",
+            show_default=False,
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     quiet: Annotated[
         bool,
@@ -418,8 +437,12 @@ def index(
     from clipsearch.encoders.spec import parse_precision
     from clipsearch.ingest.sync import SyncOptions
     from clipsearch.store.folder import check_not_busy, exists
+    from clipsearch.store.maintain import parse_budget, parse_choice
 
     started = time.monotonic()
+    budget = parse_budget(memory_budget) if memory_budget is not None else None
+    if store is not None:
+        parse_choice(store)
     path = index_path_from(index_path)
     missing = [str(r) for r in roots or () if not os.path.lexists(os.path.expanduser(r))]
     if missing:  # before any model is loaded or folder created
@@ -447,6 +470,8 @@ def index(
     ) as idx:
         if not quiet and idx.folder.rebuilding:
             err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
+        if store is not None or budget is not None:
+            idx.set_store(store, budget)
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
@@ -776,6 +801,7 @@ def info(
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['contents']} distinct, {data['skipped']} skipped; "
         f"{data['vectors']} vectors (coverage: {data['coverage']})\n"
+        f"Vectors:  {_store_line(data)}\n"
         + (
             f"Videos:   {data['videos']} files, {data['moments']} moments, "
             f"{format_time(data['video_seconds'])} in all\n"
@@ -791,6 +817,26 @@ def info(
         label = f"{staged['model']} ({staged['pretrained']})" if staged["pretrained"] else staged["model"]
         typer.echo(f"Rebuild:  unfinished, {staged['count']} files so far with {label}")
         err(f"Resume the rebuild with: clipsearch index --rebuild --index {data['index']}")
+
+
+def _store_line(data: dict[str, Any]) -> str:
+    """The vectors' kind, parameters, measured recall and bytes, for `info`."""
+    kind, params, per = data["store"], data["store_params"], data["bytes_per_vector"]
+    segments = f"{data['segments']} segment{'s' if data['segments'] != 1 else ''}"
+    choice = "" if data["store_choice"] == "auto" else f", chosen with --store {data['store_choice']}"
+    if kind == "ivfpq" and "nprobe" in params:
+        recall = data["recall_at_10"]
+        filtered = data["filtered_recall_at_10"]
+        return (
+            f"ivfpq, approximate ({params['nlist']} cells, {params['m']}-byte codes, "
+            f"{params['nprobe']} cells visited, best {params['rerank']} re-ranked per 10); "
+            f"recall@10 {recall:.3f} ({filtered:.3f} with a 10% filter) measured at "
+            f"{data['recall_measured_at']:,} vectors; "
+            f"{segments}; {per['search']:.0f} B/vector searched, {per['codes']:.0f} B/vector of codes "
+            f"kept for re-ranking{choice}"
+        )
+    how = {"flat": "exhaustive, 32-bit floats", "sq8": "exhaustive, 8 bits per dimension"}.get(kind, "")
+    return f"{kind}{f', {how}' if how else ''}; {segments}; {per['search']:.0f} B/vector{choice}"
 
 
 def _settings_note(root: dict[str, Any]) -> str:

@@ -71,6 +71,19 @@ class ModelMismatchError(ClipsearchError):
         self.want = want
 
 
+class VectorDimensionError(UsageError):
+    """Vectors given to an index (an import) are not of the index's dimension."""
+
+    def __init__(self, index: Path, expected: int, got: int) -> None:
+        super().__init__(
+            f"The index at {index} holds {expected}-d vectors; the vectors given are {got}-d. "
+            "Vectors of another model (or size) cannot be mixed with them."
+        )
+        self.index = index
+        self.expected = expected
+        self.got = got
+
+
 class IndexNotFoundError(ClipsearchError):
     """No index exists at the given location."""
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from clipsearch.api import Index
 from clipsearch.web.server import bind, create_app
+from conftest import copy_vector_files, vector_files
 
 pytestmark = pytest.mark.slow  # starts chromium and a live server
 CHROMIUM = Path("/usr/bin/chromium")
@@ -178,7 +179,6 @@ def test_page_marks_files_not_on_disk_and_follows_a_rebuild(
     """Grey tiles for an unplugged drive, "On disk only", and a rebuild swapped in under the open page:
     no picture of the old index is shown for an id of the new one."""
     _require_browser()
-    import shutil
 
     from PIL import Image
     from playwright.sync_api import expect, sync_playwright
@@ -221,8 +221,7 @@ def test_page_marks_files_not_on_disk_and_follows_a_rebuild(
         )
 
         # a rebuild swaps a new catalog in: ids the page holds now name other pictures
-        for vectors in (tmp_path / "rebuilt").glob("vectors-*.faiss"):
-            shutil.copy(vectors, index_dir / vectors.name)
+        copy_vector_files(tmp_path / "rebuilt", index_dir)
         os.replace(tmp_path / "rebuilt" / "catalog.sqlite", index_dir / "catalog.sqlite")
         cards.first.locator(".more").click()  # "more like this" of an old id: refused, not answered
         expect(page.locator("#error")).to_contain_text("rebuilt")
@@ -235,12 +234,11 @@ def test_page_marks_files_not_on_disk_and_follows_a_rebuild(
         assert sorted(names) == ["new0.png", "new1.png", "new2.png"]
 
         # a picture of results shown before a rebuild fails to load: the page searches again
-        for vectors in (tmp_path / "index").glob("vectors-*.faiss"):
-            vectors.unlink()
+        for vectors in vector_files(tmp_path / "index"):
+            (tmp_path / "index" / vectors).unlink()
         with Index.open_for_write(tmp_path / "again", tiny_encoder) as idx:
             idx.sync([str(photos["coffee"].parent)])
-        for vectors in (tmp_path / "again").glob("vectors-*.faiss"):
-            shutil.copy(vectors, index_dir / vectors.name)
+        copy_vector_files(tmp_path / "again", index_dir)
         os.replace(tmp_path / "again" / "catalog.sqlite", index_dir / "catalog.sqlite")
         cards.first.locator(".thumb").click()  # the viewer asks for an image by an id of the old index
         expect(cards).to_have_count(len(photos))

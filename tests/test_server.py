@@ -31,7 +31,7 @@ from clipsearch.api import Index
 from clipsearch.errors import IndexNotFoundError, UsageError
 from clipsearch.query.filters import Filters
 from clipsearch.web.server import bind, create_app, is_local_host, serve
-from conftest import picture_vectors, write_photos
+from conftest import copy_vector_files, picture_vectors, write_photos
 
 LOCAL = "http://127.0.0.1"
 
@@ -680,8 +680,7 @@ def test_a_rebuilt_index_is_reopened_and_ids_of_the_old_one_are_refused(tmp_path
         assert client.get("/api/info").json()["index_version"] == version
         stale = before["results"][0]
         assert client.get(stale["thumb"]).status_code == 200
-        for vectors in (tmp_path / "fresh").glob("vectors-*.faiss"):
-            shutil.copy(vectors, tmp_path / "index" / vectors.name)
+        copy_vector_files(tmp_path / "fresh", tmp_path / "index")
         os.replace(tmp_path / "fresh" / "catalog.sqlite", tmp_path / "index" / "catalog.sqlite")
 
         after = client.get("/api/search", params={"q": "cat", "k": 100}).json()

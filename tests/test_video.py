@@ -606,3 +606,30 @@ def test_worker_processes_decode_windows_as_threads_do(tmp_path: Path, shapes) -
             cid = idx.catalog.file(str(folder / "film.mp4")).content_id
             moments.append(sorted((v.t_start, v.t_end) for v in idx.catalog.views_of([cid])[cid].values()))
     assert moments[0] == moments[1]
+
+
+def test_moments_live_in_segment_files(tmp_path: Path, shapes) -> None:
+    """Moments go through a checkpoint into the segment files and are searched from there as they
+    were from the pending log: every moment ranks, filters and per-file stay exact (the approximate
+    kind over moments: tests/test_segments.py)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    star = scene("blue", "star")
+    film = folder / "stars.mp4"
+    write_video(film, [(2.0, star), (2.0, scene("red", "star")), (2.0, scene("green", "cross"))])
+    star.save(folder / "star.png")
+    with Index.open_for_write(tmp_path / "index", shapes) as idx:
+        idx.sync([str(folder)], options=FAST)
+        idx.optimize()  # the pending vectors written out as a segment file
+        assert not len(idx.catalog.pending_after(0, idx.meta.dim)[0]) and idx.folder.info()["segments"]
+        assert len(idx.store) == 4  # the picture and three moments
+        cid = idx.catalog.file(str(film)).content_id
+        hits = idx.search_text("a blue star", 10)
+        assert [h.path == str(film) for h in hits].count(True) == 3
+        once = idx.search_text("a large blue star in the center", 10, per_file=1)
+        assert sorted(Path(h.path).name for h in once) == ["star.png", "stars.mp4"]
+        videos = idx.search_text("a blue star", 10, filters=parse_filters(types="mp4"))
+        assert [h.path for h in videos] == [str(film)] * 3 and {h.content_id for h in videos} == {cid}
+        red = next(v for v in idx.catalog.views_of([cid])[cid].values() if abs(v.t_start - 2.0) < 0.11)
+        vector = idx.folder.content_vector(cid, red.view)  # a moment's vector, back from the file
+        assert float(vector @ shapes.encode_images([scene("red", "star")])[0]) > 0.95

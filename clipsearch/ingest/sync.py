@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ from clipsearch.errors import (
     RootInsideRootError,
     UsageError,
 )
+from clipsearch.ingest.commit import FileRow, NewContent, NewVideo, commit_batch
 from clipsearch.ingest.decode import (
     PROCESS_THRESHOLD,
     DecodeJob,
@@ -43,7 +44,7 @@ from clipsearch.ingest.decode import (
 from clipsearch.ingest.moments import MAX_MOMENTS, MOMENT_SIMILARITY, Moment, representative
 from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
 from clipsearch.ingest.video import VIDEO_WINDOW, VideoInProgress, WindowResult
-from clipsearch.store.catalog import Catalog, FileState, NewFile, RootSettings, View, view_id
+from clipsearch.store.catalog import Catalog, FileState, RootSettings, View
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.rebuild import live_root_settings
 
@@ -171,6 +172,8 @@ class SyncReport:
     #: (``text_export_reason`` says why), "" when there was nothing to do
     text_export: str = ""
     text_export_reason: str = ""
+    #: why the vector files were rebuilt after the sync (another kind, new training), "" if not
+    reorganized: str = ""
     #: new videos indexed, their sampled frames, their moments (vectors) and their length in seconds
     videos: int = 0
     video_samples: int = 0
@@ -399,22 +402,13 @@ class _Committer:
         # every picture's main vector, then its views: one encoder batch
         pixels = [p.pixels for p in new] + [view for p in new for _, view in p.views]
         vectors = self._encode(pixels) if new else None
-        self.folder.check_present()  # SQLite would go on writing into a deleted catalog
-        with self.catalog.transaction():
-            ids = {
-                p.digest: self.catalog.insert_content(p.digest, p.width, p.height, p.taken)
-                for p in new
-                if p.digest
-            }
-            gen = self.catalog.next_gen() if vectors is not None or videos else 0  # when vectors change
-            if vectors is not None:
-                self.catalog.add_pending(gen, self._vector_ids(new, ids), vectors)
-            for prep, moments in videos:
-                assert prep.digest is not None
-                cid = self.catalog.insert_content(prep.digest, prep.width, prep.height, prep.taken)
-                ids[prep.digest] = cid
-                self.catalog.add_pending(gen, *self._moment_vectors(cid, moments))
-            self.catalog.upsert_files(self._file_rows(rows, ids))
+        contents = [
+            NewContent(p.digest, p.width, p.height, p.taken, tuple(k for k, _ in p.views))
+            for p in new
+            if p.digest
+        ]
+        news = [self._new_video(prep, moments) for prep, moments in videos]
+        commit_batch(self.folder, contents, vectors, [FileRow(*r) for r in rows], videos=news)
         if encode:
             self.queue.clear()
             self.finished = []
@@ -425,33 +419,19 @@ class _Committer:
             self.folder.checkpoint()
             self.since_checkpoint = 0
 
-    def _vector_ids(self, new: list[Prepared], ids: dict[str, int]) -> list[int]:
-        """The FAISS ids of ``new``'s vectors in encoding order (main vectors, then views), with the
-        views recorded in the catalog."""
-        main = [ids[p.digest] for p in new if p.digest]
-        extra: list[int] = []
-        for p in new:
-            if p.views and p.digest:
-                cid = ids[p.digest]
-                views = [View(n, kind) for n, (kind, _) in enumerate(p.views, 1)]
-                self.catalog.insert_views(cid, views)
-                extra += [view_id(cid, v.view) for v in views]
-        return main + extra
-
-    def _moment_vectors(
-        self, content_id: int, moments: list[Moment]
-    ) -> tuple[list[int], npt.NDArray[np.float32]]:
-        """Record a video's moments as its views, and return their FAISS ids and vectors.
+    @staticmethod
+    def _new_video(prep: Prepared, moments: list[Moment]) -> NewVideo:
+        """A video's moments as its views, with their vectors.
 
         The moment most like the whole video is view 0, the content's main vector (what duplicates
         and "more like this" of the file compare); the others are views 1, 2, ... in time order.
         """
+        assert prep.digest is not None
         main = representative(moments)
         order = [main] + [i for i in range(len(moments)) if i != main]
-        views = [View(n, "moment", moments[i].start, moments[i].end) for n, i in enumerate(order)]
-        self.catalog.insert_views(content_id, views)
-        ids = [view_id(content_id, v.view) for v in views]
-        return ids, np.stack([moments[i].vector for i in order])
+        views = tuple(View(n, "moment", moments[i].start, moments[i].end) for n, i in enumerate(order))
+        content = NewContent(prep.digest, prep.width, prep.height, prep.taken)
+        return NewVideo(content, views, np.stack([moments[i].vector for i in order]))
 
     def _encode(self, pixels: list[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
@@ -461,15 +441,6 @@ class _Committer:
             assert encoder.pixel_transform is not None  # the only source of uint8 pixels
             batch = encoder.pixel_transform.normalize(batch)
         return encoder.encode_pixels(batch, threads=self.threads)
-
-    def _file_rows(
-        self, rows: list[tuple[FileRecord, str | None, str | None]], new_ids: dict[str, int]
-    ) -> Iterator[NewFile]:
-        for record, digest, error in rows:
-            content_id = None
-            if digest is not None and error is None:
-                content_id = new_ids.get(digest) or self.catalog.content_id(digest)
-            yield NewFile(record.path, record.size, record.mtime_ns, content_id, error)
 
     def sweep(self, gone: list[str]) -> None:
         """Forget files that disappeared, and the vectors no file uses any more."""

@@ -111,15 +111,14 @@ def rank(
     """
     if k < 1 or len(store) == 0:
         return [[] for _ in range(len(queries))]
-    allowed = None
     allowed_ids = None
     where = filters.for_catalog() if filters is not None else None
     if where is not None and where.active():
-        allowed = catalog.entries_matching(where)
-        if not allowed:
+        allowed_ids = catalog.vector_ids_matching(where)  # ids only: the files of the hits come after
+        if not len(allowed_ids):
             return [[] for _ in range(len(queries))]
-        contents = list(allowed)
-        allowed_ids = np.array(contents + catalog.view_ids_of(contents), dtype=np.int64)
+    else:
+        where = None
     on_disk_only = filters is not None and filters.available
     total = len(allowed_ids) if allowed_ids is not None else len(store)
     wanted = min(total, k * 3 if catalog.has_views() else k)  # a picture's views may fill the ranking
@@ -127,7 +126,8 @@ def rank(
         scores, ids = store.search(queries, wanted, allowed=allowed_ids)
         contents_of = content_of(ids)
         found = sorted({int(c) for c in contents_of.ravel() if c >= 0})
-        files = allowed if allowed is not None else catalog.entries_of(found)
+        # a content's files that pass the filters (a copy elsewhere may not)
+        files = catalog.entries_of(found, where)
         moments = _moments(catalog, found)
         results = [
             _hits(row_scores, row_ids, files, moments, k, on_disk_only, per_file)

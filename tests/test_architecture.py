@@ -8,6 +8,7 @@ cycle is still two rooms that know each other). See ``../shared/STYLE.md`` and t
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,49 @@ def test_the_checker_finds_forbidden_edges(tmp_path: Path) -> None:
         "pkg.store.folder -> pkg.encoders.loading (storage knows no model)",
         "pkg.store.folder -> torch (storage imports no model code)",
     ]
+
+
+# ------------------------------------------------------------------ messages
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+#: Modules that speak to a command line of their own: the CLI, the demo script it runs, the web server
+#: (its messages name no flags either, but they are phrased for the page), and the shapes trainer's
+#: argparse front end.
+FRONT_FILES = ("cli.py", "demo.py", "shapes/train.py")
+
+
+def flags_in_messages(root: Path) -> list[str]:
+    """Every string literal of the library (docstrings aside) that names a ``--flag``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in FRONT_FILES or rel.startswith("web/"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                found += [f"{rel}:{node.lineno}: {flag}" for flag in FLAG.findall(node.value)]
+    return found
+
+
+def test_no_library_message_names_a_cli_flag() -> None:
+    """A Python user is never told to "pass --rebuild": the library raises typed errors with facts and
+    the CLI (``cli.phrase``) adds flags. The old tree (1f3fcc9) had 35 such literals."""
+    assert flags_in_messages(PACKAGE) == []
+
+
+def test_the_flag_check_sees_a_flag_in_a_message(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "x.py").write_text(
+        '"""Run with --rebuild (a docstring may say so)."""\n'
+        "def f():\n    raise ValueError('Re-create it with --rebuild.')\n"
+    )
+    assert flags_in_messages(tmp_path) == ["store/x.py:3: --rebuild"]

@@ -191,6 +191,11 @@ class SyncReport:
     #: CPU seconds spent decoding video windows (in the workers), and seconds encoding their frames
     video_decode_seconds: float = 0.0
     video_encode_seconds: float = 0.0
+    #: where the pipeline's time went: seconds encoding batches (model load waits included), and
+    #: seconds the encoder waited for the decoders with nothing to encode (starved: more workers or a
+    #: faster decode would help; near 0: the encoder is the bottleneck)
+    encode_seconds: float = 0.0
+    decode_wait_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -467,14 +472,18 @@ class _Committer:
 
     def _encode(self, pixels: list[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
-        encoder = self.model.encoder()  # waits for the model if it is still loading
-        batch = np.stack(pixels) if isinstance(pixels, list) else pixels
-        if batch.dtype == np.uint8 and encoder.device != "cpu":  # normalised on the GPU
-            return encoder.encode_uint8(batch)
-        if batch.dtype == np.uint8:
-            assert encoder.pixel_transform is not None  # the only source of uint8 pixels
-            batch = encoder.pixel_transform.normalize(batch)
-        return encoder.encode_pixels(batch, threads=self.threads)
+        started = time.monotonic()
+        try:
+            encoder = self.model.encoder()  # waits for the model if it is still loading
+            batch = np.stack(pixels) if isinstance(pixels, list) else pixels
+            if batch.dtype == np.uint8 and encoder.device != "cpu":  # normalised on the GPU
+                return encoder.encode_uint8(batch)
+            if batch.dtype == np.uint8:
+                assert encoder.pixel_transform is not None  # the only source of uint8 pixels
+                batch = encoder.pixel_transform.normalize(batch)
+            return encoder.encode_pixels(batch, threads=self.threads)
+        finally:
+            self.report.encode_seconds = round(self.report.encode_seconds + time.monotonic() - started, 3)
 
     def _file_rows(
         self, rows: list[tuple[FileRecord, str | None, str | None]], new_ids: dict[str, int]
@@ -718,12 +727,12 @@ def _decode_and_encode(
         committer.threads = options.encode_threads or encode_threads_beside(
             options.workers, passive_wait=options.passive_wait
         )
+    # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
+    # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
+    # (a video's window weighs its most samples: two or three windows are in flight)
+    window = max(4 * options.batch_size, 4 * options.workers)
+    stream = OrderedStream(pool, work, todo, window, task_cost)
     try:
-        # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
-        # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
-        # (a video's window weighs its most samples: two or three windows are in flight)
-        window = max(4 * options.batch_size, 4 * options.workers)
-        stream = OrderedStream(pool, work, todo, window, task_cost)
         for result in stream:
             if isinstance(result, WindowResult):
                 done = committer.take_window(result)
@@ -739,6 +748,8 @@ def _decode_and_encode(
         pool.shutdown(wait=False, cancel_futures=True)  # stop feeding workers before committing
         raise
     finally:
+        report = committer.report
+        report.decode_wait_seconds = round(report.decode_wait_seconds + stream.waited, 3)
         pool.shutdown(wait=True, cancel_futures=True)
         cleanup()
         if progress:

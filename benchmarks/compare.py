@@ -100,11 +100,15 @@ def bench_naive(photos: Path, work: Path, env: dict[str, str], batch_size: int) 
 # ---------------------------------------------------------------- the two-core limit and fidelity
 
 
-def limit_worker(folder: Path, out: Path, precision: str, sample: int, shapes: int) -> None:
+def limit_worker(
+    folder: Path, out: Path, precision: str, sample: int, shapes: int, coverage: str = "sides"
+) -> None:
     """(Own process, torch threads on every core.) The CPU one image costs in each stage of
-    clipsearch's pipeline, measured alone: reading + hashing + decoding + resize/crop (thread CPU time,
-    as one worker spends it), and normalising + encoding a batch of 32 (process CPU time of all
-    threads, per image). The cores over their sum is the most images/s the machine can index.
+    clipsearch's pipeline, measured alone: reading + hashing + decoding + resize/crop, and the side
+    views' crops with ``coverage`` ``sides`` (thread CPU time, as one worker spends it), and
+    normalising + encoding a batch of 32 crops (process CPU time of all threads, per vector) times
+    the vectors per image (3 for a 4:3 photo with side views). The cores over their sum is the most
+    images/s the machine can index.
     Then the fidelity of the default decode path against decoding every pixel (fp32): cosine on
     ``sample`` photos of this set (ViT-B-32) and, when ``shapes`` > 0, cosine and top-10 on that many
     shapes-world JPEGs with the trained shapes model (see benchmarks/decode_scale.py)."""
@@ -127,12 +131,16 @@ def limit_worker(folder: Path, out: Path, precision: str, sample: int, shapes: i
     side = draft_side(encoder, DEFAULT_DECODE_SCALE)
     decode: list[float] = []
     crops = []
+    vectors = 0
     for path in files:
         started = time.thread_time()
         data = path.read_bytes()
         file_digest(data)
-        crops.append(transform.resize_crop(open_image(data, min_side=side)))
+        image = open_image(data, min_side=side)
+        crops.append(transform.resize_crop(image))
+        views = transform.side_views(image) if coverage == "sides" else []
         decode.append(time.thread_time() - started)
+        vectors += 1 + len(views)
     batch = np.stack((crops * (32 // len(crops) + 1))[:32])
     encoder.encode_pixels(transform.normalize(batch))  # warm
     rounds = 3
@@ -145,9 +153,12 @@ def limit_worker(folder: Path, out: Path, precision: str, sample: int, shapes: i
         "cores": cores,
         "precision": resolve_precision(precision),
         "decode_scale": DEFAULT_DECODE_SCALE,
+        "coverage": coverage,
+        "vectors_per_image": vectors / len(files),
         "decode_cpu_ms": 1000 * decode_s,
-        "encode_cpu_ms": 1000 * encode,
-        "limit_img_per_s": cores / (decode_s + encode),
+        "encode_cpu_ms_per_vector": 1000 * encode,
+        "encode_cpu_ms": 1000 * encode * vectors / len(files),
+        "limit_img_per_s": cores / (decode_s + encode * vectors / len(files)),
     }
     fp32 = encoder if encoder.precision == "fp32" else load_encoder(NAIVE_MODEL, NAIVE_PRETRAINED)
     fast = fp32.encode_pixels(transform.normalize(np.stack(crops)))
@@ -197,9 +208,37 @@ def bench_limit(
         args.precision,
     ]
     command += ["--limit-sample", str(args.limit_sample), "--fidelity-shapes", str(shapes)]
+    command += ["--coverage", args.coverage]
     run = run_measured(command, env={**env, "OMP_WAIT_POLICY": "PASSIVE"})
     check(run, "two-core limit probe")
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    result["fixed_cpu_s"] = fixed_cpu(work, env, args.precision, next(iter(jpeg_files(photos))))
+    return result
+
+
+def fixed_cpu(work: Path, env: dict[str, str], precision: str, photo: Path) -> float:
+    """CPU seconds (all processes) of ``clipsearch index`` making a new index of one photo: what every
+    run spends besides its images (imports, model load, commit)."""
+    import resource
+
+    folder, index = work / "fixed-photo", work / "fixed-index"
+    shutil.rmtree(index, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(photo, folder / photo.name)
+    model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run(
+        [clipsearch_exe(), "index", str(folder), "--index", str(index), *model, "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(index, ignore_errors=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"clipsearch index of one photo failed: {run.stderr.strip()[-400:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 # ---------------------------------------------------------------- rclip
@@ -258,11 +297,12 @@ def warm_clipsearch(env: dict[str, str], work: Path, precision: str) -> None:
 
 
 def bench_clipsearch(
-    photos: Path, index: Path, env: dict[str, str], queries: int, precision: str
+    photos: Path, index: Path, env: dict[str, str], queries: int, precision: str, coverage: str = "sides"
 ) -> dict[str, Any]:
     exe = clipsearch_exe()
     shutil.rmtree(index, ignore_errors=True)
     model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
+    model += ["--coverage", coverage]
     command = [exe, "index", str(photos), "--index", str(index), *model, "--quiet", "--json"]
     first = run_measured(command, env=env)
     check(first, "clipsearch index")
@@ -398,6 +438,9 @@ def print_targets(record: dict[str, Any]) -> None:
             if mine.get("sync_only_s")
             else None
         )
+        fixed = limit.get("fixed_cpu_s", 0.0)
+        per_image = (limit["decode_cpu_ms"] + limit["encode_cpu_ms"]) / 1000
+        with_fixed = mine["images"] / ((mine["images"] * per_image + fixed) / limit["cores"])
         print(
             f"  vs the {limit['cores']}-core limit: {mine['img_per_s']:.1f} of "
             f"{limit['limit_img_per_s']:.1f} img/s = "
@@ -405,7 +448,13 @@ def print_targets(record: dict[str, Any]) -> None:
             + (f"{sync_share:.0%} of the sync alone; " if sync_share else "")
             + f"limit from {limit['decode_cpu_ms']:.1f} ms decode (read, hash, decode at "
             f">= {limit['decode_scale']:g}x, resize) + {limit['encode_cpu_ms']:.1f} ms encode "
-            f"({limit['precision']}) CPU per image"
+            f"({limit['precision']}, {limit['vectors_per_image']:.2f} vectors of "
+            f"{limit['encode_cpu_ms_per_vector']:.1f} ms: coverage {limit['coverage']}) CPU per image"
+        )
+        print(
+            f"  with a run's fixed CPU ({fixed:.1f} s: imports, model load, commit; measured indexing one "
+            f"photo) the most for {mine['images']} images is {with_fixed:.1f} img/s: "
+            f"{mine['img_per_s'] / with_fixed:.0%} of it"
         )
         shapes = limit.get("shapes")
         fidelity = (
@@ -529,6 +578,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="shapes-world JPEGs for the fidelity row's top-10 check, once per run (0: leave it out)",
     )
     parser.add_argument("--skip-limit", action="store_true", help="leave out the limit and fidelity rows")
+    parser.add_argument(
+        "--coverage",
+        default="sides",
+        choices=("sides", "none"),
+        help="clipsearch --coverage (default sides, the index default for ViT-B-32: a 4:3 photo gets 3 "
+        "vectors, its centre crop and two side views; rclip and naive make 1)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per size class on stdout")
     parser.add_argument(
         "--limit-worker",
@@ -573,7 +629,9 @@ def main(argv: list[str] | None = None) -> None:
         naive_worker(*args.naive_worker, batch_size=args.batch_size)
         return
     if args.limit_worker:
-        limit_worker(*args.limit_worker, args.precision, args.limit_sample, args.fidelity_shapes)
+        limit_worker(
+            *args.limit_worker, args.precision, args.limit_sample, args.fidelity_shapes, args.coverage
+        )
         return
 
     from clipsearch.encoders.spec import resolve_precision
@@ -631,7 +689,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             index = work / f"index-{key}"
             benches["clipsearch"] = partial(
-                bench_clipsearch, photos, index, env, args.queries, args.precision
+                bench_clipsearch, photos, index, env, args.queries, args.precision, args.coverage
             )
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in benches}
             for round_ in range(args.repeat):  # rounds interleave the engines: drift hits all alike

@@ -8,10 +8,13 @@ index, bf16 where the CPU has it, random ViT-B-32 weights from an offline Huggin
 interleaved rounds. Every 0.2 s the CPU time of the process tree is sampled: the main process (model
 load, normalising, encoding, committing) and the decoding workers apart. Printed per run:
 
-- wall time, images/s, and the CPU the tree used (cores' worth) from its start and from the first
-  second both the encoder and the decoders were busy (steady state);
-- the share of 0.2-s samples in which the tree used at least 90% of every core it may run on
-  (``busy``): on a shared machine other processes take some, so compare settings within a run;
+- wall time, images/s, and the cores' worth of CPU the tree got (under 2 on a shared machine: other
+  processes took the rest);
+- CPU per image on each side, which the machine's load does not change: the decoders' (read, hash,
+  decode, resize, and handing the crop over), and the encoder side's (normalise, encode, commit),
+  less the main process's fixed costs (imports, model load), measured on a new index of one image;
+  compare with ``compare.py --limit-worker``'s decode and encode CPU measured alone: the difference
+  is the pipeline's own cost (hand-over, waiting, spinning);
 - from the sync's own report: seconds encoding and seconds the encoder waited for decoders (starved).
 
 ``uptime`` is printed beside every run: the figures move with the machine's load.
@@ -20,7 +23,6 @@ load, normalising, encoding, committing) and the decoding workers apart. Printed
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -65,26 +67,16 @@ def run_once(photos: Path, index: Path, env: dict[str, str], workers: int, batch
     if proc.returncode != 0:
         raise RuntimeError(f"index failed: {stderr.strip()[-800:]}")
     report = json.loads(stdout.splitlines()[-1])
-    cores = len(os.sched_getaffinity(0))
-    rates = []
-    for (t0, m0, w0), (t1, m1, w1) in itertools.pairwise(samples):
-        dt = max(t1 - t0, 1e-6)
-        rates.append((t1, (m1 - m0) / dt, (w1 - w0) / dt))
-    steady = next((t for t, m, w in rates if m > 0.3 and w > 0.3), None)  # both sides working
-    busy = [m + w >= 0.9 * cores for t, m, w in rates if steady is not None and t >= steady]
-    total_cpu = samples[-1][1] + samples[-1][2] if samples else 0.0
-    late = [(m, w) for t, m, w in rates if steady is not None and t >= steady]
+    main_cpu, worker_cpu = (samples[-1][1], samples[-1][2]) if samples else (0.0, 0.0)
     return {
         "workers": workers,
         "batch": batch,
         "images": report["added"],
         "wall_s": wall,
         "img_per_s": report["added"] / wall,
-        "cores_used": total_cpu / wall,
-        "steady_from_s": steady,
-        "steady_main_cores": sum(m for m, _ in late) / max(1, len(late)),
-        "steady_worker_cores": sum(w for _, w in late) / max(1, len(late)),
-        "busy_share": sum(busy) / max(1, len(busy)),
+        "cores_used": (main_cpu + worker_cpu) / wall,
+        "main_cpu_s": main_cpu,
+        "worker_cpu_ms_per_image": 1000 * worker_cpu / max(1, report["added"]),
         "encode_s": report.get("encode_seconds"),
         "decode_wait_s": report.get("decode_wait_seconds"),
         "uptime": os.popen("uptime").read().strip(),
@@ -117,22 +109,27 @@ def main(argv: list[str] | None = None) -> None:
     }
     settings = [tuple(int(v) for v in s.split(":")) for s in args.settings]
     run_once(photos, work / "index", env, *settings[0])  # warm: the model preview, the text export
+    one = work / "one"  # the main process's fixed CPU (imports, model load, commit): one new image
+    one.mkdir(exist_ok=True)
+    shutil.copy(sorted(photos.glob("*.jpg"))[0], one / "one.jpg")
+    fixed = run_once(one, work / "index-one", env, 1, 1)["main_cpu_s"]
+    print(f"main process CPU for a new index of one image (fixed costs): {fixed:.2f} s")
     print(
-        "| workers | batch | img/s | wall s | cores used | steady from s | main / workers cores | busy "
-        "| encode s | waited s | uptime |"
+        "| workers | batch | img/s | wall s | cores used | decoders' CPU per image | encoder side's CPU "
+        "per image | encode s | waited for decoders s | uptime |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for _ in range(args.rounds):
         for workers, batch in settings:
             r = run_once(photos, work / "index", env, workers, batch)
             if args.json:
                 print(json.dumps(r), flush=True)
                 continue
-            steady = "-" if r["steady_from_s"] is None else f"{r['steady_from_s']:.1f}"
+            main_ms = 1000 * (r["main_cpu_s"] - fixed) / max(1, r["images"] - 1)
             print(
                 f"| {workers} | {batch} | {r['img_per_s']:.1f} | {r['wall_s']:.1f} | {r['cores_used']:.2f} | "
-                f"{steady} | {r['steady_main_cores']:.2f} / {r['steady_worker_cores']:.2f} | "
-                f"{r['busy_share']:.0%} | {r['encode_s']} | {r['decode_wait_s']} | {r['uptime']} |",
+                f"{r['worker_cpu_ms_per_image']:.1f} ms | {main_ms:.1f} ms | {r['encode_s']} | "
+                f"{r['decode_wait_s']} | {r['uptime']} |",
                 flush=True,
             )
 

@@ -509,7 +509,10 @@ class Index:
         from clipsearch.ingest.sync import SyncOptions, sync
 
         started = time.monotonic()
-        options = options or SyncOptions()
+        if options is None:  # on a GPU: more decoders and larger batches (see SyncOptions.for_device)
+            from clipsearch.encoders.device import resolve_device
+
+            options = SyncOptions.for_device(resolve_device(self._device))
         report = sync(self.folder, _SyncModel(self), roots, options, progress)
         self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():

@@ -316,8 +316,8 @@ def _build_streaming(
     model.load_state_dict(state, strict=False, assign=True)
     if not _rebuild_unsaved_buffers(model, image_only=image_only):
         return None
-    if device != "cpu":
-        model.to(device)
+    if device != "cpu":  # an image-only load leaves the text tower on meta, which cannot be moved
+        (model.visual if image_only else model).to(device)
     return model, preprocess, facts
 
 

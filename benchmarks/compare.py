@@ -97,6 +97,150 @@ def bench_naive(photos: Path, work: Path, env: dict[str, str], batch_size: int) 
     return {"images": images, **throughput(images, run)}
 
 
+# ---------------------------------------------------------------- the two-core limit and fidelity
+
+
+def limit_worker(
+    folder: Path, out: Path, precision: str, sample: int, shapes: int, coverage: str = "sides"
+) -> None:
+    """(Own process, torch threads on every core.) The CPU one image costs in each stage of
+    clipsearch's pipeline, measured alone: reading + hashing + decoding + resize/crop, and the side
+    views' crops with ``coverage`` ``sides`` (thread CPU time, as one worker spends it), and
+    normalising + encoding a batch of 32 crops (process CPU time of all threads, per vector) times
+    the vectors per image (3 for a 4:3 photo with side views). The cores over their sum is the most
+    images/s the machine can index.
+    Then the fidelity of the default decode path against decoding every pixel (fp32): cosine on
+    ``sample`` photos of this set (ViT-B-32) and, when ``shapes`` > 0, cosine and top-10 on that many
+    shapes-world JPEGs with the trained shapes model (see benchmarks/decode_scale.py)."""
+    import time
+
+    import torch
+
+    from clipsearch.encoders.facts import DEFAULT_DECODE_SCALE, draft_side
+    from clipsearch.encoders.images import open_image
+    from clipsearch.encoders.loading import load_encoder
+    from clipsearch.encoders.spec import resolve_precision
+    from clipsearch.ingest.decode import file_digest
+
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    files = jpeg_files(folder)[:sample]
+    encoder = load_encoder(NAIVE_MODEL, NAIVE_PRETRAINED, precision=precision)
+    transform = encoder.pixel_transform
+    assert transform is not None
+    side = draft_side(encoder, DEFAULT_DECODE_SCALE)
+    decode: list[float] = []
+    crops = []
+    vectors = 0
+    for path in files:
+        started = time.thread_time()
+        data = path.read_bytes()
+        file_digest(data)
+        image = open_image(data, min_side=side)
+        crops.append(transform.resize_crop(image))
+        views = transform.side_views(image) if coverage == "sides" else []
+        decode.append(time.thread_time() - started)
+        vectors += 1 + len(views)
+    batch = np.stack((crops * (32 // len(crops) + 1))[:32])
+    encoder.encode_pixels(transform.normalize(batch))  # warm
+    rounds = 3
+    started = time.process_time()
+    for _ in range(rounds):
+        encoder.encode_pixels(transform.normalize(batch))
+    encode = (time.process_time() - started) / (rounds * len(batch))
+    decode_s = statistics.median(decode)
+    result: dict[str, Any] = {
+        "cores": cores,
+        "precision": resolve_precision(precision),
+        "decode_scale": DEFAULT_DECODE_SCALE,
+        "coverage": coverage,
+        "vectors_per_image": vectors / len(files),
+        "decode_cpu_ms": 1000 * decode_s,
+        "encode_cpu_ms_per_vector": 1000 * encode,
+        "encode_cpu_ms": 1000 * encode * vectors / len(files),
+        "limit_img_per_s": cores / (decode_s + encode * vectors / len(files)),
+    }
+    fp32 = encoder if encoder.precision == "fp32" else load_encoder(NAIVE_MODEL, NAIVE_PRETRAINED)
+    fast = fp32.encode_pixels(transform.normalize(np.stack(crops)))
+    full = fp32.encode_pixels(
+        transform.normalize(
+            np.stack([transform.resize_crop(open_image(p, max_pixels=200_000_000)) for p in files])
+        )
+    )
+    result["vit_cosine_min"] = float(np.sum(fast * full, axis=1).min())
+    if shapes > 0:
+        import tempfile
+
+        from decode_scale import compare, decode_all, shapes_jpegs
+
+        from clipsearch.shapes.evaluate import color_shape_queries, position_queries
+
+        with tempfile.TemporaryDirectory(prefix="clipsearch-fidelity-") as tmp:
+            paths, scenes = shapes_jpegs(Path(tmp), shapes, 0)
+            model = load_encoder("shapes")
+            queries = {**color_shape_queries(), **position_queries()}
+            relevant = [np.array([s.matches(**a) for s in scenes]) for a in queries.values()]
+            decoded = decode_all(paths, model.pixel_transform, model.image_size)
+            row = compare(model, decoded, text_queries=list(queries), relevant=relevant)[
+                f"{DEFAULT_DECODE_SCALE:g}x"
+            ]
+        result["shapes"] = {
+            "images": len(paths),
+            "cosine_min": row["cosine_min"],
+            "same_top10": row["top10_same"],
+            "same_hits": row["same_hits"],
+            "queries": row["top10_queries"],
+        }
+    out.write_text(json.dumps(result))
+
+
+def bench_limit(
+    photos: Path, work: Path, env: dict[str, str], args: argparse.Namespace, shapes: int
+) -> dict[str, Any]:
+    out = work / "limit.json"
+    command = [
+        sys.executable,
+        __file__,
+        "--limit-worker",
+        str(photos),
+        str(out),
+        "--precision",
+        args.precision,
+    ]
+    command += ["--limit-sample", str(args.limit_sample), "--fidelity-shapes", str(shapes)]
+    command += ["--coverage", args.coverage]
+    run = run_measured(command, env={**env, "OMP_WAIT_POLICY": "PASSIVE"})
+    check(run, "two-core limit probe")
+    result = json.loads(out.read_text())
+    result["fixed_cpu_s"] = fixed_cpu(work, env, args.precision, next(iter(jpeg_files(photos))))
+    return result
+
+
+def fixed_cpu(work: Path, env: dict[str, str], precision: str, photo: Path) -> float:
+    """CPU seconds (all processes) of ``clipsearch index`` making a new index of one photo: what every
+    run spends besides its images (imports, model load, commit)."""
+    import resource
+
+    folder, index = work / "fixed-photo", work / "fixed-index"
+    shutil.rmtree(index, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(photo, folder / photo.name)
+    model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run(
+        [clipsearch_exe(), "index", str(folder), "--index", str(index), *model, "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(index, ignore_errors=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"clipsearch index of one photo failed: {run.stderr.strip()[-400:]}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 # ---------------------------------------------------------------- rclip
 
 
@@ -153,11 +297,12 @@ def warm_clipsearch(env: dict[str, str], work: Path, precision: str) -> None:
 
 
 def bench_clipsearch(
-    photos: Path, index: Path, env: dict[str, str], queries: int, precision: str
+    photos: Path, index: Path, env: dict[str, str], queries: int, precision: str, coverage: str = "sides"
 ) -> dict[str, Any]:
     exe = clipsearch_exe()
     shutil.rmtree(index, ignore_errors=True)
     model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
+    model += ["--coverage", coverage]
     command = [exe, "index", str(photos), "--index", str(index), *model, "--quiet", "--json"]
     first = run_measured(command, env=env)
     check(first, "clipsearch index")
@@ -270,6 +415,63 @@ def print_table(record: dict[str, Any]) -> None:
             if engines.get(e, {}).get("index_s_runs")
         )
         print(f"index times per round (s), median in the table: {rounds}")
+    print_targets(record)
+
+
+#: Issue #20's targets: clipsearch/rclip 4.0.8 throughput per size class, share of the two-core limit,
+#: fidelity of the default decode path, peak RSS.
+RCLIP_TARGET = {"12mp": 2.5, "small": 3.0}
+LIMIT_TARGET, COSINE_TARGET, RSS_TARGET_GB = 0.90, 0.995, 1.2
+
+
+def print_targets(record: dict[str, Any]) -> None:
+    """The issue's target rows for this size class: measured, and the target beside."""
+    mine = record["engines"].get("clipsearch", {})
+    print("targets (issue #20):")
+    vs_rclip = record["ratios"].get("clipsearch/rclip")
+    got = "-" if vs_rclip is None else f"{vs_rclip:.2f}x"
+    print(f"  throughput vs rclip 4.0.8: {got} (target >= {RCLIP_TARGET[record['class']]:g}x)")
+    limit = record.get("limit")
+    if limit and mine.get("img_per_s"):
+        share = mine["img_per_s"] / limit["limit_img_per_s"]
+        sync_share = (
+            mine["images"] / mine["sync_only_s"] / limit["limit_img_per_s"]
+            if mine.get("sync_only_s")
+            else None
+        )
+        fixed = limit.get("fixed_cpu_s", 0.0)
+        per_image = (limit["decode_cpu_ms"] + limit["encode_cpu_ms"]) / 1000
+        with_fixed = mine["images"] / ((mine["images"] * per_image + fixed) / limit["cores"])
+        print(
+            f"  vs the {limit['cores']}-core limit: {mine['img_per_s']:.1f} of "
+            f"{limit['limit_img_per_s']:.1f} img/s = "
+            f"{share:.0%} from process start (target >= {LIMIT_TARGET:.0%}); "
+            + (f"{sync_share:.0%} of the sync alone; " if sync_share else "")
+            + f"limit from {limit['decode_cpu_ms']:.1f} ms decode (read, hash, decode at "
+            f">= {limit['decode_scale']:g}x, resize) + {limit['encode_cpu_ms']:.1f} ms encode "
+            f"({limit['precision']}, {limit['vectors_per_image']:.2f} vectors of "
+            f"{limit['encode_cpu_ms_per_vector']:.1f} ms: coverage {limit['coverage']}) CPU per image"
+        )
+        print(
+            f"  with a run's fixed CPU ({fixed:.1f} s: imports, model load, commit; measured indexing one "
+            f"photo) the most for {mine['images']} images is {with_fixed:.1f} img/s: "
+            f"{mine['img_per_s'] / with_fixed:.0%} of it"
+        )
+        shapes = limit.get("shapes")
+        fidelity = (
+            "  fidelity of the default path vs full decode, fp32: cosine min "
+            f"{limit['vit_cosine_min']:.4f} (ViT-B-32)"
+        )
+        if shapes:
+            fidelity += (
+                f", {shapes['cosine_min']:.4f} (shapes model, {shapes['images']} shapes JPEGs); same top-10 "
+                f"{shapes['same_top10']}/{shapes['queries']}, as many right answers in it "
+                f"{shapes['same_hits']}/{shapes['queries']}"
+            )
+        print(fidelity + f" (target: cosine >= {COSINE_TARGET}, same top-10)")
+    if mine.get("peak_rss_mib"):
+        gb = mine["peak_rss_mib"] * 2**20 / 1e9
+        print(f"  peak RSS while indexing: {gb:.2f} GB (target <= {RSS_TARGET_GB} GB)")
 
 
 def print_footer(info: dict[str, Any]) -> None:
@@ -370,7 +572,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "engine 'baseline', in the same venv and interleaved rounds: a before/after figure in one run",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the photo generator")
+    parser.add_argument(
+        "--limit-sample",
+        type=int,
+        default=24,
+        metavar="N",
+        help="photos of each set whose decode and encode CPU give the two-core limit, and whose "
+        "default-path vectors are compared with full decoding (default 24)",
+    )
+    parser.add_argument(
+        "--fidelity-shapes",
+        type=int,
+        default=200,
+        metavar="N",
+        help="shapes-world JPEGs for the fidelity row's top-10 check, once per run (0: leave it out)",
+    )
+    parser.add_argument("--skip-limit", action="store_true", help="leave out the limit and fidelity rows")
+    parser.add_argument(
+        "--coverage",
+        default="sides",
+        choices=("sides", "none"),
+        help="clipsearch --coverage (default sides, the index default for ViT-B-32: a 4:3 photo gets 3 "
+        "vectors, its centre crop and two side views; rclip and naive make 1)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per size class on stdout")
+    parser.add_argument(
+        "--limit-worker",
+        nargs=2,
+        type=Path,
+        metavar=("FOLDER", "OUT"),
+        help="(internal) measure the two-core limit and fidelity on FOLDER's JPEGs into OUT.json, and exit",
+    )
     parser.add_argument(
         "--naive-worker",
         nargs=2,
@@ -405,6 +637,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.naive_worker:
         naive_worker(*args.naive_worker, batch_size=args.batch_size)
+        return
+    if args.limit_worker:
+        limit_worker(
+            *args.limit_worker, args.precision, args.limit_sample, args.fidelity_shapes, args.coverage
+        )
         return
 
     from clipsearch.encoders.spec import resolve_precision
@@ -454,13 +691,14 @@ def main(argv: list[str] | None = None) -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="clipsearch-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     made = [work] if args.workdir is None else []  # in a given --workdir, remove only what this run made
+    fidelity_done = False
     try:
         for key, title, count, size in size_classes(args):
             if count <= 0:
                 continue
             photos = work / f"photos-{key}"
             made += [photos, photos.with_name(photos.name + ".json"), work / f"rclip-data-{key}"]
-            made += [work / f"index-{key}", work / "naive.npy"]
+            made += [work / f"index-{key}", work / "naive.npy", work / "limit.json"]
             ensure_photos(photos, count, size, args.seed)
             files = jpeg_files(photos)
             log(f"{title}: {len(files)} images")
@@ -474,7 +712,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             index = work / f"index-{key}"
             benches["clipsearch"] = partial(
-                bench_clipsearch, photos, index, env, args.queries, args.precision
+                bench_clipsearch, photos, index, env, args.queries, args.precision, args.coverage
             )
             if baseline_env is not None:
                 benches["baseline"] = partial(
@@ -493,6 +731,15 @@ def main(argv: list[str] | None = None) -> None:
                 for name, bench in benches.items():
                     runs[name].append(attempt(name, bench))
             engines = {name: combine(results) for name, results in runs.items()}
+            limit = None
+            if not args.skip_limit:
+                log("  two-core limit and fidelity ...")
+                shapes = args.fidelity_shapes if not fidelity_done else 0  # the shapes check: once a run
+                try:
+                    limit = bench_limit(photos, work, env, args, shapes)
+                    fidelity_done = fidelity_done or shapes > 0
+                except (RuntimeError, OSError, ValueError) as error:
+                    log(f"  limit probe failed, left out: {error}")
             if rclip_exe is None and not args.skip_rclip:
                 engines["rclip"] = {"error": rclip_error}
             record = {
@@ -512,6 +759,7 @@ def main(argv: list[str] | None = None) -> None:
                         else {}
                     ),
                 },
+                "limit": limit,
             }
             if args.json:
                 print(json.dumps(record), flush=True)

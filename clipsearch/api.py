@@ -61,8 +61,10 @@ class Index:
         encoder: Encoder | None = None,
         precision: Precision = "fp32",
         cache: ModelCache | None = None,
+        device: str = "cpu",
     ) -> None:
         from clipsearch.encoders.cache import ModelCache
+        from clipsearch.encoders.device import parse_device
 
         self.folder = folder
         self.cache = cache or ModelCache.default()
@@ -72,7 +74,9 @@ class Index:
         self._meta_preview: ModelPreview | None = None  # the unchecked preview a new index's meta came from
         self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = parse_precision(precision)
+        self._device = parse_device(device)  # resolved when a model loads
         self._coverage: str | None = None  # the coverage asked for when this index was opened to write
+        self._decode_scale: float | None = None  # and the decode scale
         self._models_meta = folder.meta  # the index the models above are for
         if encoder is not None:
             _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
@@ -87,14 +91,17 @@ class Index:
         encoder: Encoder | None = None,
         precision: Precision = "fp32",
         cache: ModelCache | None = None,
+        device: str = "cpu",
     ) -> Index:
         """Open an existing index for searching.
 
         Args:
             path: the index folder.
             encoder: the index's model if already loaded; else it is loaded on first use.
-            precision: precision to load the model with (``fp32``, ``bf16`` or ``auto``).
+            precision: precision to load the model with (``fp32``, ``bf16``, ``fp16`` or ``auto``).
             cache: the per-machine model cache (default: the user's cache folder).
+            device: where a model loaded here runs: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch
+                sees a GPU); text queries answered by the exported text tower run on the CPU.
 
         Raises:
             IndexNotFoundError: nothing is there.
@@ -103,7 +110,7 @@ class Index:
         """
         folder = IndexFolder.open(path)
         try:
-            return cls(folder, encoder=encoder, precision=precision, cache=cache)
+            return cls(folder, encoder=encoder, precision=precision, cache=cache, device=device)
         except BaseException:
             folder.close()
             raise
@@ -119,6 +126,8 @@ class Index:
         rebuild: bool = False,
         cache: ModelCache | None = None,
         coverage: str | None = None,
+        decode_scale: float | None = None,
+        device: str = "cpu",
     ) -> Index:
         """Open (creating if needed) an index to sync, holding the writer lock.
 
@@ -130,6 +139,7 @@ class Index:
                 nothing changed never loads it). Neither given: the model the index records (the
                 index must exist).
             precision: precision to load ``spec`` with.
+            device: where to load ``spec``: ``cpu``, ``cuda`` or ``auto`` (see :meth:`open`).
             rebuild: build a new index beside this one, from scratch, to replace it when the next
                 :meth:`sync` completes; searches use the index as it was until then. A rebuild that
                 was interrupted is resumed (if it was made with the same model).
@@ -138,10 +148,17 @@ class Index:
                 vectors for the parts a centre-cropping model does not see (see
                 :meth:`~clipsearch.encoders.pixels.PixelTransform.side_views`), ``none`` one vector
                 per picture; None: ``sides`` where the model crops the centre.
+            decode_scale: for a new index (or a rebuild): JPEGs are decoded at the largest DCT
+                reduction that keeps their shorter side at least this many times the model's input
+                (one of :data:`~clipsearch.encoders.facts.DECODE_SCALES`: 2 keeps fine patterns
+                sharpest, 1.5 decodes a 12-MP photo at 1/8 instead of 1/4). None: the index's
+                recorded scale (an index made before it was recorded: 2), else the default
+                (:data:`~clipsearch.encoders.facts.DEFAULT_DECODE_SCALE`).
 
         Raises:
             UsageError: a rebuild without ``encoder`` or ``spec``.
-            BadValueError: ``coverage`` unknown, or not the existing index's (it changes with a rebuild).
+            BadValueError: ``coverage`` or ``decode_scale`` unknown, or not the existing index's (they
+                change with a rebuild).
             IndexNotFoundError: neither given and there is no index.
             IndexBusyError: another process is writing to this index.
             ModelMismatchError: the index was built with another model (use ``rebuild=True``).
@@ -159,6 +176,7 @@ class Index:
         precision = parse_precision(precision)
         if coverage not in (None, *COVERAGES):
             raise BadValueError("coverage", coverage, f"choose {' or '.join(COVERAGES)}")
+        decode_scale = check_decode_scale(decode_scale)
         want = encoder.spec if encoder is not None else spec
         assert want is not None
         loader: ModelLoader | None = None
@@ -168,7 +186,7 @@ class Index:
             # build (checked once it is built), else known once it is built (a missing model fails
             # here, before any folder is made); its weights load in the background meanwhile
             preview = cache.preview(want)
-            loader = ModelLoader(want, precision=precision, image_only=True)
+            loader = ModelLoader(want, precision=precision, image_only=True, device=device)
             if preview is None:
                 loader.facts()
 
@@ -176,18 +194,20 @@ class Index:
 
         def new_meta() -> IndexMeta:
             if encoder is not None:
-                return _meta_for(encoder.spec, encoder.facts, coverage)
+                return _meta_for(encoder.spec, encoder.facts, coverage, decode_scale)
             nonlocal loader, from_preview
             from_preview = preview is not None
             if loader is None:  # the index was removed since the check above
-                loader = ModelLoader(want, precision=precision, image_only=True)
-            return _meta_for(want, preview or loader.facts(), coverage)
+                loader = ModelLoader(want, precision=precision, image_only=True, device=device)
+            return _meta_for(want, preview or loader.facts(), coverage, decode_scale)
 
         def resume(meta: IndexMeta) -> bool:  # an interrupted rebuild with this model is continued
             if coverage is not None and meta.coverage != coverage:
                 return False
+            if decode_scale is not None and meta.decode_scale != decode_scale:
+                return False
             if encoder is not None:
-                made = _meta_for(encoder.spec, encoder.facts, coverage or meta.coverage)
+                made = _meta_for(encoder.spec, encoder.facts, coverage or meta.coverage, meta.decode_scale)
                 return made == replace(meta, store_kind=DEFAULT_STORE_KIND)
             return _label(meta.model, meta.pretrained) == _label(want.name, want.pretrained)
 
@@ -206,11 +226,19 @@ class Index:
                     f"the index at {folder.path} records coverage {folder.meta.coverage!r}, which "
                     "changes only with a rebuild (or the model does not crop pictures)",
                 )
+            if decode_scale is not None and folder.meta.decode_scale != decode_scale:
+                raise BadValueError(
+                    "decode_scale",
+                    decode_scale,
+                    f"the index at {folder.path} records decode scale {folder.meta.decode_scale:g} (its "
+                    "vectors were made so); it changes only with a rebuild",
+                )
         except BaseException:
             folder.close()
             raise
-        index = cls(folder, encoder=encoder, precision=precision, cache=cache)
+        index = cls(folder, encoder=encoder, precision=precision, cache=cache, device=device)
         index._coverage = coverage
+        index._decode_scale = decode_scale
         index._loader = loader
         index._meta_preview = preview if from_preview else None
         return index
@@ -229,7 +257,9 @@ class Index:
         same = all(getattr(folder.meta, key) == getattr(self.meta, key) for key in model)
         try:
             encoder = self._encoder if same else None
-            index = Index(folder, encoder=encoder, precision=self._precision, cache=self.cache)
+            index = Index(
+                folder, encoder=encoder, precision=self._precision, cache=self.cache, device=self._device
+            )
         except BaseException:
             folder.close()
             raise
@@ -335,7 +365,7 @@ class Index:
         if self._encoder is None:
             from clipsearch.encoders.loading import load_spec
 
-            encoder = load_spec(self.spec, precision=self._precision)
+            encoder = load_spec(self.spec, precision=self._precision, device=self._device)
             _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
             self._encoder = encoder
         return self._encoder
@@ -345,7 +375,9 @@ class Index:
         if self._encoder is None and self._image_encoder is None and self._loader is None:
             from clipsearch.encoders.loading import ModelLoader
 
-            self._loader = ModelLoader(self.spec, precision=self._precision, image_only=True)
+            self._loader = ModelLoader(
+                self.spec, precision=self._precision, image_only=True, device=self._device
+            )
 
     def model_facts(self) -> ModelFacts:
         """Facts of the model a sync encodes with (input size, preprocessing); unless the model is in
@@ -376,7 +408,7 @@ class Index:
             return True
         self.cache.remember_preview(self.spec, actual)
         if self._meta_preview is not None:
-            self.folder.write_meta(_meta_for(self.spec, facts, self._coverage))
+            self.folder.write_meta(_meta_for(self.spec, facts, self._coverage, self._decode_scale))
             self._meta_preview = None
         return False
 
@@ -426,14 +458,14 @@ class Index:
         return export_text_encoder(self.cache, self.meta.weights_sha256, self.meta.dim, self._fp32_encoder)
 
     def _fp32_encoder(self) -> Encoder:
-        if self._encoder is not None and self._encoder.precision == "fp32":
-            return self._encoder
+        if self._encoder is not None and self._encoder.precision == "fp32" and self._encoder.device == "cpu":
+            return self._encoder  # the export traces the model on the CPU
         from clipsearch.encoders.loading import load_spec
 
         self._image_encoder = self._loader = None  # the sync is over: memory for the fp32 model
         encoder = load_spec(self.spec, precision="fp32")
         _check_same_model(self.path, self.meta, _meta_for(encoder.spec, encoder.facts))
-        if self._encoder is None and self._precision == "fp32":
+        if self._encoder is None and self._precision == "fp32" and self._device == "cpu":
             self._encoder = encoder
         return encoder
 
@@ -443,6 +475,13 @@ class Index:
     def image_size(self) -> tuple[int, int]:
         self.follow_rebuild()
         return self.encoder.image_size
+
+    @property
+    def decode_side(self) -> int:
+        """The shorter side JPEGs are decoded at, as this index decoded its files (its decode scale)."""
+        from clipsearch.encoders.facts import draft_side
+
+        return draft_side(self, self.meta.decode_scale)
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         self.follow_rebuild()
@@ -471,7 +510,10 @@ class Index:
         from clipsearch.ingest.sync import SyncOptions, sync
 
         started = time.monotonic()
-        options = options or SyncOptions()
+        if options is None:  # on a GPU: more decoders and larger batches (see SyncOptions.for_device)
+            from clipsearch.encoders.device import resolve_device
+
+            options = SyncOptions.for_device(resolve_device(self._device))
         report = sync(self.folder, _SyncModel(self), roots, options, progress)
         self._optimize(report, progress)
         self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
@@ -842,7 +884,10 @@ class Index:
         if setting.index is None and setting.precision is None:
             return self
         other = Index.open(
-            setting.index or self.path, precision=setting.precision or self._precision, cache=self.cache
+            setting.index or self.path,
+            precision=setting.precision or self._precision,
+            cache=self.cache,
+            device=self._device,
         )
         try:
             if setting.precision is not None:
@@ -904,9 +949,33 @@ def _model_of(meta: IndexMeta) -> tuple[str, str, str, int]:
 COVERAGES = ("sides", "none")
 
 
-def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview, coverage: str | None = None) -> IndexMeta:
+def check_decode_scale(value: float | None) -> float | None:
+    """``value`` as a decode scale (None stays None).
+
+    Raises:
+        BadValueError: not one of :data:`~clipsearch.encoders.facts.DECODE_SCALES`.
+    """
+    from clipsearch.encoders.facts import DECODE_SCALES
+
+    if value is None:
+        return None
+    if value not in DECODE_SCALES:
+        choices = ", ".join(f"{s:g}" for s in DECODE_SCALES)
+        raise BadValueError("decode_scale", value, f"choose {choices} (times the model's input side)")
+    return float(value)
+
+
+def _meta_for(
+    spec: ModelSpec,
+    facts: ModelFacts | ModelPreview,
+    coverage: str | None = None,
+    decode_scale: float | None = None,
+) -> IndexMeta:
     """The metadata a new index of this model records; ``coverage`` None: ``sides`` where the model
-    crops the centre of a picture (a model that sees the whole frame needs no side views)."""
+    crops the centre of a picture (a model that sees the whole frame needs no side views);
+    ``decode_scale`` None: the default."""
+    from clipsearch.encoders.facts import DEFAULT_DECODE_SCALE
+
     transform = facts.pixel_transform
     crops = transform is not None and transform.resize_mode == "shortest"
     return IndexMeta(
@@ -916,6 +985,7 @@ def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview, coverage: str |
         dim=facts.dim,
         store_kind=DEFAULT_STORE_KIND,
         coverage="sides" if crops and coverage in (None, "sides") else "none",
+        decode_scale=DEFAULT_DECODE_SCALE if decode_scale is None else decode_scale,
     )
 
 

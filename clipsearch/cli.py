@@ -25,6 +25,7 @@ from clipsearch import __version__
 from clipsearch.errors import (
     BadValueError,
     ClipsearchError,
+    DeviceUnavailableError,
     FolderNotIndexedError,
     IndexBusyError,
     IndexCorruptError,
@@ -128,7 +129,15 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="Model precision: fp32, bf16 (about 2x faster on CPUs with AVX-512 BF16), or auto.",
+        help="Model precision: fp32, bf16 (about 2x faster on CPUs with AVX-512 BF16), fp16 (on a GPU), "
+        "or auto (fp16 on a GPU, bf16 where the CPU computes it natively, else fp32).",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the model runs: auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda.",
     ),
 ]
 
@@ -187,6 +196,11 @@ def phrase(exc: ClipsearchError) -> str:
         )
     if isinstance(exc, BadValueError):
         return f"{flag(exc.name)} {exc.value!r}: {exc.problem}."
+    if isinstance(exc, DeviceUnavailableError):
+        return (
+            f"--device cuda: {exc.reason}. Run with --device cpu, or --device auto (a GPU where torch "
+            "sees one, else the CPU)."
+        )
     if isinstance(exc, FolderNotIndexedError):
         return f"--in {exc}" if not exc.missing else f"--in {exc} Check the folder's name."
     if isinstance(exc, NoRootsError):
@@ -370,15 +384,24 @@ def index(
         ),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, max=1024, help="Images per encoder batch.")
-    ] = 32,
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            max=1024,
+            help="Images per encoder batch. Default: 32 on the CPU, 128 on a GPU.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
             "--workers",
             min=1,
             max=64,
-            help="Decoding processes (threads for under 64 files). Default: the number of CPU cores (max 4).",
+            help="Decoding processes (threads for under 64 files). Default: the number of CPU cores (at "
+            "most 4 while the CPU also encodes).",
+            show_default=False,
         ),
     ] = None,
     max_pixels: Annotated[
@@ -421,7 +444,19 @@ def index(
             show_default=False,
         ),
     ] = None,
+    decode_scale: Annotated[
+        float | None,
+        typer.Option(
+            "--decode-scale",
+            help="For a new index (or --rebuild): decode JPEGs reduced, straight from their DCT, to no "
+            "less than this many times the model's input side: 1.5 (default: a 12-MP photo at 1/8), 2 "
+            "(sharper fine patterns, a 12-MP photo at 1/4, ~10 ms more per photo) or 1. Default: as "
+            "recorded (indexes made before this option: 2), else 1.5.",
+            show_default=False,
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
+    device: DeviceOpt = "auto",
     quiet: Annotated[
         bool,
         typer.Option(
@@ -434,7 +469,8 @@ def index(
     import time
 
     from clipsearch.api import Index
-    from clipsearch.encoders.spec import parse_precision
+    from clipsearch.encoders.device import describe_device, resolve_device
+    from clipsearch.encoders.spec import parse_precision, resolve_precision
     from clipsearch.ingest.sync import SyncOptions
     from clipsearch.store.folder import check_not_busy, exists
     from clipsearch.store.maintain import parse_budget, parse_choice
@@ -451,14 +487,20 @@ def index(
             "must be mounted first); with no folder, every folder indexed before is re-synced."
         )
     run_precision = parse_precision(precision)
-    options = SyncOptions(  # checks the --exclude patterns
+    run_device = resolve_device(device)  # a GPU asked for and absent: a usage error, before any work
+    resolve_precision(run_precision, run_device)  # fp16 on the CPU: the same
+    given = {"batch_size": batch_size, "workers": workers}
+    options = SyncOptions.for_device(  # checks the --exclude patterns
+        run_device,
         include_hidden=include_hidden,
         exclude=None if exclude is None else tuple(exclude),
-        batch_size=batch_size,
         max_pixels=max_pixels,
         passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
-        **({"workers": workers} if workers else {}),
+        **{key: value for key, value in given.items() if value},
     )
+    if not quiet:
+        note = " (torch sees no GPU)" if device == "auto" and run_device == "cpu" else ""
+        err(f"Encoding on {describe_device(run_device)}{note}, {options.workers} decoding workers")
     spec = _spec_for_index(path, model, pretrained, rebuild)
     check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
     if not quiet and (rebuild or not exists(path)):
@@ -466,7 +508,14 @@ def index(
     if not quiet:
         err(f"Writing index {path}")
     with Index.open_for_write(
-        path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache(), coverage=coverage
+        path,
+        spec=spec,
+        precision=run_precision,
+        rebuild=rebuild,
+        cache=model_cache(),
+        coverage=coverage,
+        decode_scale=decode_scale,
+        device=run_device,
     ) as idx:
         if not quiet and idx.folder.rebuilding:
             err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
@@ -664,6 +713,7 @@ def search(
     ] = None,
     index_path: IndexOpt = None,
     precision: PrecisionOpt = "auto",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     paths: Annotated[
         bool, typer.Option("--paths", help="Print only paths, one per line (also on a terminal).")
@@ -681,6 +731,7 @@ def search(
     ] = None,
 ) -> None:
     from clipsearch.api import Index
+    from clipsearch.encoders.device import resolve_device
     from clipsearch.encoders.spec import parse_precision
     from clipsearch.query.filters import parse_filters
     from clipsearch.query.grammar import build_terms, describe
@@ -700,7 +751,9 @@ def search(
     )
     path = index_path_from(index_path)
     marks: dict[int, bool] = {}
-    with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
+    if device != "auto":  # checked now (no torch import without a GPU); auto resolves when a model loads
+        device = resolve_device(device)
+    with Index.open(path, precision=parse_precision(precision), cache=model_cache(), device=device) as idx:
         fitted = None
         if all(t.kind == "text" for t in terms):  # fitted on text queries: images score on another scale
             options, fitted = idx.calibrate(options)
@@ -800,7 +853,8 @@ def info(
         f"Index:    {data['index']}\n"
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['contents']} distinct, {data['skipped']} skipped; "
-        f"{data['vectors']} vectors (coverage: {data['coverage']})\n"
+        f"{data['vectors']} vectors (coverage: {data['coverage']}); JPEGs decoded at "
+        f"≥ {data['decode_scale']:g}× the model's input\n"
         f"Vectors:  {_store_line(data)}\n"
         + (
             f"Videos:   {data['videos']} files, {data['moments']} moments, "
@@ -1186,11 +1240,16 @@ def serve(
         str, typer.Option("--host", help="Address to listen on; anything but loopback is warned about.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Serve a local web page to search the index (text, upload an image, more like this)."""
+    from clipsearch.encoders.device import describe_device, resolve_device
     from clipsearch.web.server import serve as run_server
 
-    run_server(index_path_from(index_path), host=host, port=port, cache=model_cache())
+    run_device = resolve_device(device)
+    note = " (torch sees no GPU)" if device == "auto" and run_device == "cpu" else ""
+    err(f"The model runs on {describe_device(run_device)}{note}.")
+    run_server(index_path_from(index_path), host=host, port=port, cache=model_cache(), device=run_device)
 
 
 @app.command()

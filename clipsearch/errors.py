@@ -221,3 +221,15 @@ class ImageError(ClipsearchError):
     def __reduce__(self) -> tuple[type[ImageError], tuple[str, str]]:
         # decoding workers send these back to the parent process: rebuild from both fields
         return (type(self), (self.reason, self.detail))
+
+
+class DeviceUnavailableError(UsageError):
+    """A device was asked for that this machine's torch cannot use (CUDA without a GPU, say).
+
+    ``device`` is what was asked for, ``reason`` what torch reports (no GPU seen, a CPU-only build).
+    """
+
+    def __init__(self, device: str, reason: str) -> None:
+        super().__init__(f"Cannot run the model on {device}: {reason}. Run it on the CPU instead.")
+        self.device = device
+        self.reason = reason

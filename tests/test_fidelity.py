@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from clipsearch.encoders.facts import draft_side
+from clipsearch.encoders.facts import DECODE_SCALES, draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.encoders.loading import load_encoder
 from clipsearch.encoders.spec import resolve_precision
@@ -74,17 +74,19 @@ def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.Fixtur
 
 
 @pytest.mark.slow
-def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> None:
+@pytest.mark.parametrize("scale", DECODE_SCALES)
+def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path, scale: float) -> None:
     paths = twelve_megapixel_jpegs(tmp_path)
-    fast = vit.encode_images([open_image(p, min_side=draft_side(vit)) for p in paths])
+    fast = vit.encode_images([open_image(p, min_side=draft_side(vit, scale)) for p in paths])
     full = np.stack([vit.encode_images([Image.open(p).convert("RGB")])[0] for p in paths])
     same = np.sum(fast * full, axis=1)
-    assert same.min() >= 0.99, same
+    assert same.min() >= 0.995, same  # issue #20's bar for the default path
     # the check can fail: different photos are further apart than the draft is from the original
     others = fast @ full.T
     assert (others[~np.eye(len(paths), dtype=bool)] < same.min()).all()
     assert max(Image.open(p).size[0] for p in paths) == 4000
-    assert max(open_image(p, min_side=draft_side(vit)).size[0] for p in paths) <= 1000  # really reduced
+    reduced = 1000 if scale == 2 else 500  # really reduced: 1/4, or 1/8 from 1.5x down
+    assert max(open_image(p, min_side=draft_side(vit, scale)).size[0] for p in paths) <= reduced
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from PIL import Image
 from clipsearch.api import Index
 from clipsearch.cli import phrase
 from clipsearch.encoders.cache import ModelCache
-from clipsearch.encoders.facts import ModelPreview, draft_side
+from clipsearch.encoders.facts import DEFAULT_DECODE_SCALE, ModelPreview, draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.encoders.loading import load_encoder
 from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
@@ -43,7 +43,8 @@ def test_sync_stores_the_right_vector_for_each_path(index_dir, photos, tiny_enco
         assert idx.info()["count"] == len(photos)
         for path in photos.values():
             stored = idx.stored_vector(str(path))
-            fresh = tiny_encoder.encode_images([open_image(path, min_side=draft_side(tiny_encoder))])[0]
+            side = draft_side(tiny_encoder, idx.meta.decode_scale)  # as the index decodes
+            fresh = tiny_encoder.encode_images([open_image(path, min_side=side)])[0]
             np.testing.assert_allclose(stored, fresh, atol=1e-3)  # the store keeps fp16 (sq8: 8 bits)
 
 
@@ -136,7 +137,8 @@ def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny
         text = idx.search_text("a red picture", k=1)  # a text query loads the whole model
         assert idx.encoder.has_text and text
     assert vector is not None
-    fresh = tiny_encoder.encode_images([open_image(extra, min_side=draft_side(tiny_encoder))])[0]
+    side = draft_side(tiny_encoder, DEFAULT_DECODE_SCALE)
+    fresh = tiny_encoder.encode_images([open_image(extra, min_side=side)])[0]
     np.testing.assert_allclose(vector, fresh, atol=1e-3)
 
 
@@ -144,7 +146,8 @@ def assert_vectors_are_the_models(idx: Index, photos: dict[str, Path], encoder) 
     for path in photos.values():
         vector = idx.stored_vector(str(path))
         assert vector is not None, path
-        fresh = encoder.encode_images([open_image(path, min_side=draft_side(encoder))])[0]
+        side = draft_side(encoder, idx.meta.decode_scale)
+        fresh = encoder.encode_images([open_image(path, min_side=side)])[0]
         np.testing.assert_allclose(vector, fresh, atol=2e-3)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,9 +16,19 @@ class HasImageSize(Protocol):
     def image_size(self) -> tuple[int, int]: ...
 
 
-def draft_side(model: HasImageSize) -> int:
-    """Shortest side JPEGs are decoded at (``draft``): twice the model's input, so resizing stays sharp."""
-    return 2 * min(model.image_size)
+#: Decode scales an index may record: JPEGs are decoded (``draft``, straight from the DCT at 1/2, 1/4
+#: or 1/8) at the largest reduction whose shorter side stays at least this many times the model's
+#: input. 2: the careful path (fine patterns stay sharp), 1.5 and 1: faster, the encoder's resize
+#: shrinks less. See benchmarks/decode_scale.py for what each costs in fidelity and saves in time.
+DECODE_SCALES = (2.0, 1.5, 1.0)
+#: The decode scale of a new index (measured in benchmarks/decode_scale.py: see the README's "Speed").
+DEFAULT_DECODE_SCALE = 1.5
+
+
+def draft_side(model: HasImageSize, scale: float = 2.0) -> int:
+    """Shortest side JPEGs are decoded at (``draft``): ``scale`` times the model's input (see
+    ``DECODE_SCALES``), so the model's own resize does the rest of the shrinking."""
+    return math.ceil(scale * min(model.image_size))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from clipsearch.encoders.device import resolve_device
 from clipsearch.encoders.encoder import Encoder
 from clipsearch.encoders.facts import ModelFacts
 from clipsearch.encoders.spec import (
@@ -43,13 +44,15 @@ def load_encoder(
         name: open_clip model name, ``hf-hub:org/repo``, ``local-dir:/path``, or ``shapes``.
         pretrained: open_clip pretrained tag or weights file (defaults to ``laion2b_s34b_b79k``
             for ViT-B-32).
-        device: torch device string.
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA when torch sees a GPU, else the CPU).
         precision: ``fp32``, ``bf16`` (half the memory, about twice as fast on CPUs with AVX-512
-            BF16; cosine >= 0.999 to fp32 embeddings) or ``auto`` (bf16 where the CPU supports it).
+            BF16; cosine >= 0.999 to fp32 embeddings), ``fp16`` (on a GPU) or ``auto`` (fp16 on a
+            GPU, bf16 where the CPU supports it, else fp32).
 
     Raises:
         UsageError: unknown model name or tag.
         ModelUnavailableError: weights missing and not downloadable; the message says how to fix it.
+        DeviceUnavailableError: ``cuda`` asked for where torch cannot use a GPU.
     """
     return load_spec(ModelSpec.parse(name, pretrained), device=device, precision=precision)
 
@@ -105,8 +108,9 @@ def _load_spec(
     bundled = bundled_model(spec.name)
     if bundled is not None and bundled.prepare is not None:
         bundled.prepare()  # e.g. registers a custom image tower with timm
+    device = resolve_device(device)
+    run_precision = resolve_precision(precision, device)
     weights = resolve_weights(spec)
-    run_precision = resolve_precision(precision)
 
     def built(model: Any, preprocess: Any) -> ModelFacts:
         model.eval()  # open_clip returns models in train mode (batch-norm statistics would move)
@@ -144,7 +148,14 @@ class ModelLoader:
     2-core machine), :meth:`encoder` once its weights are in; either re-raises a loading error.
     """
 
-    def __init__(self, spec: ModelSpec, *, precision: Precision = "fp32", image_only: bool = False) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        precision: Precision = "fp32",
+        image_only: bool = False,
+        device: str = "cpu",
+    ) -> None:
         import threading
 
         self._facts: ModelFacts | None = None
@@ -155,7 +166,9 @@ class ModelLoader:
 
         def run() -> None:
             try:
-                self._encoder = load_spec(spec, precision=precision, image_only=image_only, on_built=built)
+                self._encoder = load_spec(
+                    spec, precision=precision, image_only=image_only, on_built=built, device=device
+                )
                 _release_free_memory()  # the read buffers sit in this thread's own malloc arena
             except BaseException as exc:  # handed to the thread that waits for the model
                 self._error = exc
@@ -282,7 +295,7 @@ def _build_streaming(
                 )
         finally:
             logging.getLogger().removeFilter(quiet)
-        model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+        model.to({"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32))
         targets = model.state_dict()
         if set(header) != set(targets) or any(
             tuple(info["shape"]) != tuple(targets[key].shape) for key, info in header.items()
@@ -303,8 +316,8 @@ def _build_streaming(
     model.load_state_dict(state, strict=False, assign=True)
     if not _rebuild_unsaved_buffers(model, image_only=image_only):
         return None
-    if device != "cpu":
-        model.to(device)
+    if device != "cpu":  # an image-only load leaves the text tower on meta, which cannot be moved
+        (model.visual if image_only else model).to(device)
     return model, preprocess, facts
 
 

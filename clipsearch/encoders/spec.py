@@ -19,24 +19,37 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 ENTRY_POINT_GROUP = "clipsearch.models"
 
-#: How a model computes: ``auto`` means bf16 where the CPU computes bfloat16 natively, else fp32.
-Precision = Literal["fp32", "bf16", "auto"]
+#: How a model computes: ``auto`` means fp16 on a GPU, bf16 where the CPU computes bfloat16
+#: natively, else fp32; ``fp16`` runs on a GPU only.
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
 #: A precision that is actually run (``auto`` resolved).
-RunPrecision = Literal["fp32", "bf16"]
+RunPrecision = Literal["fp32", "bf16", "fp16"]
 
 
 def parse_precision(value: str) -> Precision:
-    """Validate a precision given as text (``fp32``, ``bf16`` or ``auto``)."""
+    """Validate a precision given as text (``fp32``, ``bf16``, ``fp16`` or ``auto``)."""
     if value not in get_args(Precision):
-        raise BadValueError("precision", value, "choose fp32, bf16 or auto")
+        raise BadValueError("precision", value, "choose fp32, bf16, fp16 (on a GPU) or auto")
     return cast(Precision, value)
 
 
-def resolve_precision(precision: str) -> RunPrecision:
-    """``auto`` -> ``bf16`` where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), else ``fp32``."""
+def resolve_precision(precision: str, device: str = "cpu") -> RunPrecision:
+    """The precision to run on ``device`` (a resolved torch device: ``cpu`` or ``cuda``).
+
+    ``auto`` -> ``fp16`` on a GPU; on the CPU ``bf16`` where it computes bfloat16 natively
+    (AVX-512 BF16 or AMX), else ``fp32``.
+
+    Raises:
+        BadValueError: an unknown precision, or ``fp16`` on the CPU (slower there than fp32).
+    """
     precision = parse_precision(precision)
+    on_gpu = device.startswith("cuda")
+    if precision == "fp16" and not on_gpu:
+        raise BadValueError("precision", precision, "fp16 runs on a GPU only; on the CPU choose bf16 or fp32")
     if precision != "auto":
         return precision
+    if on_gpu:
+        return "fp16"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             flags = next((line for line in fh if line.startswith("flags")), "").split()

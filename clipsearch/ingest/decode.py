@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -279,6 +280,8 @@ class OrderedStream:
         self.follow_ups: deque[Iterator[T]] = deque()
         self.in_flight: deque[tuple[Future[R], int]] = deque()
         self.load = 0
+        #: seconds the consumer waited for a result not yet done (the workers were behind)
+        self.waited = 0.0
 
     def follow(self, tasks: Iterable[T]) -> None:
         self.follow_ups.append(iter(tasks))
@@ -307,7 +310,12 @@ class OrderedStream:
             if not self.in_flight:
                 return
             future, weight = self.in_flight.popleft()
-            result = future.result()
+            if not future.done():
+                started = time.monotonic()
+                result = future.result()
+                self.waited += time.monotonic() - started
+            else:
+                result = future.result()
             self.load -= weight
             self._fill()  # the workers go on while the consumer handles this result
             yield result

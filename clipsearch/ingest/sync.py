@@ -106,6 +106,18 @@ class SyncOptions:
     moment_similarity: float = MOMENT_SIMILARITY
     max_moments: int = MAX_MOMENTS
 
+    @classmethod
+    def for_device(cls, device: str, **given: Any) -> SyncOptions:
+        """Options for encoding on ``device`` (``cpu`` or ``cuda``), ``given`` ones kept.
+
+        On a GPU the decoders are the bottleneck: a decoding process on every core
+        (``gpu_workers``), larger batches (128), and one torch thread (the GPU computes; the
+        main process only hands batches over).
+        """
+        if device.startswith("cuda"):
+            given = {"workers": gpu_workers(), "batch_size": 128, "encode_threads": 1, **given}
+        return cls(**given)
+
     def __post_init__(self) -> None:
         if self.video_window <= 0:
             raise UsageError(f"video_window {self.video_window!r}: give a number of seconds above 0.")
@@ -182,6 +194,11 @@ class SyncReport:
     #: CPU seconds spent decoding video windows (in the workers), and seconds encoding their frames
     video_decode_seconds: float = 0.0
     video_encode_seconds: float = 0.0
+    #: where the pipeline's time went: seconds encoding batches (model load waits included), and
+    #: seconds the encoder waited for the decoders with nothing to encode (starved: more workers or a
+    #: faster decode would help; near 0: the encoder is the bottleneck)
+    encode_seconds: float = 0.0
+    decode_wait_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -435,12 +452,18 @@ class _Committer:
 
     def _encode(self, pixels: list[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
-        encoder = self.model.encoder()  # waits for the model if it is still loading
-        batch = np.stack(pixels) if isinstance(pixels, list) else pixels
-        if batch.dtype == np.uint8:
-            assert encoder.pixel_transform is not None  # the only source of uint8 pixels
-            batch = encoder.pixel_transform.normalize(batch)
-        return encoder.encode_pixels(batch, threads=self.threads)
+        started = time.monotonic()
+        try:
+            encoder = self.model.encoder()  # waits for the model if it is still loading
+            batch = np.stack(pixels) if isinstance(pixels, list) else pixels
+            if batch.dtype == np.uint8 and encoder.device != "cpu":  # normalised on the GPU
+                return encoder.encode_uint8(batch)
+            if batch.dtype == np.uint8:
+                assert encoder.pixel_transform is not None  # the only source of uint8 pixels
+                batch = encoder.pixel_transform.normalize(batch)
+            return encoder.encode_pixels(batch, threads=self.threads)
+        finally:
+            self.report.encode_seconds = round(self.report.encode_seconds + time.monotonic() - started, 3)
 
     def sweep(self, gone: list[str]) -> None:
         """Forget files that disappeared, and the vectors no file uses any more."""
@@ -454,6 +477,11 @@ class _Committer:
 def _decoding_work(todo: list[tuple[FileRecord, FileState | None]]) -> int:
     """Roughly how many pictures' worth of decoding the to-do files hold (a video: one per 256 KB)."""
     return sum(1 + (record.size >> 18 if is_video_name(record.path) else 0) for record, _ in todo)
+
+
+def gpu_workers() -> int:
+    """Decoding processes to feed a GPU: one per core (the encoder leaves the CPU to them)."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def encode_threads_beside(workers: int, *, passive_wait: bool) -> int:
@@ -658,7 +686,8 @@ def _decode_and_encode(
         transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
     sides = committer.folder.meta.coverage == "sides" and known.pixel_transform is not None
     views = known.pixel_transform.side_views if sides and known.pixel_transform is not None else None
-    job = DecodeJob(committer.catalog.path, transform, draft_side(known), DEFAULT_MAX_PIXELS, limits, views)
+    side = draft_side(known, committer.folder.meta.decode_scale)  # the index's: its vectors were made so
+    job = DecodeJob(committer.catalog.path, transform, side, DEFAULT_MAX_PIXELS, limits, views)
     use_processes = (
         options.processes and known.pixel_transform is not None and _decoding_work(todo) >= PROCESS_THRESHOLD
     )
@@ -669,12 +698,12 @@ def _decode_and_encode(
         committer.threads = options.encode_threads or encode_threads_beside(
             options.workers, passive_wait=options.passive_wait
         )
+    # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
+    # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
+    # (a video's window weighs its most samples: two or three windows are in flight)
+    window = max(4 * options.batch_size, 4 * options.workers)
+    stream = OrderedStream(pool, work, todo, window, task_cost)
     try:
-        # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
-        # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
-        # (a video's window weighs its most samples: two or three windows are in flight)
-        window = max(4 * options.batch_size, 4 * options.workers)
-        stream = OrderedStream(pool, work, todo, window, task_cost)
         for result in stream:
             if isinstance(result, WindowResult):
                 done = committer.take_window(result)
@@ -690,6 +719,8 @@ def _decode_and_encode(
         pool.shutdown(wait=False, cancel_futures=True)  # stop feeding workers before committing
         raise
     finally:
+        report = committer.report
+        report.decode_wait_seconds = round(report.decode_wait_seconds + stream.waited, 3)
         pool.shutdown(wait=True, cancel_futures=True)
         cleanup()
         if progress:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.errors import ImageError, UsageError
 from clipsearch.query.grammar import Term
@@ -23,8 +22,8 @@ class QueryEncoder(Protocol):
     """What a query needs from the index it searches: its model, and its stored vectors."""
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        """The (height, width) the model's image tower takes (JPEGs are decoded at twice that)."""
+    def decode_side(self) -> int:
+        """The shorter side JPEGs are decoded at (``draft``), as the index decoded its files."""
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]: ...
 
@@ -61,7 +60,7 @@ def image_vector(model: QueryEncoder, image: str | Path | Image.Image) -> npt.ND
     if not os.path.exists(path):
         raise QueryImageError(path, "does not exist")
     try:
-        img = open_image(path, min_side=draft_side(model))  # decoded as indexing would
+        img = open_image(path, min_side=model.decode_side)  # decoded as indexing would
     except ImageError as exc:
         raise QueryImageError(path, f"cannot be used: {exc.detail}") from exc
     return model.encode_images([img])[0]

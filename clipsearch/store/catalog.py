@@ -211,6 +211,10 @@ class IndexMeta:
     #: which extra vectors a picture gets: ``none``, or ``sides`` (the side crops of a wide or tall
     #: picture, for models that crop the centre); indexes made before 0.2 record none
     coverage: str = "none"
+    #: JPEGs are decoded (reduced from the DCT) at no less than this many times the model's input
+    #: side; a sync and an image query decode at the scale the index records, so its vectors stay
+    #: alike. Indexes made before 0.3 record none: they were decoded at 2
+    decode_scale: float = 2.0
 
 
 class Judgement(NamedTuple):
@@ -509,7 +513,12 @@ class Catalog:
         kwargs: dict[str, object] = {}
         for f in fields(IndexMeta):
             if f.name in values:
-                kwargs[f.name] = int(values[f.name]) if f.type in ("int", int) else values[f.name]
+                value = values[f.name]
+                if f.type in ("int", int):
+                    value = int(value)
+                elif f.type in ("float", float):
+                    value = float(value)
+                kwargs[f.name] = value
         return IndexMeta(**kwargs)  # type: ignore[arg-type]
 
     def write_meta(self, meta: IndexMeta) -> None:

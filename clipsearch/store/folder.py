@@ -338,6 +338,7 @@ class IndexFolder(VectorFiles):
             "store": self.meta.store_kind,
             "schema_version": self.meta.schema_version,
             "coverage": self.meta.coverage,
+            "decode_scale": self.meta.decode_scale,
             "count": counts["files"],
             "contents": counts["contents"],
             "vectors": counts["vectors"],

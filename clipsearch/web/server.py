@@ -32,7 +32,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.api import Index
 from clipsearch.encoders.cache import ModelCache
-from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, image_format, open_image
 from clipsearch.encoders.video import frame_at
 from clipsearch.errors import BadValueError, ClipsearchError, ImageError, IndexAccessError, UsageError
@@ -316,6 +315,7 @@ def create_app(
     allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
     cache: ModelCache | None = None,
     decode_slots: int = DEFAULT_DECODE_SLOTS,
+    device: str = "cpu",
 ) -> FastAPI:
     """The web app for the index at ``index_path``.
 
@@ -326,11 +326,12 @@ def create_app(
         allowed_hosts: ``Host`` header names answered (DNS-rebinding guard); None answers any.
         cache: the per-machine model cache (default: the user's cache folder).
         decode_slots: most images decoded at once (uploads, thumbnails, conversions); more wait.
+        device: where the model runs (``cpu``, ``cuda`` or ``auto``; see :meth:`Index.open`).
 
     Raises:
         IndexNotFoundError, IndexCorruptError: as :meth:`Index.open`.
     """
-    index = Index.open(index_path, cache=cache)
+    index = Index.open(index_path, cache=cache, device=device)
     state = _State(
         index,
         threading.Lock(),
@@ -558,10 +559,10 @@ def _search_image_bytes(
     state: _State, data: bytes, filters: Filters, options: SearchOptions
 ) -> dict[str, Any]:
     with state.lock:
-        encoder = _current(state).encoder
+        side = _current(state).decode_side
     with state.decode_slots:  # the full-size image lives until it is encoded: in the slot
         try:  # decoded as indexing decodes, so an uploaded copy of an indexed photo scores 1.0
-            img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=draft_side(encoder))
+            img = open_image(data, max_pixels=UPLOAD_MAX_PIXELS, min_side=side)
         except ImageError as exc:
             raise ImageError(exc.reason, f"The uploaded file cannot be used: {exc.detail}.") from None
         with state.lock:
@@ -851,7 +852,12 @@ def _log_config() -> dict[str, Any]:
 
 
 def serve(
-    index_path: Path, host: str = "127.0.0.1", port: int = 8000, *, cache: ModelCache | None = None
+    index_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    cache: ModelCache | None = None,
+    device: str = "cpu",
 ) -> None:
     """Serve the search page and its API until interrupted (Ctrl+C); messages go to stderr.
 
@@ -860,6 +866,7 @@ def serve(
         host: interface to listen on; anything but a loopback address exposes every indexed photo.
         port: TCP port (0: any free port).
         cache: the per-machine model cache (default: the user's cache folder).
+        device: where the model runs (``cpu``, ``cuda`` or ``auto``).
 
     Raises:
         IndexNotFoundError, IndexCorruptError: no usable index at ``index_path``.
@@ -869,7 +876,9 @@ def serve(
     import uvicorn
 
     local = is_local_host(host)
-    app = create_app(index_path, allowed_hosts=[*LOCAL_HOSTS, host] if local else None, cache=cache)
+    app = create_app(
+        index_path, allowed_hosts=[*LOCAL_HOSTS, host] if local else None, cache=cache, device=device
+    )
     state: _State = app.state.clipsearch
     try:
         sock = bind(host, port)  # before loading the model: a port in use fails at once

@@ -839,19 +839,30 @@ class Index:
         Raises:
             NoJudgementsError: ``evalset`` is None and the index holds no usable marks.
             EvalFileError: a relevant path or pattern of the file finds nothing in an index.
-            BadValueError: a setting names a store kind the index does not have.
+            BadValueError: a setting names a store kind the index does not have, or asks for the
+                approximate search of an index searched exactly.
         """
         from clipsearch.query.evalset import from_judgements
         from clipsearch.query.judgements import by_query, fit_cutoff
         from clipsearch.query.measure import remap, run_setting
+        from clipsearch.store.segmented import searching_exactly
 
+        approximate = bool(getattr(self.store, "approximate", False))
         for setting in settings:
-            if setting.store not in (None, self.meta.store_kind):
-                # the hook for approximate store kinds: a setting will search one of them here
+            if setting.store in (None, "exact", self.meta.store_kind):
+                continue
+            if setting.store != "approximate":
                 raise BadValueError(
                     "compare",
                     f"store={setting.store}",
-                    f"the index at {self.path} has only its own store, {self.meta.store_kind}",
+                    f"give exact, approximate or the index's own kind ({self.meta.store_kind})",
+                )
+            if not approximate:
+                raise BadValueError(
+                    "compare",
+                    f"store={setting.store}",
+                    f"the index at {self.path} is searched exactly ({self.meta.store_kind}: every vector "
+                    "compared); it has no approximate search to compare",
                 )
         marks = self.judgements()
         evalset = evalset or from_judgements(marks, self.path)
@@ -869,11 +880,12 @@ class Index:
                         if own
                         else fit_cutoff(target, target.store, target.catalog, mapped)
                     )
-                reports.append(
-                    run_setting(
-                        target, evalset, setting, fitted=fitted, marks=by_query(mapped), residual=residual
+                with searching_exactly(target.store, setting.store == "exact"):
+                    reports.append(
+                        run_setting(
+                            target, evalset, setting, fitted=fitted, marks=by_query(mapped), residual=residual
+                        )
                     )
-                )
             finally:
                 if target is not self:
                     target.close()

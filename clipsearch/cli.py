@@ -1160,9 +1160,10 @@ def eval_(
         list[str] | None,
         typer.Option(
             "--compare",
-            help="A setting to compare (repeatable): cutoffs, precision or refine (each a set of "
+            help="A setting to compare (repeatable): cutoffs, precision, refine or store (each a set of "
             "settings), or key=value pairs joined by commas: k, threshold, cutoff, refine=yes|no, "
-            "precision=fp32|bf16, index=PATH (another model over the same photos), store=KIND, name.",
+            "precision=fp32|bf16, index=PATH (another model over the same photos), store=exact|approximate "
+            "(the preset store is both), name.",
             show_default=False,
         ),
     ] = None,

@@ -391,7 +391,9 @@ def test_eval_input_errors_name_the_file_and_line(small_world: World, tmp_path: 
     no_yes = cli("eval", "--index", bare)
     assert no_yes.exit_code == 2 and "mark no picture relevant" in no_yes.stderr
     unknown = cli("eval", "--index", bare, "--compare", "store=hnsw")
-    assert unknown.exit_code == 2 and "has only its own store" in unknown.stderr
+    assert unknown.exit_code == 2 and "give exact, approximate or the index's own kind" in unknown.stderr
+    approximate = cli("eval", "--index", bare, "--compare", "store")
+    assert approximate.exit_code == 2 and "has no approximate search to compare" in approximate.stderr
 
 
 # -- the fitted cutoff ------------------------------------------------------------------------------

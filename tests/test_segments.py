@@ -462,3 +462,29 @@ def test_a_segment_whose_vectors_are_all_deleted_is_dropped(tmp_path) -> None:
     assert len(folder.store) == 1000
     assert_tidy(tmp_path / "idx")
     folder.close()
+
+
+def test_an_approximate_store_searched_exactly_for_a_measurement(built) -> None:
+    """``eval --compare store=exact`` on an approximate index: every stored vector compared, then the
+    approximate search back as it was. The IVF search is made coarse (one cell, no re-ranking depth)
+    so that it misses some of the exact answers: the exact side must not."""
+    from dataclasses import replace
+
+    kind, folder, _ = built
+    store = folder.store
+    ids = np.sort(store.ids())
+    exact = brute_force(store.reconstruct(ids), ids, clustered(30, seed=5), 10)
+    queries = clustered(30, seed=5)
+    saved = store.params
+    if kind == "ivfpq":
+        store.params = replace(saved, nprobe=1, rerank=10)
+    try:
+        coarse = store.search(queries, 10)[1]
+        with segmented.searching_exactly(store):
+            assert not getattr(store, "approximate", False)
+            np.testing.assert_array_equal(store.search(queries, 10)[1], exact)
+        assert getattr(store, "approximate", False) == (kind == "ivfpq")
+        np.testing.assert_array_equal(store.search(queries, 10)[1], coarse)
+        assert np.array_equal(coarse, exact) == (kind != "ivfpq")
+    finally:
+        store.params = saved

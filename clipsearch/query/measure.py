@@ -49,8 +49,10 @@ class Setting:
         precision: encode the queries with the torch model at this precision (``fp32``, ``bf16``);
             None: as ``search`` does (the exported ONNX text tower where there is one).
         index: search another index (another model over the same photos); None: this one.
-        store: the vector store kind to search (None: the index's own). Only the index's own kind
-            exists now; approximate kinds (HNSW, IVF) will be searchable here beside the exact one.
+        store: how to search the vectors: ``exact`` compares the query with every stored vector (the
+            8-bit codes an approximate index keeps for re-ranking), ``approximate`` searches an
+            approximate index as ``search`` does (tuned cells and re-ranking); the index's own kind
+            name (``sq8``, ``ivfpq``, ...) or None: as ``search`` does.
     """
 
     name: str = ""
@@ -99,6 +101,7 @@ PRESETS = {
     "cutoffs": ("k=10", "cutoff=break", "cutoff=auto"),
     "precision": ("precision=fp32", "precision=bf16"),
     "refine": ("refine=no", "refine=yes"),
+    "store": ("store=exact", "store=approximate"),
 }
 _CUT_KEYS = ("k", "threshold", "cutoff")
 

@@ -16,6 +16,9 @@ skipped the same way until a merge drops them from the files.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import numpy.typing as npt
 
@@ -301,3 +304,18 @@ def _best(parts: list[tuple[Scores, Ids]], n: int, k: int) -> tuple[Scores, Ids]
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+@contextmanager
+def searching_exactly(store: object, exact: bool = True) -> Iterator[None]:
+    """While inside, an approximate ``store`` compares each query with every stored vector (its 8-bit
+    codes, kept for re-ranking) instead of searching its cells: the exact side of a measurement. Any
+    other store, or ``exact`` False, searches as it always does."""
+    if not exact or not getattr(store, "approximate", False):
+        yield
+        return
+    store.approximate = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        store.approximate = True  # type: ignore[attr-defined]

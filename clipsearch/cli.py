@@ -398,7 +398,7 @@ def index(
         typer.Option(
             "--ray",
             metavar="ADDRESS",
-            help="Read, decode and encode on Ray (pip install 'clipsearch[ray]'); the plan, the commits "
+            help="Read, decode and encode on Ray (pip install 'clipsearch\\[ray]'); the plan, the commits "
             "and the index stay here. 'local': a Ray started on this machine for the run; 'auto': the "
             "running cluster (RAY_ADDRESS, else the one last started on this machine); host:port or "
             "ray://host:port: that cluster. The folders must be at the same path on every node.",

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,8 @@ from test_crash import check_exact
 from test_odd_files import write_corpus as write_odd_corpus
 
 from clipsearch.api import Index
+from clipsearch.encoders.cache import ModelCache
+from clipsearch.encoders.facts import ModelPreview
 from clipsearch.ingest.decode import file_digest
 from clipsearch.ingest.importer import ImportItem
 from clipsearch.ingest.scan import FileRecord
@@ -371,3 +374,43 @@ def test_a_node_that_cannot_see_the_photos_is_named_before_any_work(tmp_path, ti
     assert "cannot read " + str(folder) in run.stderr and "same path on every machine" in run.stderr
     assert "without --ray" in run.stderr and "Traceback" not in run.stderr
     assert committed(index) == 0
+
+
+# -- the model: checked where it is loaded, never loaded here ---------------------------------
+
+
+@pytest.mark.slow
+def test_the_driver_never_loads_the_model_and_a_wrong_preview_is_caught_before_any_commit(
+    tmp_path, photos, tiny_encoder, ray_tmp, monkeypatch
+) -> None:
+    """The files are decoded with the preview of the model kept on this machine, and each actor
+    checks it against the model it loaded: a wrong one (the weights file was replaced) costs a
+    second pass, never a wrong vector; a right one means this machine never loads the model."""
+    import ray
+    from test_index import assert_vectors_are_the_models
+
+    from clipsearch.ingest.ray_engine import RayOptions
+
+    for key, value in ray_env(ray_tmp).items():
+        monkeypatch.setenv(key, value)
+    spec, transform = tiny_encoder.spec, tiny_encoder.pixel_transform
+    wrong = ModelPreview("0" * 64, tiny_encoder.dim + 1, (48, 48), replace(transform, height=48, width=48))
+    ModelCache.default().remember_preview(spec, wrong)
+    folder = photos["coffee"].parent
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:  # a process already connected to Ray: the engine uses that connection, and leaves it open
+        with Index.open_for_write(tmp_path / "first", spec=spec, encode_here=False) as idx:
+            assert idx.meta.dim == tiny_encoder.dim + 1  # made from the (wrong) preview
+            report = idx.sync([str(folder)], options=SyncOptions(export_text=False), ray=RayOptions())
+            assert (idx.meta.dim, idx.meta.weights_sha256) == (tiny_encoder.dim, tiny_encoder.weights_sha256)
+            assert report.added == len(photos) and report.skipped == 0
+            assert_vectors_are_the_models(idx, photos, tiny_encoder)
+        assert ModelCache.default().preview(spec) == ModelPreview.of(tiny_encoder.facts)  # corrected
+        with Index.open_for_write(tmp_path / "second", spec=spec, encode_here=False) as idx:
+            report = idx.sync([str(folder)], options=SyncOptions(export_text=False), ray=RayOptions())
+            assert report.added == len(photos)
+            assert not idx.encoder_loaded and not idx.model_loading  # the model was loaded on Ray only
+            assert_vectors_are_the_models(idx, photos, tiny_encoder)
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()

@@ -75,7 +75,8 @@ class RayOptions:
         actors: model copies encoding at once (None: one per GPU where the cluster has GPUs, else
             one per node).
         gpus_per_actor: GPUs each model copy takes (None: 1 where the cluster has GPUs, else none).
-        files_per_task: files a decoding task reads (a Ray Data block).
+        files_per_task: most files a decoding task reads (a Ray Data block); fewer when there are
+            too few files to give every CPU of the cluster two tasks.
         retries: times a decoding task is retried and an encoder restarted after its worker or
             node is lost.
         check_timeout: seconds every node has to answer the check made before any work.
@@ -160,8 +161,15 @@ class RayEngine:
         """Connect to (or start) Ray; whether this run started it (and so stops it)."""
         # Ray Data's INFO lines (and its warning that its progress bars are off) would cross ours
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        if ray.is_initialized():
-            return False
+        started = not ray.is_initialized()
+        if started:
+            self._start(ray, work)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.execution_options.preserve_order = False  # commit whatever comes back first
+        return started
+
+    def _start(self, ray: Any, work: Work) -> None:
         address = self.options.address
         if work.progress:
             work.progress.note(
@@ -176,10 +184,6 @@ class RayEngine:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = "on this machine" if address is None else f"at {address}"
             raise ClusterError(f"Ray could not be started or reached {where}: {exc}") from None
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.execution_options.preserve_order = False
-        return True
 
     def _check_nodes(self, ray: Any, cluster: _Cluster, work: Work) -> None:
         """Every node must see the run's folders, and a few of its files as this machine sees them.
@@ -327,7 +331,7 @@ class RayEngine:
         """The Ray Data pipeline over ``todo`` (lazy: it runs as its results are read)."""
         import pyarrow as pa
 
-        step = max(1, self.options.files_per_task)
+        step = max(1, min(self.options.files_per_task, -(-len(todo) // (2 * max(1, cluster.cpus)))))
         blocks = [
             pa.table(
                 {
@@ -369,7 +373,6 @@ class RayEngine:
                 # as the local engine's encoder shares them with its decoding processes
                 num_cpus=0,
                 num_gpus=gpus or None,
-                runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
                 max_restarts=retries,
                 max_task_retries=-1,
                 scheduling_strategy="SPREAD",

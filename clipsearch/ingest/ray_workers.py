@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -184,6 +185,10 @@ class EncodeFiles:
         batch_size: int,
         device: str,
     ) -> None:
+        if "torch" not in sys.modules:
+            # torch's threads sleep while they wait (read when it loads), instead of spinning on
+            # the cores that this node's decoding tasks need (see SyncOptions.encode_threads)
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from clipsearch.encoders.facts import ModelPreview
 
         self.node = this_node()
@@ -199,13 +204,14 @@ class EncodeFiles:
         except ClipsearchError as exc:
             self.problem = f"the model {spec.label()} cannot be loaded there: {exc}"
             return
-        if encoder.weights_sha256 != weights_sha256:
+        if preview is not None and ModelPreview.of(encoder.facts) != preview:
+            # first: a new index made from that preview records its weights' hash too
+            self.problem = STALE_PREVIEW
+        elif encoder.weights_sha256 != weights_sha256:
             self.problem = (
                 f"its weights of {spec.label()} (sha256 {encoder.weights_sha256[:12]}) are not the "
                 f"index's (sha256 {weights_sha256[:12]}); give every machine the same weights file"
             )
-        elif preview is not None and ModelPreview.of(encoder.facts) != preview:
-            self.problem = STALE_PREVIEW
         self.encoder = encoder
 
     def __call__(self, batch: Batch) -> Batch:

@@ -457,9 +457,14 @@ def index(
         if not quiet and idx.folder.rebuilding:
             err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
         progress = None if quiet else StderrProgress("Indexing")
-        report = idx.sync(
-            [str(r) for r in roots] if roots else None, options=options, progress=progress, ray=ray_options
-        )
+        # Ray prints its messages (a lost node, a task retried) to stdout, which carries results only
+        with contextlib.redirect_stdout(sys.stderr) if ray_options else contextlib.nullcontext():
+            report = idx.sync(
+                [str(r) for r in roots] if roots else None,
+                options=options,
+                progress=progress,
+                ray=ray_options,
+            )
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
     if not quiet and report.nodes:
         nodes = report.nodes.items()

@@ -350,6 +350,7 @@ def test_a_two_node_cluster_indexes_everything_once_though_a_node_dies_mid_run(
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err
     assert killed_at < 240
+    assert out.strip(), err
     report = json.loads(out)
     assert report["added"] == 240 and report["skipped"] == 0
     assert len(report["nodes"]) == 2  # work landed on both nodes

@@ -415,3 +415,19 @@ def test_the_driver_never_loads_the_model_and_a_wrong_preview_is_caught_before_a
         assert ray.is_initialized()
     finally:
         ray.shutdown()
+
+
+def test_the_known_hash_keys_find_every_known_hash_and_few_others() -> None:
+    """The set workers check before decoding: a content hash is found by its 64-bit key (any hash
+    an imported content has, hex or not); the driver checks whole hashes after."""
+    from clipsearch.ingest.ray_workers import digest_key, has_key, known_keys
+
+    rng = np.random.default_rng(0)
+    known = [file_digest(rng.bytes(64)) for _ in range(2000)] + ["not-hex-at-all", "ff" * 16]
+    other = [file_digest(rng.bytes(64)) for _ in range(2000)]
+    keys = known_keys(iter(known))
+    assert keys.dtype == np.uint64 and list(keys) == sorted(keys)
+    assert all(has_key(keys, d) for d in known)
+    assert not any(has_key(keys, d) for d in other)  # 2^-64 each
+    assert has_key(keys, known[0][:16] + "0" * 16)  # a shared key: the driver sends it again
+    assert digest_key("ff" * 16) == 2**64 - 1 and not has_key(known_keys([]), "00" * 16)

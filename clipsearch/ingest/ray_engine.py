@@ -148,6 +148,7 @@ class RayEngine:
                 report = work.report
                 report.added = report.updated = report.reused = report.skipped = 0
                 report.skip_reasons.clear()
+                report.nodes.clear()
                 report.unchanged = unchanged
                 self._run(ray, cluster, work, keys, cached=False)
         finally:
@@ -219,7 +220,7 @@ class RayEngine:
             except ray.exceptions.RayError as exc:
                 raise ClusterError(
                     f"The Ray node {pending[ref]} could not run clipsearch (is it installed there, in the "
-                    f"same version?): {_first_line(exc)}",
+                    f"same version?): {_reason(exc)}",
                     node=pending[ref],
                 ) from None
             if answer["problems"]:
@@ -280,7 +281,7 @@ class RayEngine:
         except (ray.exceptions.RayError, ray.data.exceptions.SystemException) as exc:
             commits.flush()
             raise ClusterError(
-                f"The run on Ray failed: {_first_line(exc)}. The batches committed before are kept; "
+                f"The run on Ray failed: {_reason(exc)}. The batches committed before are kept; "
                 "sync again to resume."
             ) from None
         finally:
@@ -314,8 +315,13 @@ class RayEngine:
     def _stop(self, work: Work, batch: dict[str, Any], problem: str, expected: ModelPreview | None) -> None:
         """An encoder's problem ends the run (before anything it touched is committed)."""
         node = str(next(n for n, p in zip(batch["encoder_node"], batch["problem"], strict=True) if p))
-        if problem == STALE_PREVIEW and expected is not None and not work.model.confirm(expected):
-            raise StalePreview
+        if problem == STALE_PREVIEW:
+            if expected is not None and not work.model.confirm(expected):
+                raise StalePreview  # this machine's preview was wrong: nothing was committed
+            problem = (
+                f"its copy of {self.spec.label()} is not the one here (other weights or preprocessing); "
+                "give every machine the same weights file"
+            )
         raise ClusterError(f"The Ray node {node}: {problem}.", node=node)
 
     def _dataset(
@@ -394,9 +400,13 @@ def _cluster(ray: Any) -> _Cluster:
     return _Cluster(nodes, cpus, gpus)
 
 
-def _first_line(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in a line: the error a Ray task raised rather than Ray's wrapping of it."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
 class _Commits:

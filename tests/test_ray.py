@@ -407,11 +407,25 @@ def test_the_driver_never_loads_the_model_and_a_wrong_preview_is_caught_before_a
             assert report.added == len(photos) and report.skipped == 0
             assert_vectors_are_the_models(idx, photos, tiny_encoder)
         assert ModelCache.default().preview(spec) == ModelPreview.of(tiny_encoder.facts)  # corrected
+        notes: list[str] = []
+
+        class Notes:  # the driver's progress: a note with the rate of each node, the time left
+            def start(self, total: int) -> None: ...
+            def advance(self, n: int = 1) -> None: ...
+            def finish(self) -> None: ...
+            def note(self, message: str) -> None:
+                notes.append(message)
+
         with Index.open_for_write(tmp_path / "second", spec=spec, encode_here=False) as idx:
-            report = idx.sync([str(folder)], options=SyncOptions(export_text=False), ray=RayOptions())
+            options = SyncOptions(export_text=False, batch_size=2)  # three result batches
+            report = idx.sync(
+                [str(folder)], options=options, progress=Notes(), ray=RayOptions(report_every=0)
+            )
             assert report.added == len(photos)
             assert not idx.encoder_loaded and not idx.model_loading  # the model was loaded on Ray only
             assert_vectors_are_the_models(idx, photos, tiny_encoder)
+        rates = [n for n in notes if "files/s per node" in n]
+        assert rates and all(" left;" in n and "files/s, about " in n for n in rates), notes
         assert ray.is_initialized()
     finally:
         ray.shutdown()

@@ -139,7 +139,10 @@ class RayEngine:
         started = self._connect(ray, work)
         try:
             cluster = _cluster(ray)
-            self._check_nodes(ray, cluster, work)
+            if not (started and self.options.address is None):  # a Ray of this machine sees its files
+                self._check_nodes(ray, cluster, work)
+            elif work.progress:
+                work.progress.note(self._summary(cluster))
             keys = ray.put(known_keys(work.folder.catalog.content_hashes()))
             unchanged = work.report.unchanged
             try:
@@ -233,10 +236,14 @@ class RayEngine:
                     path=path,
                 )
         if work.progress:
-            work.progress.note(
-                f"Ray: {len(cluster.nodes)} node(s), {cluster.cpus} CPU(s), {cluster.gpus} GPU(s); "
-                f"{self._actors(cluster)} model cop{'y' if self._actors(cluster) == 1 else 'ies'}."
-            )
+            work.progress.note(self._summary(cluster))
+
+    def _summary(self, cluster: _Cluster) -> str:
+        actors = self._actors(cluster)
+        return (
+            f"Ray: {len(cluster.nodes)} node(s), {cluster.cpus} CPU(s), {cluster.gpus} GPU(s); "
+            f"{actors} model cop{'y' if actors == 1 else 'ies'}."
+        )
 
     def _gpus_per_actor(self, cluster: _Cluster) -> float:
         if self.options.gpus_per_actor is not None:

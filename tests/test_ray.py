@@ -445,3 +445,43 @@ def test_the_known_hash_keys_find_every_known_hash_and_few_others() -> None:
     assert not any(has_key(keys, d) for d in other)  # 2^-64 each
     assert has_key(keys, known[0][:16] + "0" * 16)  # a shared key: the driver sends it again
     assert digest_key("ff" * 16) == 2**64 - 1 and not has_key(known_keys([]), "00" * 16)
+
+
+# -- GPUs: one model copy per GPU, on the GPU Ray gives it -------------------------------------
+
+
+@pytest.mark.slow
+def test_a_cluster_with_gpus_gets_a_model_copy_per_gpu_and_a_gpu_torch_cannot_use_is_named(
+    tmp_path, photos, tiny_encoder, ray_tmp, monkeypatch
+) -> None:
+    """A Ray that offers GPUs gets its actors scheduled on them (num_gpus=1 each, encoding on
+    ``cuda``). This machine has no GPU torch can use: Ray is told it has two, and the run must
+    stop at once with a message naming the node and the GPU, not hang or retry."""
+    import ray
+
+    from clipsearch.errors import ClusterError
+    from clipsearch.ingest.ray_engine import RayEngine, RayOptions, _cluster
+
+    for key, value in ray_env(ray_tmp).items():
+        monkeypatch.setenv(key, value)
+    spec = tiny_encoder.spec
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        cluster = _cluster(ray)
+        engine = RayEngine(RayOptions(), spec, "fp32")
+        assert (cluster.gpus, engine._gpus_per_actor(cluster), engine._actors(cluster)) == (2, 1.0, 2)
+        assert RayEngine(RayOptions(gpus_per_actor=0.5), spec, "fp32")._actors(cluster) == 4
+        with Index.open_for_write(tmp_path / "idx", spec=spec, encode_here=False) as idx:
+            started = time.monotonic()
+            with pytest.raises(ClusterError) as info:
+                idx.sync([str(photos["coffee"].parent)], options=SyncOptions(export_text=False),
+                         ray=RayOptions(retries=1))  # fmt: skip
+            assert time.monotonic() - started < 120
+        message = str(info.value)
+        assert info.value.node and info.value.node in message
+        assert "gave the model a GPU there (GPU ids: " in message and "no CUDA device" in message, message
+        assert "GPU ids: none" not in message  # scheduled on one of the GPUs Ray was told of
+        assert "weights" not in message  # not blamed on the weights file
+        assert committed(tmp_path / "idx") == 0
+    finally:
+        ray.shutdown()

@@ -198,6 +198,10 @@ class EncodeFiles:
         self.problem = ""
         self.encoder: Encoder | None = None
         self.threads: int | None = None if device != "cpu" else _node_cpus()
+        if device == "cuda":
+            self.problem = _gpu_problem()
+            if self.problem:
+                return
         try:
             from clipsearch.encoders.loading import load_spec
             from clipsearch.encoders.spec import parse_precision
@@ -249,6 +253,21 @@ class EncodeFiles:
                 chunk = self.encoder.pixel_transform.normalize(chunk)
             out.append(self.encoder.encode_pixels(chunk, threads=self.threads))
         return np.concatenate(out)
+
+
+def _gpu_problem() -> str:
+    """Why this actor cannot encode on the GPU Ray gave it ("" when it can)."""
+    import ray
+    import torch
+
+    if torch.cuda.is_available():
+        return ""
+    ids = ", ".join(str(i) for i in ray.get_gpu_ids()) or "none"
+    return (
+        f"Ray gave the model a GPU there (GPU ids: {ids}), but torch there finds no CUDA device "
+        f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}): install a CUDA build "
+        "of torch and the NVIDIA driver on that machine, or start its Ray node with no GPUs"
+    )
 
 
 def _node_cpus() -> int:

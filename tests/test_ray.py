@@ -253,6 +253,11 @@ def test_a_local_ray_indexes_as_the_local_engine_then_reencodes_only_new_content
         (folder / name).unlink()  # under 64 vectors, kept exact (not 8-bit): compared to 1e-4
     Image.new("RGB", (40, 30), "purple").save(folder / os.fsdecode(b"caf\xe9.png"))  # not UTF-8
     os.mkfifo(folder / "pipe.jpg")  # not-a-file: never opened
+    # unreadable, even by root: a regular file (as stat sees it) whose read fails with EIO
+    os.symlink("/proc/self/mem", folder / "unreadable.jpg")
+    if os.geteuid() != 0:
+        Image.new("RGB", (40, 30), "navy").save(folder / "secret.png")
+        (folder / "secret.png").chmod(0)
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     options = SyncOptions(export_text=False)
 
@@ -271,13 +276,16 @@ def test_a_local_ray_indexes_as_the_local_engine_then_reencodes_only_new_content
     first, expected = sync_ray(), sync_local()
     counts = ("added", "updated", "reused", "removed", "unchanged", "skipped", "skip_reasons")
     assert {k: first[k] for k in counts} == {k: expected[k] for k in counts}
-    assert first["skip_reasons"]["not-a-file"] == 1 and first["skipped"] >= 7
+    assert first["skip_reasons"]["not-a-file"] == 1 and first["skipped"] >= 8
+    assert first["skip_reasons"]["unreadable"] == (1 if os.geteuid() == 0 else 2)
+    assert first["skip_reasons"]["corrupt"] >= 2 and first["skip_reasons"]["too-large"] >= 1
     assert (
         sum(n["read"] for n in first["nodes"].values()) == first["added"] + first["reused"] + first["skipped"]
     )
     assert_same_index(on_ray, local, tiny_encoder)
 
-    # a rename, a copy, a deletion and two new pictures: only the new ones are encoded
+    # a rename, a copy, deletions and two new pictures: only the new ones are encoded
+    (folder / "unreadable.jpg").unlink()  # /proc/self: another process each run, another stat
     (folder / "gray.png").rename(folder / "grey.png")
     shutil.copy(folder / "still.webp", folder / "still-copy.webp")
     (folder / "plain.bmp").unlink()
@@ -292,7 +300,7 @@ def test_a_local_ray_indexes_as_the_local_engine_then_reencodes_only_new_content
     with Index.open_for_write(on_ray, tiny_encoder) as idx:
         idx.import_vectors([[stray]], weights_sha256=tiny_encoder.weights_sha256)
     second, expected = sync_ray(), sync_local()
-    assert (second["added"], second["reused"], second["removed"]) == (2, 2, 3)  # gone.png went too
+    assert (second["added"], second["reused"], second["removed"]) == (2, 2, 4)  # gone.png went too
     assert {k: second[k] for k in counts if k != "removed"} == {
         k: expected[k] for k in counts if k != "removed"
     }
@@ -408,9 +416,13 @@ def test_the_driver_never_loads_the_model_and_a_wrong_preview_is_caught_before_a
             assert_vectors_are_the_models(idx, photos, tiny_encoder)
         assert ModelCache.default().preview(spec) == ModelPreview.of(tiny_encoder.facts)  # corrected
         notes: list[str] = []
+        gone = folder / "gone-before-read.png"
+        Image.new("RGB", (40, 30), "olive").save(gone)
 
         class Notes:  # the driver's progress: a note with the rate of each node, the time left
-            def start(self, total: int) -> None: ...
+            def start(self, total: int) -> None:
+                gone.unlink()  # planned, then gone before a worker reads it: skipped as locally
+
             def advance(self, n: int = 1) -> None: ...
             def finish(self) -> None: ...
             def note(self, message: str) -> None:
@@ -421,7 +433,8 @@ def test_the_driver_never_loads_the_model_and_a_wrong_preview_is_caught_before_a
             report = idx.sync(
                 [str(folder)], options=options, progress=Notes(), ray=RayOptions(report_every=0)
             )
-            assert report.added == len(photos)
+            assert report.added == len(photos) and report.skip_reasons == {"missing": 1}
+            assert idx.skipped() == [(str(gone), "missing: the file disappeared before it could be read")]
             assert not idx.encoder_loaded and not idx.model_loading  # the model was loaded on Ray only
             assert_vectors_are_the_models(idx, photos, tiny_encoder)
         rates = [n for n in notes if "files/s per node" in n]

@@ -498,3 +498,42 @@ def test_a_cluster_with_gpus_gets_a_model_copy_per_gpu_and_a_gpu_torch_cannot_us
         assert committed(tmp_path / "idx") == 0
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_the_node_check_does_not_blame_a_node_for_a_file_gone_here_too(
+    tmp_path, photos, tiny_encoder, ray_tmp, monkeypatch
+) -> None:
+    """A file deleted (or changed) between the plan and the check is so for every machine: the
+    check compares what the nodes see with what this machine sees then, not at the plan."""
+    import ray
+
+    from clipsearch.errors import ClusterError
+    from clipsearch.ingest.ray_engine import RayEngine, RayOptions, _cluster
+    from clipsearch.ingest.sync import SyncReport, Work
+
+    for key, value in ray_env(ray_tmp).items():
+        monkeypatch.setenv(key, value)
+    folder = photos["coffee"].parent
+    gone, changed = folder / "gone.png", folder / "changed.png"
+    Image.new("RGB", (40, 30), "olive").save(gone)
+    Image.new("RGB", (40, 30), "olive").save(changed)
+    records = [FileRecord(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())]
+    gone.unlink()
+    Image.new("RGB", (80, 60), "red").save(changed)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        engine = RayEngine(RayOptions(), tiny_encoder.spec, "fp32")
+        with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+
+            def check(root: Path) -> None:
+                todo = [(r, None) for r in records]
+                work = Work(idx.folder, None, todo, SyncOptions(), None, ((str(root), 10**8),),  # type: ignore[arg-type]
+                            SyncReport(index=str(idx.path)))  # fmt: skip
+                engine._check_nodes(ray, _cluster(ray), work)
+
+            check(folder)  # gone or changed here too: not the node's fault
+            with pytest.raises(ClusterError, match="cannot read"):  # what the check is for
+                check(tmp_path / "not-mounted")
+    finally:
+        ray.shutdown()

@@ -199,7 +199,7 @@ class RayEngine:
 
         roots = sorted({root for root, _ in work.limits})
         step = max(1, len(work.todo) // 8)
-        samples = [(os.fsencode(r.path), r.size, r.mtime_ns) for r, _ in work.todo[::step][:8]]
+        samples = [sample for r, _ in work.todo[::step][:8] if (sample := _seen_here(r.path))]
         probe = ray.remote(probe_node)
         pending = {
             probe.options(
@@ -405,6 +405,16 @@ def _cluster(ray: Any) -> _Cluster:
     if not nodes:
         raise ClusterError("The Ray cluster has no live node with CPUs or GPUs to work on.")
     return _Cluster(nodes, cpus, gpus)
+
+
+def _seen_here(path: str) -> tuple[bytes, int, int] | None:
+    """A file as this machine sees it now (path, size, mtime_ns) for the nodes to compare; None if
+    it is gone: one deleted or changed since the plan is so for every node, not a node's fault."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.fsencode(path), st.st_size, st.st_mtime_ns
 
 
 def _reason(exc: BaseException) -> str:

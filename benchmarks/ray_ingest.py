@@ -358,6 +358,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  scaling on paper: {per_core:.1f} img/s per core here -> a {cores}-core node ~{node:.0f} img/s "
           f"({per_photo:.2f} vectors a photo with side views); the driver becomes the bottleneck at "
           f"~{small:.0f} such nodes (~{large:.0f} with --batch-size 512)")  # fmt: skip
+    print("  past that node count: sharded commits. Each node's actors write their vectors as parquet "
+          "shards (path, hash, vectors) on the shared file system, and the driver imports whole shards "
+          "through the import path (Index.import_vectors: bulk rows, a segment per shard) instead of "
+          "committing result batches one by one; or several indexes, one per folder.")  # fmt: skip
 
 
 if __name__ == "__main__":

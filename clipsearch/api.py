@@ -8,6 +8,7 @@ text search) and is the one place that checks a model against an index.
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from clipsearch.store.folder import IndexFolder, exists, index_root
 from clipsearch.store.vectors import DEFAULT_STORE_KIND, VectorStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from PIL import Image
 
@@ -42,10 +43,13 @@ if TYPE_CHECKING:
     from clipsearch.ingest.importer import ImportItem, SkippedItem
     from clipsearch.ingest.ray_engine import RayOptions
     from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
+    from clipsearch.query.evalset import EvalSet
     from clipsearch.query.filters import Filters
     from clipsearch.query.grammar import Term
-    from clipsearch.query.rank import Hit
-    from clipsearch.store.catalog import Catalog
+    from clipsearch.query.judgements import FittedCutoff
+    from clipsearch.query.measure import Setting, SettingReport
+    from clipsearch.query.rank import Hit, SearchOptions
+    from clipsearch.store.catalog import Catalog, Judgement
 
 
 class Index:
@@ -493,6 +497,7 @@ class Index:
 
             engine = RayEngine(ray, self.spec, self._precision)
         report = sync(self.folder, _SyncModel(self), roots, options, progress, engine)
+        self._optimize(report, progress)
         self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():
             if progress is not None:
@@ -554,18 +559,58 @@ class Index:
             roots=[os.path.abspath(os.path.expanduser(r)) for r in roots],
             progress=progress,
         )
+        self._optimize(report, progress)
         self.folder.finish_rebuild()  # an import into a rebuild, now complete, replaces the index
         return report
 
+    def _optimize(self, report: SyncReport, progress: Progress | None) -> None:
+        """After a sync or an import: the vector files take the kind the index's size calls for."""
+        from clipsearch.ingest.sync import SyncInterrupted
+
+        try:
+            report.reorganized = self.folder.optimize(progress.note if progress is not None else None) or ""
+        except KeyboardInterrupt:  # the files being written are left over; the index is as it was
+            report.interrupted = True
+            raise SyncInterrupted(report) from None
+
+    def set_store(self, kind: str | None = None, memory_budget: int | None = None) -> None:
+        """Choose how the vectors are stored; the next sync (or :meth:`optimize`) applies it.
+
+        Args:
+            kind: ``auto`` (by size: ``sq8`` exhaustive search up to 50,000 vectors, then ``ivfpq``
+                approximate search), or ``flat``, ``sq8``, ``ivfpq`` whatever the size.
+            memory_budget: bytes an approximate index may keep in memory for searching (its
+                codes' size follows); see :func:`clipsearch.store.maintain.parse_budget`.
+
+        Raises:
+            BadValueError: an unknown kind.
+        """
+        if not self.folder.writable:
+            raise UsageError("set_store needs an index opened with Index.open_for_write.")
+        self.folder.set_store_settings(kind, memory_budget)
+
+    def optimize(self, progress: Progress | None = None) -> str | None:
+        """Checkpoint, merge segments when due, and rebuild the vector files if the index outgrew
+        their kind (searches use the old files meanwhile). Returns why it rebuilt, or None."""
+        if not self.folder.writable:
+            raise UsageError("optimize needs an index opened with Index.open_for_write.")
+        return self.folder.optimize(progress.note if progress is not None else None)
+
     def search_vectors(
-        self, queries: npt.NDArray[np.float32], k: int = 10, *, filters: Filters | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension).
 
         Args:
             queries: ``(d,)`` or ``(n, d)`` unit vectors.
-            k: most files returned per query.
+            k: most hits returned per query (a video's hits are its moments, with their times).
             filters: restrict the candidates (folder, dates, types, size) before the top-k cut.
+            per_file: most moments of one video returned (None: every moment that ranks).
 
         Raises:
             FolderNotIndexedError: ``filters.folder`` is not inside an indexed folder.
@@ -581,7 +626,7 @@ class Index:
             if changed or self.follow_rebuild():  # encoded for the index a rebuild has just replaced
                 raise IndexChangedError(self.path)
             raise BadValueError("queries", queries.shape, f"the index holds {store.dim}-d vectors")
-        return rank(store, self.catalog, queries, k, filters=filters)
+        return rank(store, self.catalog, queries, k, filters=filters, per_file=per_file)
 
     def _check_folder(self, folder: str) -> None:
         roots = self.catalog.roots()
@@ -591,30 +636,252 @@ class Index:
         ):
             raise FolderNotIndexedError(folder, roots)
         # a folder that is gone may still hold indexed files (an unplugged drive); a typo holds none
-        if not os.path.isdir(folder) and not self.catalog.files_under(folder):
+        if not os.path.isdir(folder) and not self.catalog.holds_files_under(folder):
             raise FolderNotIndexedError(folder, roots, missing=True)
 
-    def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str | list[Term],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
+    ) -> list[Hit]:
         """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""
         from clipsearch.query.grammar import parse_query
         from clipsearch.query.vector import query_vector
 
         terms = parse_query(query) if isinstance(query, str) else query
-        return self.search_vectors(query_vector(self, terms), k, filters=filters)[0]
+        return self.search_vectors(query_vector(self, terms), k, filters=filters, per_file=per_file)[0]
 
-    def search_text(self, text: str, k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
-        """Images best matching a text."""
+    def search_text(
+        self, text: str, k: int = 10, *, filters: Filters | None = None, per_file: int | None = None
+    ) -> list[Hit]:
+        """Images (and moments of videos) best matching a text."""
         from clipsearch.query.vector import text_vector
 
-        return self.search_vectors(text_vector(self, text), k, filters=filters)[0]
+        return self.search_vectors(text_vector(self, text), k, filters=filters, per_file=per_file)[0]
 
     def search_image(
-        self, image: str | Path | Image.Image, k: int = 10, *, filters: Filters | None = None
+        self,
+        image: str | Path | Image.Image,
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[Hit]:
-        """Images most similar to an image: a file path (indexed or not) or a PIL image."""
+        """Images (and moments of videos) most similar to an image: a file path (indexed or not) or a
+        PIL image. A frame exported from a video finds the moment it came from."""
         from clipsearch.query.vector import image_vector
 
-        return self.search_vectors(image_vector(self, image), k, filters=filters)[0]
+        return self.search_vectors(image_vector(self, image), k, filters=filters, per_file=per_file)[0]
+
+    # -- judgements: marks, refinement, the fitted cutoff, evaluation -------------------------
+
+    def mark(
+        self,
+        query: str | list[Term],
+        paths: Sequence[str | Path] = (),
+        *,
+        relevant: bool | None,
+        content_ids: Sequence[int] = (),
+    ) -> int:
+        """Mark pictures relevant (``True``) or not (``False``) to a query, or remove their marks
+        (``None``). Marks are stored in the index by picture content (they survive renames, syncs
+        and rebuilds) under the query as written in the grammar (see
+        :func:`~clipsearch.query.judgements.query_key`). Needs no writer lock and no model.
+
+        Args:
+            query: the query (text or an expression in the query grammar).
+            paths: indexed files (a file of an unplugged drive counts).
+            relevant: the mark.
+            content_ids: pictures by content id instead (the web page).
+
+        Returns how many marks were written or removed.
+
+        Raises:
+            JudgedPathError: a path names no indexed picture (missing, outside the index's folders,
+                not indexed yet, or skipped); nothing is marked then.
+            IndexAccessError: the index is on read-only media.
+        """
+        return self.mark_many(query, {relevant: paths}, content_ids=content_ids)[relevant]
+
+    def mark_many(
+        self,
+        query: str | list[Term],
+        marks: Mapping[bool | None, Sequence[str | Path]],
+        *,
+        content_ids: Sequence[int] = (),
+    ) -> dict[bool | None, int]:
+        """:meth:`mark` with several labels at once (``{True: [...], False: [...], None: [...]}``):
+        every path is checked before anything is written, and all marks are written together.
+        ``content_ids`` get the first label. Returns how many marks each label wrote or removed."""
+        import time
+
+        from clipsearch.query.judgements import content_ids_of, query_key
+
+        self.follow_rebuild()
+        key = query_key(query)
+        rows: list[tuple[int, bool | None]] = []
+        for n, (label, paths) in enumerate(marks.items()):
+            ids = [*(content_ids if n == 0 else ()), *content_ids_of(self.catalog, [str(p) for p in paths])]
+            rows += [(cid, label) for cid in ids]
+        changed = self.catalog.mark(key, rows, time.time())
+        counts = dict.fromkeys(marks, 0)
+        for (_, label), done in zip(rows, changed, strict=True):
+            counts[label] += done
+        return counts
+
+    def judgements(self, query: str | list[Term] | None = None) -> list[Judgement]:
+        """Every stored mark (of ``query`` only, if given), by query then time."""
+        from clipsearch.query.judgements import query_key
+
+        self.follow_rebuild()
+        return self.catalog.judgements(None if query is None else query_key(query))
+
+    def refined_vector(self, query: str | list[Term]) -> npt.NDArray[np.float32]:
+        """The query's vector moved by its marks (Rocchio; weights in :mod:`clipsearch.query.feedback`).
+
+        Raises:
+            NoFeedbackError: no picture indexed now is marked for this query.
+        """
+        from clipsearch.query.feedback import NoFeedbackError, refined_vector
+        from clipsearch.query.grammar import parse_query
+        from clipsearch.query.judgements import QueryMarks, query_key
+        from clipsearch.query.vector import query_vector
+
+        terms = parse_query(query) if isinstance(query, str) else query
+        marks = QueryMarks.of(query_key(terms), self.judgements(terms))
+        if not marks:
+            raise NoFeedbackError(query_key(terms))
+        return refined_vector(self.store, query_vector(self, terms), marks.relevant, marks.irrelevant)
+
+    def search_refined(
+        self,
+        query: str | list[Term],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
+    ) -> list[Hit]:
+        """:meth:`search` with the query refined by its marks (see :meth:`refined_vector`)."""
+        return self.search_vectors(self.refined_vector(query), k, filters=filters, per_file=per_file)[0]
+
+    def fitted_cutoff(self) -> FittedCutoff | None:
+        """The calibrated cutoff of this index's model: the score threshold that maximises F1 on the
+        stored marks (None without enough of them; see :mod:`clipsearch.query.judgements`).
+
+        Fitting encodes every marked query once; the result is kept in the catalog until the marks,
+        the pictures they name or the model change.
+        """
+        import json
+
+        from clipsearch.query.judgements import FittedCutoff, fit_cutoff
+
+        self.follow_rebuild()
+        count, latest = self.catalog.judgements_state()
+        if not count:
+            return None
+        state = [count, latest, self.meta.weights_sha256]
+        cached = self.catalog.get(_CUTOFF_KEY)
+        if cached:
+            saved = json.loads(cached)
+            if saved.get("state") == state:
+                fit = saved.get("fit")
+                return None if fit is None else FittedCutoff(fit[0], fit[1], fit[2], tuple(fit[3]))
+        fitted = fit_cutoff(self, self.store, self.catalog, self.catalog.judgements())
+        row = None if fitted is None else [fitted.threshold, fitted.f1, fitted.judgements, fitted.queries]
+        try:
+            with self.catalog.transaction():
+                self.catalog.set(_CUTOFF_KEY, json.dumps({"state": state, "fit": row}))
+        except sqlite3.OperationalError:
+            pass  # read-only media: fitted again next time
+        return fitted
+
+    def calibrate(self, options: SearchOptions) -> tuple[SearchOptions, FittedCutoff | None]:
+        """``options`` with the fitted cutoff filled in where they ask for one (``cutoff`` ``auto``)
+        and the index has enough marks; and that cutoff (None: the break is used)."""
+        if not options.calibrate:
+            return options, None
+        fitted = self.fitted_cutoff()
+        return (options if fitted is None else replace(options, calibrated=fitted.threshold)), fitted
+
+    def evaluate(self, evalset: EvalSet | None, settings: Sequence[Setting]) -> list[SettingReport]:
+        """Score the search on an evaluation set under each setting (one report per setting).
+
+        Args:
+            evalset: queries with their relevant files (a file read with
+                :func:`~clipsearch.query.measure.read_eval_file`); None: the stored marks.
+            settings: how to search (see :class:`~clipsearch.query.measure.Setting`). A setting's
+                ``index`` opens that index (another model over the same photos), its ``precision``
+                encodes the queries with the torch model at that precision. The marks of this index
+                drive refinement and the fitted cutoff in every setting (matched by picture, so they
+                serve another index of the same photos too, fitted on its own model).
+
+        When a setting refines, every report also scores ``new p@10`` (see
+        :func:`~clipsearch.query.measure.run_setting`).
+
+        Raises:
+            NoJudgementsError: ``evalset`` is None and the index holds no usable marks.
+            EvalFileError: a relevant path or pattern of the file finds nothing in an index.
+            BadValueError: a setting names a store kind the index does not have.
+        """
+        from clipsearch.query.evalset import from_judgements
+        from clipsearch.query.judgements import by_query, fit_cutoff
+        from clipsearch.query.measure import remap, run_setting
+
+        for setting in settings:
+            if setting.store not in (None, self.meta.store_kind):
+                # the hook for approximate store kinds: a setting will search one of them here
+                raise BadValueError(
+                    "compare",
+                    f"store={setting.store}",
+                    f"the index at {self.path} has only its own store, {self.meta.store_kind}",
+                )
+        marks = self.judgements()
+        evalset = evalset or from_judgements(marks, self.path)
+        residual = any(s.refine for s in settings)
+        reports = []
+        for setting in settings:
+            target = self._for_setting(setting)
+            try:
+                own = target is self
+                mapped = marks if own else remap(marks, target.catalog)
+                fitted = None
+                if setting.options().calibrate:
+                    fitted = (
+                        self.fitted_cutoff()
+                        if own
+                        else fit_cutoff(target, target.store, target.catalog, mapped)
+                    )
+                reports.append(
+                    run_setting(
+                        target, evalset, setting, fitted=fitted, marks=by_query(mapped), residual=residual
+                    )
+                )
+            finally:
+                if target is not self:
+                    target.close()
+        return reports
+
+    def _for_setting(self, setting: Setting) -> Index:
+        """This index, or the one a setting names (another index, or this one at another precision)."""
+        if setting.index is None and setting.precision is None:
+            return self
+        other = Index.open(
+            setting.index or self.path, precision=setting.precision or self._precision, cache=self.cache
+        )
+        try:
+            if setting.precision is not None:
+                _ = other.encoder  # texts then encode with the torch model at that precision
+        except BaseException:
+            other.close()
+            raise
+        return other
+
+
+#: Catalog meta key of the cached fitted cutoff (see ``Index.fitted_cutoff``).
+_CUTOFF_KEY = "cutoff_fit"
 
 
 class _SyncModel:

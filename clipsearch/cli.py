@@ -160,7 +160,10 @@ def phrase(exc: ClipsearchError) -> str:
     """A library error as the CLI tells it: the facts, then the command or flag that helps."""
     from clipsearch.encoders.spec import MissingPretrainedError
     from clipsearch.ingest.sync import SyncInterrupted
+    from clipsearch.query.evalset import NoJudgementsError
+    from clipsearch.query.feedback import NoFeedbackError
     from clipsearch.query.grammar import EmptyQueryError, QuerySyntaxError
+    from clipsearch.query.judgements import JudgedPathError
 
     if isinstance(exc, SyncInterrupted):
         if exc.report.rebuild:
@@ -197,7 +200,19 @@ def phrase(exc: ClipsearchError) -> str:
             "or --pretrained /path/to/weights.safetensors."
         )
     hint = ""
-    if isinstance(exc, QuerySyntaxError):
+    mark_them = "clipsearch judge QUERY --yes PATH... --no PATH..., or on the page (clipsearch serve)"
+    if isinstance(exc, JudgedPathError):
+        hint = {
+            "missing": "Check the path.",
+            "outside": "Index its folder first: clipsearch index FOLDER",
+            "not-indexed": "Index it first: clipsearch index (it re-syncs the index's folders).",
+            "skipped": "See the skipped files with: clipsearch info --skipped",
+        }[exc.reason]
+    elif isinstance(exc, NoJudgementsError):
+        hint = f"Mark results first: {mark_them}; or give a JSONL file: clipsearch eval FILE"
+    elif isinstance(exc, NoFeedbackError):
+        hint = f"Mark some of its results first: {mark_them}."
+    elif isinstance(exc, QuerySyntaxError):
         hint = "See `clipsearch search --help` for the query grammar."
     elif isinstance(exc, ModelMismatchError):
         hint = (
@@ -392,6 +407,25 @@ def index(
             show_default=False,
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="How vectors are stored and searched: auto (by size: sq8, exhaustive, up to 50,000 "
+            "vectors; then ivfpq, approximate, sized by --memory-budget), flat, sq8 or ivfpq. Recorded "
+            "in the index. Default: as recorded, else auto.",
+            show_default=False,
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-budget",
+            help="Memory an approximate index may keep for searching, e.g. 1G or 512M (the size of its "
+            "codes follows). Recorded in the index. Default: as recorded, else 2G.",
+            show_default=False,
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     ray: Annotated[
         str | None,
@@ -420,8 +454,12 @@ def index(
     from clipsearch.encoders.spec import parse_precision
     from clipsearch.ingest.sync import SyncOptions
     from clipsearch.store.folder import check_not_busy, exists
+    from clipsearch.store.maintain import parse_budget, parse_choice
 
     started = time.monotonic()
+    budget = parse_budget(memory_budget) if memory_budget is not None else None
+    if store is not None:
+        parse_choice(store)
     path = index_path_from(index_path)
     missing = [str(r) for r in roots or () if not os.path.lexists(os.path.expanduser(r))]
     if missing:  # before any model is loaded or folder created
@@ -456,6 +494,8 @@ def index(
     ) as idx:
         if not quiet and idx.folder.rebuilding:
             err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
+        if store is not None or budget is not None:
+            idx.set_store(store, budget)
         progress = None if quiet else StderrProgress("Indexing")
         # Ray prints its messages (a lost node, a task retried) to stdout, which carries results only
         with contextlib.redirect_stdout(sys.stderr) if ray_options else contextlib.nullcontext():
@@ -487,6 +527,13 @@ def index(
         f"{report.reused} reused, {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.skipped} skipped{f' ({reasons})' if reasons else ''}.\nIndex: {report.index}"
     )
+    if report.videos:
+        from clipsearch.query.rank import format_time
+
+        typer.echo(
+            f"Videos: {report.videos} new, {format_time(report.video_seconds)} long in all, "
+            f"{report.moments} moments."
+        )
     if report.skipped:
         err("See which files were skipped and why with: clipsearch info --skipped")
 
@@ -532,6 +579,7 @@ def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebui
 SEARCH_HELP = """Search the index by text, by image, or by both; best matches first.
 
 Filters (--in, --after, --before, --type, --min-side, --available) apply before the top-k cut.
+A video's hits are its moments (path @ start–end); --per-file 1 keeps its best one.
 
 {grammar}
 
@@ -540,6 +588,7 @@ Examples:
   clipsearch search --image ./cat.jpg -k 20
   clipsearch search "a beach at sunset" --add dog --sub people --image ./ref.jpg
   clipsearch search "beach + dog:0.5 - people" --in ~/Photos/2019 --after 2019-06 --json
+  clipsearch search --image ./frame.png --type mp4,mov --per-file 1
 """
 
 
@@ -600,10 +649,19 @@ def search(
         str | None,
         typer.Option(
             "--cutoff",
-            help="'auto': keep the results above where this query's scores break off.",
+            help="'auto': keep the results above the cutoff fitted to the index's judgements (with "
+            "enough of them), else above where this query's scores break off; 'break': always the latter.",
             show_default=False,
         ),
     ] = None,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            "--refine",
+            help="Move the query towards the results marked right and away from those marked wrong "
+            "(clipsearch judge, or the page), and show the marks.",
+        ),
+    ] = False,
     in_folder: Annotated[
         Path | None,
         typer.Option(
@@ -649,6 +707,15 @@ def search(
     sort: Annotated[
         str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
     ] = "score",
+    per_file: Annotated[
+        int | None,
+        typer.Option(
+            "--per-file",
+            min=1,
+            help="Keep at most this many moments of each video (its best). Default: every moment that ranks.",
+            show_default=False,
+        ),
+    ] = None,
     index_path: IndexOpt = None,
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
@@ -671,12 +738,12 @@ def search(
     from clipsearch.encoders.spec import parse_precision
     from clipsearch.query.filters import parse_filters
     from clipsearch.query.grammar import build_terms, describe
-    from clipsearch.query.rank import SearchOptions, finish
+    from clipsearch.query.rank import SearchOptions, finish, moment_span
 
     if html is not None:
         _check_gallery_target(html)  # before the model loads and the search runs
     terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
-    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
+    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort, per_file=per_file)
     filters = parse_filters(
         folder=str(in_folder) if in_folder else None,
         after=after,
@@ -686,8 +753,19 @@ def search(
         available=available,
     )
     path = index_path_from(index_path)
+    marks: dict[int, bool] = {}
     with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
-        hits = finish(idx.search(terms, options.candidates, filters=filters), options)
+        fitted = None
+        if all(t.kind == "text" for t in terms):  # fitted on text queries: images score on another scale
+            options, fitted = idx.calibrate(options)
+        if fitted is not None:
+            err(f"Cutoff: {_fitted_note(fitted)}; --cutoff break ignores them.")
+        if refine:
+            marks = {m.content_id: m.relevant for m in idx.judgements(terms) if m.content_id is not None}
+        search_with = idx.search_refined if refine else idx.search
+        hits = finish(
+            search_with(terms, options.candidates, filters=filters, per_file=options.per_file), options
+        )
         empty = idx.info()["count"] == 0
     if html is not None:
         from clipsearch.web.gallery import write_gallery
@@ -696,14 +774,18 @@ def search(
         err(f"Wrote gallery {html.absolute()}")
     if as_json:
         for rank_no, hit in enumerate(hits, 1):
-            typer.echo(json.dumps({"rank": rank_no, **hit.to_dict()}))
+            judged = {"judged": marks.get(hit.content_id)} if refine else {}
+            typer.echo(json.dumps({"rank": rank_no, **hit.to_dict(), **judged}))
     elif null:
         for hit in hits:
             typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
     elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
-            mark = "" if hit.available else "  [not on disk]"
-            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ", suffix=mark, table=True)
+            mark = (f" @ {moment_span(hit)}" if hit.is_moment else "") + (
+                "" if hit.available else "  [not on disk]"
+            )
+            judged = f"{_MARK_WORDS[marks.get(hit.content_id)]:<3}  " if refine else ""
+            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  {judged}", suffix=mark, table=True)
         if any(not hit.available for hit in hits):
             err("Some files are not on disk now (an unplugged drive?); --available leaves them out.")
     else:
@@ -715,6 +797,17 @@ def search(
             if empty
             else "No results match the filters or the threshold."
         )
+
+
+_MARK_WORDS = {True: "yes", False: "no", None: ""}
+
+
+def _fitted_note(fitted: Any) -> str:
+    """The cutoff fitted to the judgements, in words."""
+    return (
+        f"scores >= {fitted.threshold:.3f}, fitted to {fitted.judgements} judgements of "
+        f"{len(fitted.queries)} queries (F1 {fitted.f1:.2f} on them)"
+    )
 
 
 def _check_gallery_target(target: Path) -> None:
@@ -739,6 +832,7 @@ def info(
 ) -> None:
     """Show what is in the index, which model built it, and where it lives."""
     from clipsearch.paths import for_terminal, json_fields, json_list
+    from clipsearch.query.rank import format_time
     from clipsearch.store.folder import IndexFolder
 
     with IndexFolder.open(index_path_from(index_path)) as folder:
@@ -761,7 +855,14 @@ def info(
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
         f"Images:   {data['count']} files, {data['contents']} distinct, {data['skipped']} skipped; "
         f"{data['vectors']} vectors (coverage: {data['coverage']})\n"
-        f"Roots:    {roots}\n"
+        f"Vectors:  {_store_line(data)}\n"
+        + (
+            f"Videos:   {data['videos']} files, {data['moments']} moments, "
+            f"{format_time(data['video_seconds'])} in all\n"
+            if data["videos"]
+            else ""
+        )
+        + f"Roots:    {roots}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
     typer.echo(os.fsencode(text))  # paths as the file system spells them, even when not UTF-8
@@ -770,6 +871,26 @@ def info(
         label = f"{staged['model']} ({staged['pretrained']})" if staged["pretrained"] else staged["model"]
         typer.echo(f"Rebuild:  unfinished, {staged['count']} files so far with {label}")
         err(f"Resume the rebuild with: clipsearch index --rebuild --index {data['index']}")
+
+
+def _store_line(data: dict[str, Any]) -> str:
+    """The vectors' kind, parameters, measured recall and bytes, for `info`."""
+    kind, params, per = data["store"], data["store_params"], data["bytes_per_vector"]
+    segments = f"{data['segments']} segment{'s' if data['segments'] != 1 else ''}"
+    choice = "" if data["store_choice"] == "auto" else f", chosen with --store {data['store_choice']}"
+    if kind == "ivfpq" and "nprobe" in params:
+        recall = data["recall_at_10"]
+        filtered = data["filtered_recall_at_10"]
+        return (
+            f"ivfpq, approximate ({params['nlist']} cells, {params['m']}-byte codes, "
+            f"{params['nprobe']} cells visited, best {params['rerank']} re-ranked per 10); "
+            f"recall@10 {recall:.3f} ({filtered:.3f} with a 10% filter) measured at "
+            f"{data['recall_measured_at']:,} vectors; "
+            f"{segments}; {per['search']:.0f} B/vector searched, {per['codes']:.0f} B/vector of codes "
+            f"kept for re-ranking{choice}"
+        )
+    how = {"flat": "exhaustive, 32-bit floats", "sq8": "exhaustive, 8 bits per dimension"}.get(kind, "")
+    return f"{kind}{f', {how}' if how else ''}; {segments}; {per['search']:.0f} B/vector{choice}"
 
 
 def _settings_note(root: dict[str, Any]) -> str:
@@ -859,6 +980,256 @@ def _letters(n: int) -> str:
         n, rest = divmod(n - 1, 26)
         label = chr(ord("A") + rest) + label
     return label
+
+
+# -- judgements and evaluation --------------------------------------------------------------------
+
+_MARK_FLAGS = {"--yes": True, "--no": False, "--clear": None}
+
+
+def _marked_paths(items: list[str]) -> dict[bool | None, list[str]]:
+    """``--yes A B --no C --clear D`` -> {True: [A, B], False: [C], None: [D]}."""
+    out: dict[bool | None, list[str]] = {}
+    label: bool | str | None = "unset"
+    for item in items:
+        if item in _MARK_FLAGS:
+            label = _MARK_FLAGS[item]
+            out.setdefault(label, [])
+        elif item.startswith("--"):
+            raise UsageError(f"Unknown option {item}: mark paths with --yes, --no or --clear.")
+        elif label == "unset":
+            raise UsageError(f"Say what {item} is: put --yes (relevant), --no or --clear before the paths.")
+        else:
+            out[label].append(item)  # type: ignore[index]
+    empty = [flag for flag, value in _MARK_FLAGS.items() if value in out and not out[value]]
+    if empty or not out:
+        raise UsageError(f"{empty[0] if empty else '--yes or --no'} needs one or more paths.")
+    return out
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+@handle_errors
+def judge(
+    query: Annotated[str, typer.Argument(help="The query the marks are for (text or a query expression).")],
+    marks: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[--yes PATH...] [--no PATH...] [--clear PATH...]",
+            help="--yes: these files are right for the query; --no: they are not; --clear: forget their "
+            "marks. Files must be indexed (one on an unplugged drive counts).",
+            show_default=False,
+        ),
+    ],
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark files right or wrong for a query: for --refine, the fitted --cutoff auto, and eval."""
+    from clipsearch.api import Index
+    from clipsearch.query.judgements import query_key
+
+    groups = _marked_paths(marks)
+    key = query_key(query)  # a malformed query fails before the index is opened
+    with Index.open(index_path_from(index_path), cache=model_cache()) as idx:
+        counts = idx.mark_many(key, groups)
+        total = len(idx.judgements(key))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "query": key,
+                    "relevant": counts.get(True, 0),
+                    "irrelevant": counts.get(False, 0),
+                    "cleared": counts.get(None, 0),
+                    "marks": total,
+                }
+            )
+        )
+        return
+    done = [
+        f"{counts[label]} {word}"
+        for label, word in ((True, "right"), (False, "wrong"), (None, "cleared"))
+        if label in counts
+    ]
+    typer.echo(f"Marked {', '.join(done)} for {key!r}; it has {total} marks now.")
+
+
+@app.command()
+@handle_errors
+def judgements(
+    query: Annotated[
+        str | None,
+        typer.Option("--query", help="Only the marks of this query.", show_default=False),
+    ] = None,
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the stored marks (query, right or wrong, file); --json exports them."""
+    from datetime import datetime, timezone
+
+    from clipsearch.api import Index
+    from clipsearch.paths import json_fields
+
+    with Index.open(index_path_from(index_path), cache=model_cache()) as idx:
+        rows = idx.judgements(query)
+        ids = sorted({m.content_id for m in rows if m.content_id is not None})
+        files = idx.catalog.entries_of(ids)
+    for mark in rows:
+        paths = [e.path for e in files.get(mark.content_id, [])] if mark.content_id is not None else []
+        if as_json:
+            when = datetime.fromtimestamp(mark.time, timezone.utc).isoformat(timespec="seconds")
+            where = json_fields(paths[0]) if paths else {"path": None}
+            typer.echo(
+                json.dumps(
+                    {
+                        "query": mark.query,
+                        "relevant": mark.relevant,
+                        **where,
+                        "content_id": mark.content_id,
+                        "hash": mark.hash,
+                        "time": when,
+                    }
+                )
+            )
+        else:
+            word = "yes" if mark.relevant else "no "
+            shown = paths[0] if paths else f"(not in the index now: content {mark.hash[:12]})"
+            echo_path(shown, prefix=f"{word}  {_cell(mark.query, 32)}  ", table=True)
+    if not rows:
+        err(
+            "No judgements yet. Mark results with: clipsearch judge QUERY --yes PATH... --no PATH..., "
+            "or on the page (clipsearch serve)."
+        )
+
+
+def _cell(text: str, width: int) -> str:
+    """``text`` in a column of ``width`` characters: escaped, cut with an ellipsis, padded."""
+    from clipsearch.paths import for_terminal
+
+    text = for_terminal(text)
+    return (text if len(text) <= width else text[: width - 1] + "…").ljust(width)
+
+
+_HEADINGS = {
+    "p@10": "p@10",
+    "r@10": "r@10",
+    "ndcg@10": "nDCG@10",
+    "mrr": "MRR",
+    "precision": "prec",
+    "recall": "recall",
+    "f1": "F1",
+    "new p@10": "new p@10",
+}
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help='JSONL of queries and their relevant files: {"query": "...", "relevant": ["path", '
+            '"*pattern*"]} per line. Default: the judgements stored in the index.',
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top",
+            "-k",
+            min=1,
+            max=100_000,
+            help="Results kept per query, as search's -k.",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Keep results scoring at least this, as search's.", show_default=False
+        ),
+    ] = None,
+    cutoff: Annotated[
+        str | None,
+        typer.Option("--cutoff", help="'auto' or 'break', as search's.", show_default=False),
+    ] = None,
+    refine: Annotated[
+        bool, typer.Option("--refine", help="Refine each query with its marks first, as search's.")
+    ] = False,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            help="A setting to compare (repeatable): cutoffs, precision or refine (each a set of "
+            "settings), or key=value pairs joined by commas: k, threshold, cutoff, refine=yes|no, "
+            "precision=fp32|bf16, index=PATH (another model over the same photos), store=KIND, name.",
+            show_default=False,
+        ),
+    ] = None,
+    index_path: IndexOpt = None,
+    precision: PrecisionOpt = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output: one JSON object (queries and mean).")
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write an HTML report: per-query numbers and thumbnails of the misses.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Score the search on your own judgements (or a JSONL file): precision, recall, nDCG, MRR, F1."""
+    from clipsearch.api import Index
+    from clipsearch.encoders.spec import parse_precision
+    from clipsearch.query.evalset import read_eval_file
+    from clipsearch.query.measure import Setting, parse_settings
+
+    if html is not None:
+        _check_gallery_target(html)
+    base = Setting(k=top, threshold=threshold, cutoff=cutoff, refine=refine)
+    base.options()  # checks the values before anything is read
+    settings = [s for spec in compare or [] for s in parse_settings(spec, base)] or [base]
+    evalset = read_eval_file(file) if file is not None else None
+    path = index_path_from(index_path)
+    with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
+        reports = idx.evaluate(evalset, settings)
+    for report in reports:
+        if report.cutoff is not None:
+            held = "none of these queries" if report.held_out else "SOME OF THESE QUERIES: not held out"
+            err(f"{report.name}: cutoff {_fitted_note(report.cutoff)}; fitted on {held}.")
+        if report.skipped:
+            err(
+                f"{report.name}: {len(report.skipped)} queries have no relevant file in that index, left out."
+            )
+    if html is not None:
+        from clipsearch.web.report import write_report
+
+        write_report(html, evalset.source if evalset else "judgements", reports)
+        err(f"Wrote report {html.absolute()}")
+    if as_json:
+        objects = [r.to_dict() for r in reports]
+        typer.echo(json.dumps({"settings": objects} if compare else objects[0]))
+        return
+    keys = list(reports[0].mean())
+    if compare:
+        typer.echo(f"{'setting':<28}" + "".join(f"{_HEADINGS[k]:>9}" for k in keys))
+        for report in reports:
+            typer.echo(_cell(report.name, 28) + "".join(f"{report.mean()[k]:9.3f}" for k in keys))
+        return
+    report = reports[0]
+    typer.echo(f"{'query':<34}{'rel':>5}{'kept':>5}" + "".join(f"{_HEADINGS[k]:>9}" for k in keys))
+    for result in report.results:
+        sc = result.score
+        typer.echo(
+            f"{_cell(sc.query, 34)}{sc.relevant:>5}{sc.returned:>5}"
+            + "".join(f"{sc.scores[k]:9.3f}" for k in keys)
+        )
+    typer.echo(
+        f"{_cell(f'mean of {len(report.results)} queries', 44)}"
+        + "".join(f"{report.mean()[k]:9.3f}" for k in keys)
+    )
 
 
 @app.command()

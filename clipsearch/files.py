@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import stat
 import tempfile
@@ -75,6 +76,29 @@ def read_regular_file(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     if total > max_bytes:  # it grew while we read
         raise FileTooLargeError(path, total, max_bytes)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """The regular file at ``path`` opened for reading (binary), checked as :func:`read_regular_file`
+    checks it: a FIFO, device or socket is refused, and opening never blocks.
+
+    Raises:
+        NotRegularFileError: ``path`` is not a regular file.
+        OSError: it cannot be opened (FileNotFoundError, PermissionError, ...).
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(path, file_kind(mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(path, file_kind(st.st_mode))
+        os.set_blocking(fd, True)  # a regular file: reads never wait anyway
+        return open(fd, "rb", buffering=1 << 16)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 #: Below this much free space, messages about a failed write mention it (SQLite often says only

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP threads (FAISS's, torch's) sleep while they wait, as under the CLI (``cli.main`` sets it):
+# spinning ones make small FAISS jobs (training a test index) several times slower on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # huggingface_hub reads these when first imported, so they are set before anything imports it.
 HF_CACHE = Path(tempfile.mkdtemp(prefix="clipsearch-test-hf-"))
 os.environ["HF_HUB_CACHE"] = str(HF_CACHE)
@@ -124,3 +127,31 @@ def picture_vectors(idx, path: str):  # type: ignore[no-untyped-def]
 
     cid = idx.catalog.file(path).content_id
     return idx.store.reconstruct(np.array([cid, *idx.catalog.view_ids_of([cid])], dtype=np.int64))
+
+
+def vector_files(index_dir: Path) -> dict[str, tuple[int, int]]:
+    """The vector files of an index folder (segments, or a version-1 FAISS file): name -> (inode, mtime)."""
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in index_dir.iterdir()
+        if p.name.startswith(("seg-", "vectors-"))
+    }
+
+
+def assert_tidy(index_dir: Path) -> None:
+    """The folder holds the files of the segments its catalog lists, and no other vector file."""
+    import sqlite3
+
+    from clipsearch.store.segments import name_of
+
+    with sqlite3.connect(f"file:{index_dir / 'catalog.sqlite'}?mode=ro", uri=True) as conn:
+        listed = {row[0] for row in conn.execute("SELECT name FROM segments")}
+    files = set(vector_files(index_dir))
+    assert {name_of(f) for f in files} == listed, (files, listed)
+    assert all(f.endswith((".npy", ".faiss")) for f in files), files
+
+
+def copy_vector_files(source: Path, target: Path) -> None:
+    """Copy an index's vector files beside another's (a test swapping catalogs by hand)."""
+    for name in vector_files(source):
+        shutil.copy(source / name, target / name)

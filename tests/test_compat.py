@@ -1,4 +1,6 @@
-"""An index written before the rooms were built (clipsearch 0.1.0 at 1f3fcc9) opens, searches and syncs.
+"""Indexes written by earlier versions open, search, sync, and are upgraded in place by the first writer.
+
+An index written before the rooms were built (clipsearch 0.1.0 at 1f3fcc9) opens, searches and syncs.
 
 ``tests/data/index-0.1.0`` was made by that commit with
 ``clipsearch index PHOTOS --model shapes`` over ``write_dataset(PHOTOS, 12, seed=11)`` in
@@ -18,6 +20,8 @@ from clipsearch.encoders.images import open_image
 from clipsearch.encoders.loading import load_encoder
 from clipsearch.ingest.sync import SyncOptions
 from clipsearch.shapes.world import write_dataset
+from clipsearch.store.folder import IndexFolder
+from conftest import assert_tidy
 
 FIXTURE = Path(__file__).parent / "data" / "index-0.1.0"
 OLD_ROOT = "/tmp/fixture/photos"
@@ -39,15 +43,25 @@ def test_an_index_from_before_the_move_opens_searches_and_syncs(tmp_path: Path) 
             stored = idx.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
             fresh = encoder.encode_images([open_image(path, min_side=draft_side(encoder))])[0]
             assert float(stored @ fresh) > 0.99, path.name  # indexed in bf16, encoded here in fp32
+        ids = idx.store.ids()
+        before = {int(i): v for i, v in zip(ids, idx.store.reconstruct(ids), strict=True)}
         hits = idx.search("a green star", k=3)
         assert Path(hits[0].path).name == "0000_green-star.jpg"  # the one picture of a green star alone
         # its roots had no settings then: a reader (which never writes) shows the defaults
         assert info["root_settings"] == [
             {"path": OLD_ROOT, "include_hidden": False, "exclude": [], "max_pixels": None}
         ]
+    # readers never write
+    assert [p.name for p in index_dir.glob("vectors-*")] == ["vectors-0000000002.faiss"]
     extra = tmp_path / "more"
     write_dataset(extra, 3, seed=12)
     with Index.open_for_write(index_dir, encoder) as idx:  # upgraded in place by a writer
+        # the one FAISS file became one segment, its codes copied as they were
+        assert idx.catalog.get("schema_version") == "2" and not list(index_dir.glob("vectors-*"))
+        (segment,) = idx.catalog.segments()
+        assert segment[1:] == (12, True)
+        upgraded = idx.store.reconstruct(np.array(sorted(before), dtype=np.int64))
+        np.testing.assert_array_equal(upgraded, np.stack([before[i] for i in sorted(before)]))
         report = idx.sync([str(extra)], options=SyncOptions(exclude=("*.png",)))
         assert report.added == 1  # the one JPEG of the three
         columns = {row[1] for row in idx.catalog.conn.execute("PRAGMA table_info(roots)")}
@@ -60,4 +74,56 @@ def test_an_index_from_before_the_move_opens_searches_and_syncs(tmp_path: Path) 
             {"path": OLD_ROOT, "include_hidden": False, "exclude": [], "max_pixels": None},
             {"path": str(extra), "include_hidden": False, "exclude": ["*.png"], "max_pixels": None},
         ]
-        assert idx.catalog.get("schema_version") == "1"  # columns added; older versions still read it
+        # version 2: older versions refuse it with a message naming the version, rather than reading
+        # no vectors from the segment files they do not know
+        assert idx.catalog.get("schema_version") == "2"
+        assert idx.info()["store"] == "sq8" and idx.info()["segments"] >= 1
+
+
+MAIN_FIXTURE = Path(__file__).parent / "data" / "index-0.2-sq8"
+MAIN_ROOT = "/tmp/fixture-main/photos"  # where its files were
+
+
+def _main_photos(folder: Path) -> None:
+    """The files of ``MAIN_FIXTURE`` as they were when its last sync stopped."""
+    write_dataset(folder, 80, seed=21)
+    for path in sorted(folder.iterdir())[:5]:
+        path.unlink()
+    write_dataset(folder.parent / "more", 12, seed=22)
+    for path in sorted((folder.parent / "more").iterdir()):
+        shutil.move(str(path), folder / ("more-" + path.name))
+
+
+def test_an_index_of_the_one_file_format_with_a_pending_log_upgrades_in_place(tmp_path: Path) -> None:
+    """``tests/data/index-0.2-sq8`` was made by clipsearch main at 27cfae9 (the last version that kept
+    the vectors in one FAISS file): ``clipsearch index`` of ``write_dataset(PHOTOS, 80, seed=21)`` with
+    the ``shapes`` model (sq8, ranges learnt), then 5 files deleted and 12 added
+    (``write_dataset(MORE, 12, seed=22)``, moved in as ``more-*``) and synced again, killed before its
+    checkpoint: the catalog holds 12 pending vectors and 5 tombstones after the FAISS file."""
+    index_dir = tmp_path / "index"
+    shutil.copytree(MAIN_FIXTURE, index_dir)
+    with Index.open(index_dir) as idx:  # a reader applies the log, writes nothing
+        assert idx.catalog.get("schema_version") == "1" and idx.info()["segments"] == 1
+        ids = np.sort(idx.store.ids())
+        before = idx.store.reconstruct(ids)
+        assert len(ids) == idx.info()["vectors"] == 87
+        query = before[40]
+        hits = [(h.path, round(h.score, 5)) for h in idx.search_vectors(query, k=20)[0]]
+    assert sorted(p.name for p in index_dir.iterdir()) == ["catalog.sqlite", "vectors-0000000003.faiss"]
+    with IndexFolder.open_for_write(index_dir) as folder:  # the first writer upgrades it in place
+        assert folder.catalog.get("schema_version") == "2"
+        assert [(n, b) for _, n, b in folder.catalog.segments()] == [(87, True)]
+        pending = folder.catalog.conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+        tombstones = folder.catalog.conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
+        assert (pending, tombstones) == (0, 0)  # the log is in the segment now
+        np.testing.assert_array_equal(np.sort(folder.store.ids()), ids)
+        # the 8-bit codes copied as they were; the 12 pending vectors encoded with the same ranges
+        np.testing.assert_allclose(folder.store.reconstruct(ids), before, atol=2e-3)
+    assert_tidy(index_dir)
+    with Index.open(index_dir) as idx:
+        assert [(h.path, round(h.score, 5)) for h in idx.search_vectors(query, k=20)[0]][:10] == hits[:10]
+    photos = tmp_path / "photos"
+    _main_photos(photos)
+    with Index.open_for_write(index_dir) as idx:  # and syncs (the same pictures, elsewhere)
+        report = idx.sync([str(photos)], options=SyncOptions(export_text=False, processes=False))
+        assert (report.added, report.reused) == (0, 87)

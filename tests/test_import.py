@@ -134,3 +134,42 @@ def test_skipped_files_and_files_of_known_content_need_no_vector(index_dir, tiny
         with pytest.raises(BadValueError, match="no file brings content"):
             idx.import_vectors([[unknown]], weights_sha256=sha)
         assert idx.info()["count"] == 5 and len(idx.store) == 3
+
+
+def test_relative_paths_and_sibling_folders_are_refused(index_dir, tiny_encoder, tmp_path) -> None:
+    dim, sha = tiny_encoder.facts.dim, tiny_encoder.facts.weights_sha256
+    root = tmp_path / "photos"
+    good = random_items(root, 2, dim, seed=4)
+    with Index.open_for_write(index_dir, tiny_encoder, coverage="none") as idx:
+        idx.import_vectors([good[:1]], weights_sha256=sha, roots=[root])
+        relative = good[1]._replace(record=FileRecord("photos/x.jpg", 1, 1))
+        with pytest.raises(BadValueError, match="give absolute paths"):
+            idx.import_vectors([[relative]], weights_sha256=sha)
+        sibling = good[1]._replace(record=FileRecord(f"{root}-old/x.jpg", 1, 1))  # a prefix, not inside
+        with pytest.raises(BadValueError, match="not inside a folder of the index"):
+            idx.import_vectors([[sibling]], weights_sha256=sha)
+        assert idx.info()["count"] == 1
+
+
+def test_an_import_writes_each_batch_once_and_merges_at_the_end(tmp_path) -> None:
+    """Each batch becomes a segment and none is merged while the import runs (a merge per tier would
+    copy every vector again and again); the optimize that ends Index.import_vectors merges them once."""
+    from clipsearch.ingest.importer import import_vectors
+    from clipsearch.store.catalog import IndexMeta
+    from clipsearch.store.folder import IndexFolder
+
+    dim = 32
+    folder = IndexFolder.open_for_write(
+        tmp_path / "idx", lambda: IndexMeta("synthetic", "", "0" * 64, dim, "sq8")
+    )
+    root = tmp_path / "photos"
+    batches = [random_items(root, 1100, dim, seed=10 + n) for n in range(9)]  # tier merges at 8 of a size
+    report = import_vectors(folder, batches, roots=[str(root)])
+    assert report.added == 9900 and len(folder.catalog.segments()) == 9 and len(folder.store) == 9900
+    assert folder.optimize() is None  # 9,900 vectors: sq8 still, the segments merged into one
+    assert len(folder.catalog.segments()) == 1 and len(folder.store) == 9900
+    stored = folder.store.reconstruct(
+        np.array([folder.catalog.content_ids_of([batches[8][5].digest])[batches[8][5].digest]])
+    )
+    assert float(stored[0] @ batches[8][5].vector) > 0.999
+    folder.close()

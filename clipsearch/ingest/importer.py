@@ -1,13 +1,17 @@
 """Import vectors computed elsewhere (another process, a cluster) through the sync's commit path.
 
 An engine that reads, hashes, decodes and encodes files somewhere else hands the results over in
-batches of :class:`ImportItem` (and :class:`SkippedItem` for the files it could not use); each batch
-is committed like a sync's (one transaction with its vectors,
+batches of :class:`ImportItem` (and :class:`SkippedItem` for the files it could not use); each
+batch is committed like a sync's (one transaction with its vectors,
 :func:`clipsearch.ingest.commit.commit_batch`), so a crash or Ctrl-C keeps every batch committed
-before it and loses nothing else. The Ray engine (:mod:`clipsearch.ingest.ray_engine`) commits
-through :func:`import_batch`. The caller checks the model first (the façade's
-``Index.import_vectors`` compares the weights' sha256 with the index's); this module checks the
-vectors' length, that they are unit vectors, and that each file lies in a folder of the index.
+before it and loses nothing else. A batch's vectors go straight to a segment file of their own,
+written before the transaction that names it (no pending log to copy them through). The Ray
+engine (:mod:`clipsearch.ingest.ray_engine`) commits its smaller batches through
+:func:`import_batch` as a sync does, through the pending log that checkpoints write out.
+
+The caller checks the model first (the façade's ``Index.import_vectors`` compares the weights'
+sha256 with the index's); this module checks the vectors' length, that they are unit vectors, and
+that each file lies in a folder of the index.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -24,7 +29,7 @@ from clipsearch.errors import BadValueError, VectorDimensionError
 from clipsearch.ingest.commit import FileRow, NewContent, commit_batch
 from clipsearch.ingest.scan import FileRecord
 from clipsearch.ingest.sync import Progress, SyncInterrupted, SyncReport, normalize_roots
-from clipsearch.store.catalog import RootSettings
+from clipsearch.store.catalog import FileState, RootSettings
 from clipsearch.store.folder import IndexFolder
 
 #: How far from 1 a vector's length may be (encoders return float32 unit vectors).
@@ -78,7 +83,6 @@ def import_vectors(
     batches: Iterable[Sequence[ImportItem | SkippedItem]],
     *,
     roots: Sequence[str] = (),
-    checkpoint_every: int = 20_000,
     progress: Progress | None = None,
 ) -> SyncReport:
     """Commit batches of files indexed elsewhere; each batch is one transaction.
@@ -90,11 +94,9 @@ def import_vectors(
 
     Args:
         folder: the index, opened for writing.
-        batches: lists of :class:`ImportItem` and :class:`SkippedItem`; a batch may hold any number
-            of files (thousands is right).
+        batches: lists of items; a batch may hold any number of files (thousands is right).
         roots: folders to record in the index (with default settings, unless recorded already);
             every file must lie inside a recorded folder.
-        checkpoint_every: vectors after which they are folded into the vector files mid-run.
         progress: told how many files each batch held.
 
     Raises:
@@ -107,23 +109,22 @@ def import_vectors(
     report = SyncReport(index=str(folder.path), rebuild=folder.rebuilding)
     _record_roots(folder, roots)
     recorded = folder.catalog.roots()
-    since_checkpoint = 0
+    folder.checkpoint(merges="none")  # what an earlier sync left pending, first
+    replaced = False
     try:
         for batch in batches:
-            since_checkpoint += import_batch(folder, list(batch), recorded, report)
+            replaced |= import_batch(folder, list(batch), recorded, report)
             if progress is not None:
                 progress.advance(len(batch))
-            if since_checkpoint >= checkpoint_every:
-                folder.checkpoint()
-                since_checkpoint = 0
-        folder.check_present()
-        with folder.catalog.transaction():  # contents no file uses any more (files given new contents)
-            folder.catalog.drop_orphan_contents()
+        if replaced:  # contents no file uses any more (files given new contents): a scan of them all
+            folder.check_present()
+            with folder.catalog.transaction():
+                folder.catalog.drop_orphan_contents()
     except KeyboardInterrupt:
         report.interrupted = True
         raise SyncInterrupted(report) from None
-    finally:
-        folder.checkpoint()
+    finally:  # the segments merge (or are rewritten) after: Index.import_vectors optimizes the index
+        folder.checkpoint(merges="none")
         report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -140,88 +141,141 @@ def _record_roots(folder: IndexFolder, roots: Sequence[str]) -> None:
 
 
 def import_batch(
-    folder: IndexFolder, batch: list[ImportItem | SkippedItem], roots: list[str], report: SyncReport
-) -> int:
+    folder: IndexFolder,
+    batch: Sequence[ImportItem | SkippedItem],
+    roots: list[str],
+    report: SyncReport,
+    *,
+    direct: bool = True,
+) -> bool:
     """Check and commit one batch (one transaction), counting its files in ``report``; ``roots``: the
-    folders of the index (every file must lie in one). Returns how many vectors it added.
+    folders of the index (every file must lie in one). ``direct``: its new vectors become one
+    segment (merged with others later), else they go through the pending log that checkpoints
+    write out (the small batches of a sync). Returns whether a file known before got another
+    content (whose vectors may be left unused).
 
     Raises:
         VectorDimensionError, BadValueError: as :func:`import_vectors`; nothing of the batch is kept.
     """
     if not batch:
-        return 0
-    items = [item for item in batch if isinstance(item, ImportItem)]
+        return False
+    items: list[ImportItem] = [item for item in batch if isinstance(item, ImportItem)]
     skipped = [item for item in batch if isinstance(item, SkippedItem)]
+    given = [item.vector for item in items if item.vector is not None]
+    main = _vectors(folder, given) if given else np.zeros((0, folder.meta.dim), np.float32)
     _check_items(folder, items, skipped, roots)
     catalog = folder.catalog
-    paths = [item.record.path for item in batch]
-    old_files = catalog.files_by_path(paths)
-    known = catalog.content_ids_of(sorted({item.digest for item in items}))
-    new: dict[str, ImportItem] = {}
+    paths = [item.record.path for item in items]
+    digests = [item.digest for item in items]
+    old_files = catalog.files_by_path(paths + [s.record.path for s in skipped])
+    known = catalog.content_ids_of(sorted(set(digests)))
     rows = [FileRow(s.record, None, f"{s.reason}: {s.detail}") for s in skipped]
-    counts = {"added": 0, "updated": 0, "reused": 0, "unchanged": 0}
-    for item in items:
-        old = old_files.get(item.record.path)
-        if item.digest in known or item.digest in new:
-            same = old is not None and old.content_id is not None and old.content_id == known.get(item.digest)
-            counts["unchanged" if same else "reused"] += 1
-        elif item.vector is None:
-            raise BadValueError(
-                "vector", item.record.path, f"none given, and no file brings content {item.digest}"
-            )
-        else:
-            counts["added" if old is None or old.content_id is None else "updated"] += 1
-            new[item.digest] = item
-        rows.append(FileRow(item.record, item.digest, None))
-    firsts = list(new.values())
+    rows += [FileRow(item.record, item.digest, None) for item in items]
+    replaced = any(_had_content(old_files, s.record.path) for s in skipped)
+    if (
+        not old_files and not known and len(set(digests)) == len(items) == len(given)
+    ):  # all new: no row by row
+        counts = {"added": len(items)}
+        firsts, vectors = items, main
+    else:
+        counts, changed, first_rows = _classify(items, old_files, known)
+        replaced |= changed
+        firsts = [items[row] for row in first_rows]
+        if len(given) != len(items):  # rows of ``main``: items without a vector have none
+            place = np.cumsum([item.vector is not None for item in items]) - 1
+            first_rows = [int(place[row]) for row in first_rows]
+        vectors = main[first_rows] if len(first_rows) != len(main) else main
     contents = [
-        NewContent(i.digest, i.width, i.height, i.taken, tuple(k for k, _ in i.views)) for i in firsts
+        NewContent(i.digest, i.width, i.height, i.taken, tuple(k for k, _ in i.views) if i.views else ())
+        for i in firsts
     ]
-    vectors = None
-    if firsts:
-        views = [v for i in firsts for _, v in i.views]
-        vectors = np.stack([i.vector for i in firsts] + views).astype(np.float32, copy=False)
-    commit_batch(folder, contents, vectors, rows)
+    views = [v for i in firsts for _, v in i.views]
+    if views:
+        vectors = np.concatenate([vectors, _vectors(folder, views)])
+    # no merges between batches: the optimize that ends Index.import_vectors (a rewrite, or merges)
+    # reads each batch's segment once, not once per merge tier
+    commit_batch(folder, contents, vectors if firsts else None, rows, direct=direct, merges="none")
     for key, n in counts.items():
         setattr(report, key, getattr(report, key) + n)
     report.skipped += len(skipped)
     for s in skipped:
         report.skip_reasons[s.reason] = report.skip_reasons.get(s.reason, 0) + 1
-    return 0 if vectors is None else len(vectors)
+    return replaced
+
+
+def _had_content(old_files: dict[str, FileState], path: str) -> bool:
+    old = old_files.get(path)
+    return old is not None and old.content_id is not None
+
+
+def _classify(
+    items: list[ImportItem], old_files: dict[str, FileState], known: dict[str, int]
+) -> tuple[dict[str, int], bool, list[int]]:
+    """Count a batch's files as added, updated, reused or unchanged; whether a file known before got
+    another content; the rows of the items whose contents are new (the first of each)."""
+    new: dict[str, int] = {}  # digest -> the row of its first item
+    counts = {"added": 0, "updated": 0, "reused": 0, "unchanged": 0}
+    replaced = False
+    for row, item in enumerate(items):
+        old = old_files.get(item.record.path)
+        if item.digest in known or item.digest in new:
+            same = old is not None and old.content_id is not None and old.content_id == known.get(item.digest)
+            counts["unchanged" if same else "reused"] += 1
+            replaced |= old is not None and old.content_id is not None and not same
+        elif item.vector is None:
+            raise BadValueError(
+                "vector", item.record.path, f"none given, and no file brings content {item.digest}"
+            )
+        else:
+            replaced |= old is not None and old.content_id is not None
+            counts["added" if old is None or old.content_id is None else "updated"] += 1
+            new[item.digest] = row
+    return counts, replaced, list(new.values())
+
+
+def _vectors(folder: IndexFolder, vectors: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    """The vectors as one float32 array, checked: the index's dimension, unit length."""
+    dim = folder.meta.dim
+    try:
+        stacked = np.stack(vectors).astype(np.float32, copy=False)
+    except ValueError:  # not all of one shape
+        stacked = np.zeros((0, 0), np.float32)
+    if stacked.ndim != 2 or stacked.shape[1] != dim:
+        bad = next((np.shape(v) for v in vectors if np.shape(v) != (dim,)), stacked.shape)
+        raise VectorDimensionError(folder.path, dim, bad[-1] if bad else 0)
+    lengths = np.sqrt(np.einsum("ij,ij->i", stacked, stacked))
+    bad_rows = np.flatnonzero(~(np.abs(lengths - 1.0) <= UNIT_TOLERANCE))  # NaN counts as bad
+    if len(bad_rows):
+        raise BadValueError(
+            "vectors",
+            f"row {int(bad_rows[0])}",
+            f"length {lengths[bad_rows[0]]:.4f}, not a unit (L2-normalised) vector",
+        )
+    return stacked
 
 
 def _check_items(
     folder: IndexFolder, items: list[ImportItem], skipped: list[SkippedItem], roots: list[str]
 ) -> None:
-    dim = folder.meta.dim
-    given = [item for item in items if item.vector is not None]
-    for item in given:
-        for vector in (item.vector, *(v for _, v in item.views)):
-            shape = np.shape(vector)
-            if len(shape) != 1 or shape[0] != dim:
-                raise VectorDimensionError(folder.path, dim, shape[-1] if shape else 0)
-        if item.views and folder.meta.coverage != "sides":
+    if folder.meta.coverage != "sides":
+        with_views = next((item for item in items if item.views), None)
+        if with_views is not None:
             raise BadValueError(
                 "views",
-                item.record.path,
+                with_views.record.path,
                 f"the index records coverage {folder.meta.coverage!r}: no side views",
             )
-    if given:
-        vectors = np.stack([item.vector for item in given] + [v for item in given for _, v in item.views])
-        lengths = np.linalg.norm(vectors.astype(np.float64), axis=1)
-        bad = np.flatnonzero(~(np.abs(lengths - 1.0) <= UNIT_TOLERANCE))  # NaN counts as bad
-        if len(bad):
-            raise BadValueError(
-                "vectors",
-                f"row {int(bad[0])}",
-                f"length {lengths[bad[0]]:.4f}, not a unit (L2-normalised) vector",
-            )
-    prefixes = [r.rstrip("/") + "/" for r in roots]
-    for item in (*items, *skipped):
+    prefixes = tuple(r.rstrip("/") + "/" for r in roots)
+    exact = set(roots)
+    # one pass in C for the usual case (every path inside a root, so absolute); the loop names the bad one
+    everyone = (*items, *skipped)
+    if all(map(str.startswith, (i.record.path for i in everyone), repeat(prefixes))):
+        return
+    for item in everyone:
         path = item.record.path
         if not os.path.isabs(path):
             raise BadValueError("path", path, "give absolute paths")
-        if not any(path == r or path.startswith(p) for r, p in zip(roots, prefixes, strict=True)):
+        if path not in exact and not path.startswith(prefixes):
             raise BadValueError(
                 "path",
                 path,

@@ -38,11 +38,12 @@ import os
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipsearch.encoders.video import is_video_name
 from clipsearch.errors import ClusterError, RayMissingError
 from clipsearch.ingest.importer import ImportItem, SkippedItem, import_batch
 from clipsearch.ingest.ray_workers import (
@@ -54,7 +55,7 @@ from clipsearch.ingest.ray_workers import (
     probe_node,
 )
 from clipsearch.ingest.scan import FileRecord
-from clipsearch.ingest.sync import StalePreview, Work, decode_job
+from clipsearch.ingest.sync import LocalEngine, StalePreview, SyncReport, Work, decode_job
 
 if TYPE_CHECKING:
     from clipsearch.encoders.facts import ModelFacts, ModelPreview
@@ -130,11 +131,22 @@ class RayEngine:
         self.precision = precision
 
     def run(self, work: Work) -> None:
-        """Raises:
-        RayMissingError: Ray is not installed.
-        ClusterError: no cluster at the address, a node cannot read the files or load the
-            model, work lost beyond its retries. What was committed before is kept.
+        """Photos go to the cluster; videos, whose windows the local engine decodes as their moments
+        grow, are indexed on this machine after them.
+
+        Raises:
+            RayMissingError: Ray is not installed.
+            ClusterError: no cluster at the address, a node cannot read the files or load the
+                model, work lost beyond its retries. What was committed before is kept.
         """
+        videos = [item for item in work.todo if is_video_name(item[0].path)]
+        photos = [item for item in work.todo if not is_video_name(item[0].path)]
+        if photos:
+            self._on_ray(replace(work, todo=photos))
+        if videos:
+            _videos_here(replace(work, todo=videos))
+
+    def _on_ray(self, work: Work) -> None:
         ray = import_ray()
         started = self._connect(ray, work)
         try:
@@ -392,6 +404,29 @@ class RayEngine:
             )
 
 
+def _videos_here(work: Work) -> None:
+    """Index the run's videos with the local engine, counted into ``work.report``."""
+    if work.progress:
+        n = len(work.todo)
+        work.progress.note(
+            f"Indexing {n} video{'' if n == 1 else 's'} on this machine (Ray takes photos) ..."
+        )
+    report = work.report
+    # a report of their own: the local engine starts its counts again if its preview was stale
+    part = SyncReport(index=report.index, rebuild=report.rebuild)
+    try:
+        LocalEngine().run(replace(work, report=part))
+    finally:
+        for name in _VIDEO_COUNTS:
+            setattr(report, name, getattr(report, name) + getattr(part, name))
+        for reason, count in part.skip_reasons.items():
+            report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
+
+
+_VIDEO_COUNTS = ("added", "updated", "reused", "skipped", "videos", "video_samples", "moments",
+                 "video_seconds", "video_decode_seconds", "video_encode_seconds")  # fmt: skip
+
+
 def _cluster(ray: Any) -> _Cluster:
     nodes: dict[str, str] = {}
     cpus = gpus = 0
@@ -475,7 +510,9 @@ class _Commits:
     def flush(self) -> None:
         if not self.items:
             return
-        self.since_checkpoint += import_batch(self.work.folder, self.items, self.roots, self.work.report)
+        # a sync's batches: through the pending log, written out as a segment at each checkpoint
+        import_batch(self.work.folder, self.items, self.roots, self.work.report, direct=False)
+        self.since_checkpoint += self.vectors
         self.items, self.new, self.vectors = [], set(), 0
         if self.since_checkpoint >= self.work.options.checkpoint_every:
             self.work.folder.checkpoint()

@@ -1,4 +1,4 @@
-"""Walk roots and yield the image files under them: symlink-loop safe, with ignore rules.
+"""Walk roots and yield the image and video files under them: symlink-loop safe, with ignore rules.
 
 Ignore rules use gitignore syntax: ``.clipsearchignore`` files (in any folder, patterns relative to
 that folder, like ``.gitignore``) plus ``exclude`` patterns given for the whole scan (relative to
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipsearch.encoders.images import IMAGE_EXTENSIONS
+from clipsearch.encoders.video import VIDEO_EXTENSIONS
 from clipsearch.errors import BadValueError
 from clipsearch.files import FileTooLargeError, NotRegularFileError, read_regular_file
 
@@ -35,9 +36,18 @@ class FileRecord:
     mtime_ns: int
 
 
+#: Extensions of every file indexed: pictures and videos.
+INDEXED_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+
 def is_image_name(name: str) -> bool:
     """True if the file name has one of the image extensions we index."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_indexed_name(name: str) -> bool:
+    """True if the file name has one of the extensions indexed (an image's or a video's)."""
+    return os.path.splitext(name)[1].lower() in INDEXED_EXTENSIONS
 
 
 def _compile(lines: Iterable[str]) -> Any:
@@ -128,14 +138,14 @@ def scan(
     avoid: Iterable[str] = (),
     warn: Warn = _ignore_nothing,
 ) -> Iterator[FileRecord]:
-    """Yield every image file under ``roots`` (absolute paths), one path per file.
+    """Yield every image and video file under ``roots`` (absolute paths), one path per file.
 
     Symlinked folders are followed, except a link whose real path overlaps a root (of ``roots``
     or ``avoid``, the other roots of the index): one that is a root, lies inside one, or holds
     one. Those files are found under the root's own paths, and a link up to a parent cannot walk
     the root again under a second name. A real directory is never entered twice (same device and
     inode), so the walk ends. Broken symlinks and entries that vanish while walking are ignored.
-    A FIFO, device or socket with an image's name is yielded too (never opened here), so the
+    A FIFO, device or socket with an image's (or video's) name is yielded too (never opened here), so the
     decoder skips it with a reason.
 
     Args:
@@ -168,7 +178,7 @@ def _scan(
         except OSError:
             continue
         if not stat.S_ISDIR(st.st_mode):
-            if is_image_name(root):
+            if is_indexed_name(root):
                 yield FileRecord(root, st.st_size, st.st_mtime_ns)
             continue
         hidden, excluded = rules[root]
@@ -220,7 +230,7 @@ def _walk(
                         continue
                     if not rules.ignores(entry.path, is_dir=True):
                         subdirs.append((entry.path, rules))
-                elif is_image_name(entry.name) and not rules.ignores(entry.path, False):
+                elif is_indexed_name(entry.name) and not rules.ignores(entry.path, False):
                     est = entry.stat()  # a broken link raises: ignored
                     yield FileRecord(entry.path, est.st_size, est.st_mtime_ns)
             except OSError:

@@ -22,18 +22,29 @@ import numpy.typing as npt
 
 from clipsearch.encoders.facts import ModelFacts, ModelPreview, draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS
+from clipsearch.encoders.video import is_video_name
 from clipsearch.errors import (
     ClipsearchError,
+    ImageError,
     IndexAccessError,
     MissingRootsError,
     NoRootsError,
     RootInsideRootError,
     UsageError,
 )
-from clipsearch.ingest.commit import FileRow, NewContent, commit_batch
-from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
+from clipsearch.ingest.commit import FileRow, NewContent, NewVideo, commit_batch
+from clipsearch.ingest.decode import (
+    PROCESS_THRESHOLD,
+    DecodeJob,
+    OrderedStream,
+    Prepared,
+    open_decoder,
+    task_cost,
+)
+from clipsearch.ingest.moments import MAX_MOMENTS, MOMENT_SIMILARITY, Moment, representative
 from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
-from clipsearch.store.catalog import Catalog, FileState, RootSettings
+from clipsearch.ingest.video import VIDEO_WINDOW, VideoInProgress, WindowResult
+from clipsearch.store.catalog import Catalog, FileState, RootSettings, View
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.rebuild import live_root_settings
 
@@ -71,6 +82,10 @@ class SyncOptions:
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
         export_text: after the sync, export the model's text tower for fast cold text searches
             (once per model and machine; see :mod:`clipsearch.encoders.onnx_export`).
+        video_window: seconds of a video one decoding task takes (see :mod:`clipsearch.ingest.video`).
+        moment_similarity: a video frame joins the moment it follows while their cosine similarity
+            is at least this (see :mod:`clipsearch.ingest.moments`).
+        max_moments: most moments a video keeps (past it, the most alike neighbours merge).
 
     Raises:
         BadValueError: ("exclude", pattern) for a pattern that is not valid gitignore syntax.
@@ -87,8 +102,15 @@ class SyncOptions:
     commit_every: int = 512
     checkpoint_every: int = 20_000
     export_text: bool = True
+    video_window: float = VIDEO_WINDOW
+    moment_similarity: float = MOMENT_SIMILARITY
+    max_moments: int = MAX_MOMENTS
 
     def __post_init__(self) -> None:
+        if self.video_window <= 0:
+            raise UsageError(f"video_window {self.video_window!r}: give a number of seconds above 0.")
+        if self.max_moments < 1:
+            raise UsageError(f"max_moments {self.max_moments!r}: a video keeps at least one moment.")
         if self.exclude:
             exclude_spec(self.exclude)  # a bad pattern is a BadValueError now, before any work
 
@@ -150,6 +172,16 @@ class SyncReport:
     #: (``text_export_reason`` says why), "" when there was nothing to do
     text_export: str = ""
     text_export_reason: str = ""
+    #: why the vector files were rebuilt after the sync (another kind, new training), "" if not
+    reorganized: str = ""
+    #: new videos indexed, their sampled frames, their moments (vectors) and their length in seconds
+    videos: int = 0
+    video_samples: int = 0
+    moments: int = 0
+    video_seconds: float = 0.0
+    #: CPU seconds spent decoding video windows (in the workers), and seconds encoding their frames
+    video_decode_seconds: float = 0.0
+    video_encode_seconds: float = 0.0
     #: per machine, for an engine that spreads the work (Ray; empty for the local engine): how
     #: many files it read and how many vectors it encoded, e.g. ``{"host/1a2b3c4d": {"read": 96,
     #: "encoded": 101}}``
@@ -286,13 +318,31 @@ class _Committer:
         self.reasons: Counter[str] = Counter()
         self.threads: int | None = None  # torch threads per encode; set while workers decode
         self.unverified: ModelPreview | None = None  # the cached preview the files were decoded with
+        # new videos whose windows are being decoded (digest -> video, and its file as first prepared)
+        self.videos: dict[str, tuple[VideoInProgress, Prepared, str]] = {}
+        self.finished: list[tuple[Prepared, list[Moment]]] = []  # complete videos, for the next commit
 
-    def take(self, prep: Prepared, old: FileState | None) -> None:
+    def take(self, prep: Prepared, old: FileState | None) -> VideoInProgress | None:
+        """Take a prepared file; a new video is returned, its windows to decode next (``plan``)."""
         record, report = prep.record, self.report
+        started = None
         if prep.error is not None:
-            report.skipped += 1
-            self.reasons[prep.error.reason] += 1
-            self.rows.append((record, None, f"{prep.error.reason}: {prep.error.detail}"))
+            self._skip(record, prep.error)
+        elif prep.digest in self.videos:  # a copy of a video being decoded: committed with it
+            report.reused += 1
+            self.videos[prep.digest][0].copies.append(record)
+        elif prep.video is not None and not self._known(prep.digest):
+            assert prep.digest is not None
+            counter = "added" if old is None or old.content_id is None else "updated"
+            setattr(report, counter, getattr(report, counter) + 1)
+            started = VideoInProgress.start(
+                record,
+                prep.digest,
+                window=self.options.video_window,
+                threshold=self.options.moment_similarity,
+                max_moments=self.options.max_moments,
+            )
+            self.videos[prep.digest] = (started, prep, counter)
         elif prep.pixels is None or prep.digest in self.queue or self._known(prep.digest):
             assert prep.digest is not None
             if (
@@ -315,6 +365,50 @@ class _Committer:
             self.rows.append((record, prep.digest, None))
         if self.queued_vectors >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
             self.commit()
+        return started
+
+    def _skip(self, record: FileRecord, error: ImageError) -> None:
+        self.report.skipped += 1
+        self.reasons[error.reason] += 1
+        self.rows.append((record, None, f"{error.reason}: {error.detail}"))
+
+    def take_window(self, result: WindowResult) -> bool:
+        """Encode a video window's frames into its moments; whether that completed the video (it is
+        then committed, with its copies)."""
+        entry = self.videos.get(result.task.digest)
+        if entry is None:  # a window decoded past the end of a video already complete
+            return False
+        video, prep, counter = entry
+        if not video.take(result, self._encode_frames):
+            return False
+        del self.videos[result.task.digest]
+        report = self.report
+        report.video_decode_seconds = round(report.video_decode_seconds + video.decode_seconds, 3)
+        moments = video.moments()
+        if video.error is not None or not moments:
+            error = video.error or ImageError("corrupt", "no video frame could be decoded")
+            setattr(report, counter, getattr(report, counter) - 1)
+            report.reused -= len(video.copies)
+            for record in (prep.record, *video.copies):
+                self._skip(record, error)
+        else:
+            self.finished.append((prep, moments))
+            self.rows += [(record, prep.digest, None) for record in (prep.record, *video.copies)]
+            report.videos += 1
+            report.moments += len(moments)
+            report.video_seconds = round(report.video_seconds + (moments[-1].end or 0.0), 3)
+        self.commit()  # now: a crash later loses nothing of this video
+        return True
+
+    def _encode_frames(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        started = time.monotonic()
+        self.report.video_samples += len(pixels)
+        size = self.options.batch_size
+        vectors = np.concatenate([self._encode(pixels[i : i + size]) for i in range(0, len(pixels), size)])
+        self.report.video_encode_seconds = round(
+            self.report.video_encode_seconds + time.monotonic() - started, 3
+        )
+        return vectors
 
     def _known(self, digest: str | None) -> bool:
         """Content committed since a worker decoded this file (a copy met earlier in this run)."""
@@ -334,8 +428,10 @@ class _Committer:
                 raise StalePreview
             self.unverified = None
         new = list(self.queue.values()) if encode else []
-        rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in self.queue]
-        if not new and not rows:
+        videos = self.finished if encode else []
+        waiting = set(self.queue) | {p.digest for p, _ in self.finished}
+        rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in waiting]
+        if not new and not rows and not videos:
             return
         # every picture's main vector, then its views: one encoder batch
         pixels = [p.pixels for p in new] + [view for p in new for _, view in p.views]
@@ -345,20 +441,36 @@ class _Committer:
             for p in new
             if p.digest
         ]
-        commit_batch(self.folder, contents, vectors, [FileRow(*r) for r in rows])
+        news = [self._new_video(prep, moments) for prep, moments in videos]
+        commit_batch(self.folder, contents, vectors, [FileRow(*r) for r in rows], videos=news)
         if encode:
             self.queue.clear()
+            self.finished = []
             self.queued_vectors = 0
         self.rows = [] if encode else [r for r in self.rows if r not in rows]
-        self.since_checkpoint += len(new)
+        self.since_checkpoint += len(new) + sum(len(m) for _, m in videos)
         if self.since_checkpoint >= self.options.checkpoint_every:
             self.folder.checkpoint()
             self.since_checkpoint = 0
 
-    def _encode(self, pixels: list[Any]) -> npt.NDArray[np.float32]:
+    @staticmethod
+    def _new_video(prep: Prepared, moments: list[Moment]) -> NewVideo:
+        """A video's moments as its views, with their vectors.
+
+        The moment most like the whole video is view 0, the content's main vector (what duplicates
+        and "more like this" of the file compare); the others are views 1, 2, ... in time order.
+        """
+        assert prep.digest is not None
+        main = representative(moments)
+        order = [main] + [i for i in range(len(moments)) if i != main]
+        views = tuple(View(n, "moment", moments[i].start, moments[i].end) for n, i in enumerate(order))
+        content = NewContent(prep.digest, prep.width, prep.height, prep.taken)
+        return NewVideo(content, views, np.stack([moments[i].vector for i in order]))
+
+    def _encode(self, pixels: list[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
         encoder = self.model.encoder()  # waits for the model if it is still loading
-        batch = np.stack(pixels)
+        batch = np.stack(pixels) if isinstance(pixels, list) else pixels
         if batch.dtype == np.uint8:
             assert encoder.pixel_transform is not None  # the only source of uint8 pixels
             batch = encoder.pixel_transform.normalize(batch)
@@ -372,6 +484,11 @@ def _sweep(folder: IndexFolder, gone: list[str], report: SyncReport) -> None:
         folder.catalog.delete_files(gone)
         folder.catalog.drop_orphan_contents()
     report.removed = len(gone)
+
+
+def _decoding_work(todo: list[tuple[FileRecord, FileState | None]]) -> int:
+    """Roughly how many pictures' worth of decoding the to-do files hold (a video: one per 256 KB)."""
+    return sum(1 + (record.size >> 18 if is_video_name(record.path) else 0) for record, _ in todo)
 
 
 def encode_threads_beside(workers: int, *, passive_wait: bool) -> int:
@@ -601,7 +718,9 @@ def _decode_and_encode(work: Work, committer: _Committer, *, cached: bool) -> No
     else:
         known = model.facts()
     job = decode_job(committer.folder, known, work.limits)
-    use_processes = options.processes and known.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
+    use_processes = (
+        options.processes and known.pixel_transform is not None and _decoding_work(todo) >= PROCESS_THRESHOLD
+    )
     if progress:
         progress.start(len(todo))
     pool, decode, cleanup = open_decoder(job, options.workers, processes=use_processes)
@@ -612,10 +731,18 @@ def _decode_and_encode(work: Work, committer: _Committer, *, cached: bool) -> No
     try:
         # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
         # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
+        # (a video's window weighs its most samples: two or three windows are in flight)
         window = max(4 * options.batch_size, 4 * options.workers)
-        for prep, old in bounded_map(pool, decode, todo, window):
-            committer.take(prep, old)
-            if progress:
+        stream = OrderedStream(pool, decode, todo, window, task_cost)
+        for result in stream:
+            if isinstance(result, WindowResult):
+                done = committer.take_window(result)
+            else:
+                video = committer.take(*result)
+                if video is not None:
+                    stream.follow(video.plan)
+                done = video is None
+            if progress and done:
                 progress.advance()
         committer.commit()
     except KeyboardInterrupt:

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from clipsearch.encoders.images import IMAGE_EXTENSIONS
+from clipsearch.encoders.video import VIDEO_EXTENSIONS
 from clipsearch.errors import BadValueError
 from clipsearch.store.catalog import FileFilter
 
 #: File types that name the same format (``--type jpeg`` matches ``.jpg``).
 _SAME_TYPE = (("jpg", "jpeg", "jpe"), ("tif", "tiff"), ("heic", "heif"))
-KNOWN_TYPES = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+KNOWN_TYPES = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
 
 
 @dataclass(frozen=True)

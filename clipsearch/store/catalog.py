@@ -1,11 +1,13 @@
 """SQLite catalog: files, their content hashes, skip reasons, pending vectors, and index metadata.
 
-Tables (schema version 1):
+Tables (schema version 2; version 1 is read, and upgraded in place by the first writer):
 
 - ``meta(key, value)``: model, pretrained, weights_sha256, dim, store_kind, schema_version,
-  ``gen`` (last batch that changed the vectors), ``vectors_gen`` (generation of the saved FAISS
-  file) and ``rebuild_id`` (set when a rebuild replaced the index; a staged rebuild also records
-  ``rebuild_complete`` once it is ready to replace it).
+  ``gen`` (last batch that changed the vectors), ``vectors_gen`` (the last batch whose vectors
+  are in segment files), ``layout`` (moves whenever the list of segments changes),
+  ``store_params`` (JSON: the kind's parameters and its measured recall), ``store_choice`` and
+  ``memory_budget`` (what the kind is chosen by), and ``rebuild_id`` (set when a rebuild replaced
+  the index; a staged rebuild also records ``rebuild_complete`` once it is ready to replace it).
 - ``roots(path, include_hidden, exclude, max_pixels)``: folders the user indexed, with the settings
   their syncs use (``exclude``: gitignore lines; ``max_pixels`` NULL: the default). A sync without
   roots re-syncs these. The settings columns were added after version 0.1.0: a writer adds them
@@ -17,12 +19,25 @@ Tables (schema version 1):
   are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
   ``error`` set for files that were skipped.
 - ``views(content_id, view, kind, t_start, t_end)``: a content's vectors beyond its main one: the
-  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``), later
-  video moments (with their times). Added after 0.1.0 (a writer creates it in place; a reader of an
-  older catalog sees no views).
-- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint;
+  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``,
+  ``part``), and a video's moments (``kind`` ``moment``, ``t_start``/``t_end`` in seconds from its
+  first frame). Every moment of a video has a row: view 0, whose vector is the content's main one,
+  is the moment most like the whole video; views 1, 2, ... are the others, in time order. Added
+  after 0.1.0 (a writer creates it in place; a reader of an older catalog sees no views).
+- ``pending(content_id, gen, vector)``: vectors committed since the last checkpoint;
   ``content_id`` is the vector's FAISS id (see :func:`view_id`).
-- ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted since the last FAISS checkpoint.
+- ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted whose vectors may still lie in a
+  segment file; kept until a merge drops them from the files.
+- ``segments(name, count, big)``: the segment files holding the vectors (added in version 2);
+  see :mod:`clipsearch.store.segments`. Version 1 kept them in one FAISS file,
+  ``vectors-<vectors_gen>.faiss``, and its tombstones were those after ``vectors_gen``.
+- ``judgements(query, hash, label, time)``: a person's marks: the picture with this content
+  ``hash`` is relevant (``label`` 1) or not (0) to ``query`` (as written, in the query grammar),
+  marked at ``time`` (POSIX). Keyed by the content's hash, not its id, so that marks survive a
+  rename, a re-sync and a rebuild (which hands out new ids), and follow a picture that is removed
+  and added again. Added after 0.2: created in place by the first mark (also by a reader, such as
+  the web server: a mark is a small write of its own, allowed while a sync runs); a catalog
+  without the table has no judgements. A rebuild keeps the table (it replaces the others).
 
 FAISS ids: a content's main vector has the content's id; view ``n`` (1, 2, ...) of content ``c``
 has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide and
@@ -32,7 +47,9 @@ has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide a
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -45,7 +62,9 @@ import numpy.typing as npt
 from clipsearch.errors import ClipsearchError, IndexAccessError, IndexCorruptError
 from clipsearch.files import free_space_note
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Catalog versions this code reads (1: one FAISS file; upgraded to 2 by the first writer).
+READABLE_VERSIONS = (1, 2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,6 +95,11 @@ CREATE TABLE IF NOT EXISTS pending (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tombstones (content_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (
+    name TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    big INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS views (
     content_id INTEGER NOT NULL,
     view INTEGER NOT NULL,
@@ -85,6 +109,15 @@ CREATE TABLE IF NOT EXISTS views (
     PRIMARY KEY (content_id, view)
 ) WITHOUT ROWID;
 """
+
+#: The judgements table (see the module docstring); created by the first mark, not with the catalog.
+_JUDGEMENTS_SCHEMA = """CREATE TABLE IF NOT EXISTS judgements (
+    query TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    time REAL NOT NULL,
+    PRIMARY KEY (query, hash)
+) WITHOUT ROWID"""
 
 #: The flag of a view's FAISS id, and the bits of the view number below the content id.
 VIEW_FLAG = 1 << 62
@@ -138,6 +171,7 @@ _REPLACED_TABLES = {
     "pending": "content_id, gen, vector",
     "tombstones": "content_id, gen",
     "views": "content_id, view, kind, t_start, t_end",
+    "segments": "name, count, big",
     "meta": "key, value",
 }
 
@@ -177,6 +211,20 @@ class IndexMeta:
     #: which extra vectors a picture gets: ``none``, or ``sides`` (the side crops of a wide or tall
     #: picture, for models that crop the centre); indexes made before 0.2 record none
     coverage: str = "none"
+
+
+class Judgement(NamedTuple):
+    """A stored mark: the content with ``hash`` is relevant to ``query`` or not, marked at ``time``.
+
+    ``content_id``: that content's id in this index now; None when no file of it is indexed now
+    (the mark waits for the picture to come back).
+    """
+
+    query: str
+    hash: str
+    relevant: bool
+    time: float
+    content_id: int | None
 
 
 class Entry(NamedTuple):
@@ -269,6 +317,14 @@ class NewFile(NamedTuple):
     error: str | None
 
 
+def fsencode(path: str) -> bytes:
+    """``os.fsencode`` of a ``str`` path, without its checks: millions of rows go through it."""
+    return path.encode(_FS_ENCODING, _FS_ERRORS)
+
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
 def _is_corruption(exc: sqlite3.Error) -> bool:
     return "not a database" in str(exc) or "malformed" in str(exc)
 
@@ -331,12 +387,12 @@ class Catalog:
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from exc
-        if version is not None and int(version) != SCHEMA_VERSION:
+        if version is not None and int(version) not in READABLE_VERSIONS:
             self.conn.close()
             raise IndexCorruptError(
                 path.parent,
-                f"{path} has catalog schema version {version}; this clipsearch reads version "
-                f"{SCHEMA_VERSION}.",
+                f"{path} has catalog schema version {version}; this clipsearch reads versions "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}.",
             )
 
     @staticmethod
@@ -408,12 +464,19 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+
+        A Ctrl-C can land just after ``BEGIN`` returns: inside the ``try``, so it is rolled back too,
+        and a transaction found open anyway (an interrupt in the window before) is rolled back first.
+        """
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -517,6 +580,15 @@ class Catalog:
         )
         return {os.fsdecode(r[0]): FileState(r[1], r[2], r[3], r[4]) for r in rows}
 
+    def holds_files_under(self, root: str) -> bool:
+        """Whether any file at or below ``root`` is catalogued (without reading them all)."""
+        low, high = under(root)
+        row = self.conn.execute(
+            "SELECT 1 FROM files WHERE path = ? OR (path >= ? AND path < ?) LIMIT 1",
+            (os.fsencode(root), low, high),
+        ).fetchone()
+        return row is not None
+
     def file(self, path: str) -> FileState | None:
         row = self.conn.execute(
             "SELECT size, mtime_ns, content_id, error FROM files WHERE path = ?", (os.fsencode(path),)
@@ -527,7 +599,7 @@ class Catalog:
         """The catalogued files among ``paths`` (absent ones are left out)."""
         out: dict[str, FileState] = {}
         for start in range(0, len(paths), 500):
-            chunk = [os.fsencode(p) for p in paths[start : start + 500]]
+            chunk = [fsencode(p) for p in paths[start : start + 500]]
             rows = self.conn.execute(
                 "SELECT path, size, mtime_ns, content_id, error FROM files "
                 f"WHERE path IN ({','.join('?' * len(chunk))})",
@@ -559,7 +631,7 @@ class Catalog:
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
         contents = one("SELECT count(*) FROM contents").fetchone()[0]
-        views = one("SELECT count(*) FROM views").fetchone()[0] if self._has_views else 0
+        views = one("SELECT count(*) FROM views WHERE view > 0").fetchone()[0] if self._has_views else 0
         return {
             "files": one("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0],
             "contents": contents,
@@ -567,19 +639,52 @@ class Catalog:
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
 
-    def entries_matching(self, where: FileFilter) -> dict[int, list[Entry]]:
-        """content id -> its files that pass the filter."""
-        clause, params = where.sql()
-        return _group(self.conn.execute(f"{_ENTRY_SQL} WHERE {clause}", params))
+    def video_counts(self) -> dict[str, float]:
+        """Video files, distinct videos, their moments and their total length in seconds."""
+        if not self._has_views:
+            return {"videos": 0, "video_contents": 0, "moments": 0, "video_seconds": 0.0}
+        contents, moments, seconds = self.conn.execute(
+            "SELECT count(*), COALESCE(sum(n), 0), COALESCE(sum(length), 0) FROM "
+            "(SELECT count(*) AS n, max(t_end) AS length FROM views WHERE kind = 'moment' "
+            "GROUP BY content_id)"
+        ).fetchone()
+        files = self.conn.execute(
+            "SELECT count(*) FROM files WHERE content_id IN (SELECT content_id FROM views WHERE view = 0 "
+            "AND kind = 'moment')"
+        ).fetchone()[0]
+        return {"videos": files, "video_contents": contents, "moments": moments, "video_seconds": seconds}
 
-    def entries_of(self, content_ids: Sequence[int]) -> dict[int, list[Entry]]:
-        """content id -> its files, for the ids given."""
+    def entries_of(
+        self, content_ids: Sequence[int], where: FileFilter | None = None
+    ) -> dict[int, list[Entry]]:
+        """content id -> its files (those that pass ``where``, if given), for the ids given."""
+        clause, params = where.sql() if where is not None else ("1", [])
         out: dict[int, list[Entry]] = {}
         for start in range(0, len(content_ids), 500):
             chunk = [int(i) for i in content_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            out.update(_group(self.conn.execute(f"{_ENTRY_SQL} WHERE f.content_id IN ({marks})", chunk)))
+            rows = self.conn.execute(
+                f"{_ENTRY_SQL} WHERE f.content_id IN ({marks}) AND {clause}", chunk + params
+            )
+            out.update(_group(rows))
         return out
+
+    def vector_ids_matching(self, where: FileFilter) -> npt.NDArray[np.int64]:
+        """The FAISS ids (contents and their views) of the contents with a file that passes ``where``:
+        one pass over the matching rows, no record per file (a filter may keep millions)."""
+        clause, params = where.sql()
+        joined = (
+            "JOIN contents c ON c.id = f.content_id " if re.search(r"\bc\.", clause) else ""
+        )  # dates, sizes
+        matching = f"SELECT f.content_id FROM files f {joined}WHERE {clause}"
+        contents = np.unique(np.fromiter((r[0] for r in self.conn.execute(matching, params)), np.int64))
+        if not self._has_views or not len(contents):
+            return contents
+        rows = self.conn.execute(
+            f"SELECT content_id, view FROM views WHERE view > 0 AND content_id IN ({matching})", params
+        )
+        views = np.array(rows.fetchall(), dtype=np.int64).reshape(-1, 2)
+        return np.concatenate([contents, VIEW_FLAG | (views[:, 0] << VIEW_BITS) | views[:, 1]])
 
     def has_views(self) -> bool:
         """Whether any content has vectors beyond its main one."""
@@ -593,8 +698,8 @@ class Catalog:
         for start in range(0, len(content_ids), 500):
             chunk = [int(i) for i in content_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(
-                f"SELECT content_id, view FROM views WHERE content_id IN ({marks})", chunk
+            rows = self.conn.execute(  # a video's view 0 is its main vector
+                f"SELECT content_id, view FROM views WHERE view > 0 AND content_id IN ({marks})", chunk
             )
             out += [view_id(cid, view) for cid, view in rows]
         return out
@@ -619,6 +724,86 @@ class Catalog:
         rows = self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path")
         return [(os.fsdecode(path), error) for path, error in rows]
 
+    # -- judgements (their own small transactions, also from a reader's connection) -----------
+
+    def has_judgements_table(self) -> bool:
+        """Whether the judgements table exists (another process may have created it since we opened)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'judgements'"
+        ).fetchone()
+        return row is not None
+
+    def mark(self, query: str, marks: Sequence[tuple[int, bool | None]], when: float) -> list[int]:
+        """Mark contents relevant (True) or not (False) to ``query``, replacing earlier marks; None
+        removes a content's mark. One transaction; returns, per mark, whether it changed a row (1, 0).
+
+        Raises:
+            IndexAccessError: the catalog cannot be written (read-only media, permissions).
+        """
+        changed = []
+        try:
+            with self.transaction():
+                self.conn.execute(_JUDGEMENTS_SCHEMA)
+                for cid, relevant in marks:
+                    if relevant is None:
+                        cur = self.conn.execute(
+                            "DELETE FROM judgements WHERE query = ? "
+                            "AND hash = (SELECT hash FROM contents WHERE id = ?)",
+                            (query, int(cid)),
+                        )
+                    else:
+                        cur = self.conn.execute(
+                            "INSERT OR REPLACE INTO judgements(query, hash, label, time) "
+                            "SELECT ?, hash, ?, ? FROM contents WHERE id = ?",
+                            (query, int(relevant), when, int(cid)),
+                        )
+                    changed.append(max(cur.rowcount, 0))
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "read-only" not in str(exc):
+                raise
+            raise IndexAccessError(
+                self.path.parent,
+                f"Cannot record judgements in the index at {self.path.parent}: its catalog is read-only "
+                f"({exc}). Judgements are stored in the index; make its folder writable.",
+            ) from exc
+        return changed
+
+    def judgements(self, query: str | None = None) -> list[Judgement]:
+        """Every stored mark (of ``query`` only, if given), by query then time."""
+        if not self.has_judgements_table():
+            return []
+        sql = (
+            "SELECT j.query, j.hash, j.label, j.time, c.id FROM judgements j "
+            "LEFT JOIN contents c ON c.hash = j.hash"
+        )
+        rows = (
+            self.conn.execute(f"{sql} WHERE j.query = ? ORDER BY j.time, j.hash", (query,))
+            if query is not None
+            else self.conn.execute(f"{sql} ORDER BY j.query, j.time, j.hash")
+        )
+        return [Judgement(q, h, bool(label), float(t), cid) for q, h, label, t, cid in rows]
+
+    def judgements_state(self) -> tuple[int, float]:
+        """(how many marks name a content indexed now, the time of the latest mark): what a result
+        computed from the judgements depends on."""
+        if not self.has_judgements_table():
+            return 0, 0.0
+        count, latest = self.conn.execute(
+            "SELECT count(c.id), coalesce(max(j.time), 0) FROM judgements j "
+            "LEFT JOIN contents c ON c.hash = j.hash"
+        ).fetchone()
+        return int(count), float(latest)
+
+    def contents_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """hash -> content id, for the hashes of contents in this index."""
+        out: dict[str, int] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = list(hashes[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT hash, id FROM contents WHERE hash IN ({marks})", chunk)
+            out.update({h: int(i) for h, i in rows})
+        return out
+
     # -- writes (call inside transaction()) ---------------------------------------------------
 
     def next_gen(self) -> int:
@@ -633,12 +818,23 @@ class Catalog:
             [(int(content_id), v.view, v.kind, v.t_start, v.t_end) for v in views],
         )
 
-    def insert_content(self, digest: str, width: int, height: int, taken: float | None) -> int:
+    def insert_content(
+        self, digest: str, width: int, height: int, taken: float | None, *, content_id: int | None = None
+    ) -> int:
+        """A new content row; ``content_id``: the id to give it (one of :meth:`last_content_id`'s
+        successors, taken by a writer that wrote its vectors first), else the next one."""
         cur = self.conn.execute(
-            "INSERT INTO contents(hash, width, height, taken) VALUES (?, ?, ?, ?)",
-            (digest, width, height, taken),
+            "INSERT INTO contents(id, hash, width, height, taken) VALUES (?, ?, ?, ?, ?)",
+            (content_id, digest, width, height, taken),
         )
         return int(cur.lastrowid or 0)
+
+    def insert_contents(self, rows: Sequence[tuple[int, str, int, int, float | None]]) -> None:
+        """New content rows ``(id, hash, width, height, taken)`` with ids taken beforehand (see
+        :meth:`insert_content`), in one statement."""
+        self.conn.executemany(
+            "INSERT INTO contents(id, hash, width, height, taken) VALUES (?, ?, ?, ?, ?)", rows
+        )
 
     def add_pending(self, gen: int, ids: Sequence[int], vectors: npt.NDArray[np.float32]) -> None:
         self.conn.executemany(
@@ -649,7 +845,7 @@ class Catalog:
     def upsert_files(self, rows: Iterable[NewFile]) -> None:
         self.conn.executemany(
             "INSERT OR REPLACE INTO files(path, size, mtime_ns, content_id, error) VALUES (?, ?, ?, ?, ?)",
-            [(os.fsencode(r.path), r.size, r.mtime_ns, r.content_id, r.error) for r in rows],
+            [(fsencode(r.path), r.size, r.mtime_ns, r.content_id, r.error) for r in rows],
         )
 
     def delete_files(self, paths: Iterable[str]) -> None:
@@ -730,9 +926,39 @@ class Catalog:
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def forget_log_through(self, gen: int) -> None:
-        """After a checkpoint at ``gen``: its pending vectors and tombstones live in the FAISS file."""
+        """After a version-1 checkpoint at ``gen``: its pending vectors and tombstones are in its file."""
         self.conn.execute("DELETE FROM pending WHERE gen <= ?", (gen,))
         self.conn.execute("DELETE FROM tombstones WHERE gen <= ?", (gen,))
+
+    def forget_pending_through(self, gen: int) -> None:
+        """After a checkpoint at ``gen``: the pending vectors up to it are in a segment file."""
+        self.conn.execute("DELETE FROM pending WHERE gen <= ?", (gen,))
+
+    def forget_tombstones(self, ids: Iterable[int]) -> None:
+        """Tombstones no longer needed (their vectors are in no segment file any more)."""
+        self.conn.executemany("DELETE FROM tombstones WHERE content_id = ?", [(int(i),) for i in ids])
+
+    def tombstone_ids(self) -> npt.NDArray[np.int64]:
+        return np.array(
+            [r[0] for r in self.conn.execute("SELECT content_id FROM tombstones")], dtype=np.int64
+        )
+
+    # -- segments -------------------------------------------------------------------------------
+
+    def segments(self) -> list[tuple[str, int, bool]]:
+        """(name, count, big) of every segment file set, by name (none in a version-1 catalog)."""
+        if int(self.get("schema_version") or 1) < 2:
+            return []
+        rows = self.conn.execute("SELECT name, count, big FROM segments ORDER BY name")
+        return [(str(name), int(count), bool(big)) for name, count, big in rows]
+
+    def replace_segments(self, remove: Iterable[str], add: Iterable[tuple[str, int, bool]]) -> None:
+        """Swap segments in the list (inside a transaction), moving ``layout`` on."""
+        self.conn.executemany("DELETE FROM segments WHERE name = ?", [(n,) for n in remove])
+        self.conn.executemany(
+            "INSERT INTO segments(name, count, big) VALUES (?, ?, ?)", [(n, c, int(b)) for n, c, b in add]
+        )
+        self.set("layout", self.get_int("layout") + 1)
 
     def reclaim_space(self) -> None:
         """Return free pages (left by deleted pending vectors) to the file system; outside a transaction."""

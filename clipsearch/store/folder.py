@@ -29,7 +29,7 @@ from clipsearch.errors import (
 )
 from clipsearch.files import free_space_note
 from clipsearch.store import rebuild as staged
-from clipsearch.store.catalog import Catalog, IndexMeta
+from clipsearch.store.catalog import Catalog, IndexMeta, view_id
 from clipsearch.store.layout import (
     CATALOG_FILE,
     LOCK_FILE,
@@ -40,10 +40,10 @@ from clipsearch.store.layout import (
     exists,
     index_root,
     not_writable,
-    sweep_vector_files,
     vectors_file,
 )
-from clipsearch.store.vectors import VectorStore, create_store, load_store
+from clipsearch.store.vectorfiles import VectorFiles
+from clipsearch.store.vectors import VectorStore
 
 __all__ = [
     "CATALOG_FILE",
@@ -64,7 +64,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-class IndexFolder:
+class IndexFolder(VectorFiles):
     """An index directory: open with :meth:`open` (read) or :meth:`open_for_write` (create/sync)."""
 
     def __init__(
@@ -82,7 +82,7 @@ class IndexFolder:
         self.meta = meta
         self._lock_fd = lock_fd
         self._store: VectorStore | None = None
-        self._store_gen = -1
+        self._store_state = (-1, -1)  # (gen, layout) of the catalog the store was read from
         self._rebuild_id = catalog.get(staged.REBUILD_ID)
         self._identity = _identity(self.data / CATALOG_FILE)
 
@@ -178,7 +178,12 @@ class IndexFolder:
                 shutil.rmtree(root, ignore_errors=True)
             raise
         folder = cls(root, catalog, meta, lock_fd=lock_fd, data=data)
-        folder._sweep_stale_vector_files()
+        try:
+            folder._upgrade()
+            folder._sweep()
+        except BaseException:
+            folder.close()
+            raise
         return folder
 
     @property
@@ -220,7 +225,7 @@ class IndexFolder:
                 "permissions), the next sync of this index puts the rebuild in its place.",
             ) from exc
         self.catalog, self.data = catalog, self.path
-        self._store, self._store_gen = None, -1
+        self._store, self._store_state = None, (-1, -1)
         self._rebuild_id = catalog.get(staged.REBUILD_ID)
         self._identity = _identity(self.path / CATALOG_FILE)
 
@@ -248,7 +253,7 @@ class IndexFolder:
             meta = self.catalog.meta()
         if meta is not None:
             self.meta = meta
-        self._rebuild_id, self._store, self._store_gen = rebuild_id, None, -1
+        self._rebuild_id, self._store, self._store_state = rebuild_id, None, (-1, -1)
         return True
 
     def forget_root(self, root: str) -> int:
@@ -290,78 +295,10 @@ class IndexFolder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- vectors ------------------------------------------------------------------------------
-
-    @property
-    def store(self) -> VectorStore:
-        """The vector store as of the last committed batch (refreshed if the catalog moved on)."""
-        gen = self.catalog.get_int("gen")
-        if self._store is None or gen != self._store_gen:
-            self._refresh_store()
-        assert self._store is not None
-        return self._store
-
-    def _refresh_store(self) -> None:
-        for _ in range(10):  # a checkpoint may replace the file between our snapshot and opening it
-            with self.catalog.snapshot():
-                gen = self.catalog.get_int("gen")
-                vgen = self.catalog.get_int("vectors_gen")
-                rebuild_id = self.catalog.get(staged.REBUILD_ID)
-                same_index = rebuild_id == self._rebuild_id  # else a rebuild replaced it: load it whole
-                meta = self.meta if same_index else (self.catalog.meta() or self.meta)
-                incremental = self._store is not None and same_index and vgen <= self._store_gen
-                since = self._store_gen if incremental else vgen
-                ids, vectors = self.catalog.pending_after(since, meta.dim)
-                dead = self.catalog.tombstones_after(since)
-            try:
-                store = (
-                    self._store
-                    if incremental and self._store is not None
-                    else self._load_checkpoint(vgen, meta)
-                )
-            except FileNotFoundError:
-                continue
-            store.remove(dead)
-            store.add(ids, vectors)
-            self._store, self._store_gen, self.meta, self._rebuild_id = store, gen, meta, rebuild_id
-            return
-        raise IndexCorruptError(
-            self.path, f"The vectors file {self.data / vectors_file(vgen)} named by the catalog is missing."
-        )
-
-    def _load_checkpoint(self, vgen: int, meta: IndexMeta) -> VectorStore:
-        if vgen == 0:
-            return create_store(meta.store_kind, meta.dim)
-        path = self.data / vectors_file(vgen)
-        try:
-            return load_store(meta.store_kind, path)
-        except RuntimeError as exc:  # faiss raises RuntimeError on unreadable files
-            if not path.exists():  # replaced by a newer checkpoint since our snapshot: retry
-                raise FileNotFoundError(path) from exc
-            raise IndexCorruptError(
-                self.path, f"{path} cannot be read ({str(exc).splitlines()[0]})."
-            ) from exc
-
-    def checkpoint(self) -> None:
-        """Fold the pending vectors into a new FAISS file (written first), then point the catalog at it."""
-        gen = self.catalog.get_int("gen")
-        old = self.catalog.get_int("vectors_gen")
-        if gen == old:
-            return
-        self.check_present()
-        store = self.store
-        store.save(self.data / vectors_file(self._store_gen))
-        with self.catalog.transaction():
-            self.catalog.set("vectors_gen", self._store_gen)
-            self.catalog.forget_log_through(self._store_gen)
-        self.catalog.reclaim_space()
-        self._sweep_stale_vector_files()
-
-    def _sweep_stale_vector_files(self) -> None:
-        sweep_vector_files(self.data, keep=vectors_file(self.catalog.get_int("vectors_gen")))
+    # -- vectors: reading and writing them is VectorFiles' (store/vectorfiles.py) ------------
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
-        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        """The indexed (unit) vector of ``path`` if the file is indexed and unchanged on disk, else None."""
         state = self.catalog.file(path)
         if state is None or state.content_id is None:
             return None
@@ -371,12 +308,25 @@ class IndexFolder:
             return None
         if (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns):
             return None
-        return self.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+        return self.content_vector(state.content_id)
+
+    def content_vector(self, content_id: int, view: int = 0) -> npt.NDArray[np.float32]:
+        """A content's main vector (or that of its ``view``: a side view, a video moment), of unit
+        length as the model gave it (the store's 8-bit codes give it back within 0.1% of unit
+        length, which would otherwise scale every score of a search with it).
+
+        Raises:
+            RuntimeError: the store does not hold it (FAISS's error for an unknown id).
+        """
+        vector = self.store.reconstruct(np.array([view_id(content_id, view)], dtype=np.int64))[0]
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
 
     def info(self) -> dict[str, Any]:
         """What is in the index, which model, where it lives, each root's settings, and an
         unfinished rebuild if there is one."""
         counts = self.catalog.counts()
+        videos = self.catalog.video_counts()
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
         settings = self.catalog.root_settings()
         return {
@@ -392,10 +342,14 @@ class IndexFolder:
             "contents": counts["contents"],
             "vectors": counts["vectors"],
             "skipped": counts["skipped"],
+            "videos": videos["videos"],
+            "moments": videos["moments"],
+            "video_seconds": round(float(videos["video_seconds"]), 3),
             "roots": list(settings),
             "root_settings": [{"path": root, **s.to_dict()} for root, s in settings.items()],
             "size_bytes": size,
             "rebuild": None if self.rebuilding else staged.staged_info(self.path),
+            **self._store_info(counts["vectors"]),
         }
 
 

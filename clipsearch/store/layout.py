@@ -15,6 +15,7 @@ from pathlib import Path
 
 from clipsearch.errors import IndexAccessError, IndexBusyError, IndexCorruptError
 from clipsearch.files import free_space_note, fsync_path
+from clipsearch.store import segments
 from clipsearch.store.catalog import Catalog, IndexMeta
 
 CATALOG_FILE = "catalog.sqlite"
@@ -128,11 +129,22 @@ def acquire_lock(root: Path) -> int:
 
 
 def sweep_vector_files(folder: Path, keep: str) -> None:
-    """Delete the FAISS files (and their temporary files) in ``folder`` other than ``keep``."""
+    """Delete the version-1 FAISS files (and their temporary files) in ``folder`` other than ``keep``."""
     for entry in folder.glob("vectors-*.faiss*"):
         if entry.name != keep:
             with contextlib.suppress(OSError):
                 entry.unlink()
+
+
+def sweep_unlisted(folder: Path, catalog: Catalog) -> None:
+    """Delete the vector files in ``folder`` that ``catalog`` does not name: left by a crash, or
+    replaced by a checkpoint, a merge or a rebuild (a reader that opened them keeps them open)."""
+    listed = catalog.segments()
+    if int(catalog.get("schema_version") or 1) < 2:
+        sweep_vector_files(folder, keep=vectors_file(catalog.get_int("vectors_gen")))
+        return
+    sweep_vector_files(folder, keep="")
+    segments.remove_files(folder, keep={name for name, _, _ in listed})
 
 
 def remove_derived_files(root: Path) -> None:
@@ -147,3 +159,34 @@ def remove_derived_files(root: Path) -> None:
             else:
                 with contextlib.suppress(OSError):
                     entry.unlink()
+
+
+def vector_files(folder: Path, catalog: Catalog, vectors: int) -> dict[str, object]:
+    """What the vector files of an index take on disk, by role, in all and per vector.
+
+    ``search``: what a search reads (the IVF lists; for an exhaustive kind, the codes themselves);
+    ``codes``: the codes kept for re-ranking and rebuilds (approximate kinds); ``ids``: the
+    segments' id lists; ``catalog``: the SQLite catalog (files, contents, log).
+    """
+    sizes = {"search": 0, "codes": 0, "ids": 0, "catalog": 0}
+    names = {name for name, _, _ in catalog.segments()}
+    approximate = any((folder / f"{n}.ivf.faiss").exists() for n in names)
+    for entry in folder.iterdir():
+        try:
+            size = entry.stat().st_size
+        except OSError:
+            continue
+        name = segments.name_of(entry.name)
+        if entry.name.startswith(CATALOG_FILE):
+            sizes["catalog"] += size
+        elif entry.name.startswith("vectors-") and entry.name.endswith(".faiss"):
+            sizes["search"] += size  # a version-1 index: one file searched whole
+        elif name in names:
+            if entry.name.endswith((".ivf.faiss", ".sa.npy")):
+                sizes["search"] += size
+            elif entry.name.endswith(".codes.faiss"):
+                sizes["codes" if approximate else "search"] += size
+            elif entry.name.endswith(".ids.npy"):
+                sizes["ids"] += size
+    per = {key: round(value / vectors, 1) if vectors else 0.0 for key, value in sizes.items()}
+    return {"bytes": sizes, "bytes_per_vector": per}

@@ -7,11 +7,12 @@ Readers never look there; they use the index as it was until the rebuild is comp
 :func:`swap_in` replaces it:
 
 1. the staged catalog is checkpointed (no pending vectors) and marked ``rebuild_complete``;
-2. its FAISS file is linked (or copied) into the index folder under a generation the index has
-   not used, and made durable;
-3. one SQLite transaction replaces every row of the index's catalog with the staged rows, points
-   ``vectors_gen`` at that file and records the staged ``rebuild_id``;
-4. the old FAISS files, the thumbnails and the staging folder are deleted.
+2. its segment files are linked (or copied) into the index folder under their own names (unique
+   to each segment), and made durable (a version-1 staging: its FAISS file, under a generation
+   the index has not used);
+3. one SQLite transaction replaces every row of the index's catalog (its list of segments
+   included) with the staged rows and records the staged ``rebuild_id``;
+4. the old vector files, the thumbnails and the staging folder are deleted.
 
 A crash before 3 leaves the index as it was; the next writer of the index finishes a complete
 rebuild, and the next rebuild resumes an incomplete one. After 3, the index is the new one and the
@@ -31,6 +32,7 @@ from typing import Any
 
 from clipsearch.errors import IndexAccessError, IndexCorruptError
 from clipsearch.files import fsync_path
+from clipsearch.store import segments
 from clipsearch.store.catalog import Catalog, IndexMeta, RootSettings
 from clipsearch.store.layout import (
     CATALOG_FILE,
@@ -38,7 +40,7 @@ from clipsearch.store.layout import (
     create_catalog,
     remove_catalog_files,
     remove_derived_files,
-    sweep_vector_files,
+    sweep_unlisted,
     vectors_file,
 )
 
@@ -69,6 +71,7 @@ def open_staging(
         shutil.rmtree(staging)
     staging.mkdir()
     extra: dict[str, object] = {REBUILD_ID: uuid.uuid4().hex}
+    extra.update(_read_live(root, _store_settings, {}))  # the kind asked for and the memory budget carry over
     create_catalog(catalog_path, new_meta(), index=root, extra=extra, first_id=_read_live(root, _last_id, 0))
     return Catalog(catalog_path, writer=True)
 
@@ -103,6 +106,9 @@ def swap_in(root: Path) -> None:
             staged.get_int("vectors_gen"),
             staged.get(REBUILD_ID),
         )
+        legacy = int(staged.get("schema_version") or 1) < 2
+        listed = staged.segments()
+        staged_layout = staged.get_int("layout")
     finally:
         staged.close()  # its WAL is folded into the file: the catalog is one file to read
     if meta is None or gen != vectors_gen:
@@ -110,21 +116,25 @@ def swap_in(root: Path) -> None:
     live = _open_live(root, meta)
     try:
         new_gen = max(live.get_int("gen"), gen) + 1
-        if vectors_gen:
+        if legacy and vectors_gen:
             _link_durably(staging / vectors_file(vectors_gen), root / vectors_file(new_gen))
+        for name, _, _ in listed:
+            for path in segments.files_of(staging, name):
+                _link_durably(path, root / path.name)
         live.replace_with(
             staging / CATALOG_FILE,
             {
                 "gen": new_gen,
-                "vectors_gen": new_gen if vectors_gen else 0,
+                "vectors_gen": new_gen if vectors_gen or not legacy else 0,
+                "layout": max(live.get_int("layout"), staged_layout) + 1,
                 COMPLETE: None,
                 REBUILD_ID: rebuild_id,
             },
         )
         live.reclaim_space()
+        sweep_unlisted(root, live)
     finally:
         live.close()
-    sweep_vector_files(root, keep=vectors_file(new_gen) if vectors_gen else "")
     remove_derived_files(root)  # thumbnails of the old contents (their ids are never reused)
     shutil.rmtree(staging, ignore_errors=True)
     fsync_path(root)
@@ -186,6 +196,12 @@ def _read_live(root: Path, read: Callable[[Catalog], Any], default: Any) -> Any:
         return default
     finally:
         catalog.close()
+
+
+def _store_settings(catalog: Catalog) -> dict[str, str]:
+    return {
+        key: value for key in ("store_choice", "memory_budget") if (value := catalog.get(key)) is not None
+    }
 
 
 def _last_id(catalog: Catalog) -> int:

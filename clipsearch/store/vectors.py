@@ -1,9 +1,11 @@
-"""The FAISS side: one VectorStore interface, implementations chosen by a ``kind`` string.
+"""The FAISS side: the VectorStore interface every kind implements, and the one-file stores.
 
-Ids are int64 content ids from the catalog. Scores are inner products of unit vectors (cosine).
-Kinds: ``flat`` (fp32, exact) and ``sq8`` (8-bit scalar-quantised storage, exhaustive search; the
-default for new indexes). Later index types (HNSW, IVF-PQ) implement the same protocol and register
-under a new kind.
+Ids are int64 FAISS ids (a content's id, or a side view's: see :func:`clipsearch.store.catalog.view_id`).
+Scores are inner products of unit vectors (cosine). An index's vectors are kept in segments and
+searched through :class:`clipsearch.store.segmented.SegmentedStore`, whatever their kind (``flat``,
+``sq8``, ``ivfpq``). :class:`FlatStore` and :class:`QuantizedStore` are the stores of one FAISS
+file that version-1 indexes kept (read until their first writer upgrades them), and the in-memory
+store of the vectors committed since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -48,9 +50,6 @@ class VectorStore(Protocol):
 
     def ids(self) -> Ids:
         """Every id in the store."""
-
-    def save(self, path: Path) -> None:
-        """Write atomically (temp file + rename)."""
 
 
 class FlatStore:

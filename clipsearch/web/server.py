@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -35,13 +34,16 @@ from clipsearch.api import Index
 from clipsearch.encoders.cache import ModelCache
 from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, image_format, open_image
+from clipsearch.encoders.video import frame_at
 from clipsearch.errors import BadValueError, ClipsearchError, ImageError, IndexAccessError, UsageError
 from clipsearch.files import write_atomic
 from clipsearch.paths import json_fields, json_list
 from clipsearch.query.filters import Filters, parse_filters
 from clipsearch.query.grammar import QuerySyntaxError, Term, parse_query
+from clipsearch.query.judgements import query_key
 from clipsearch.query.rank import Hit, SearchOptions, finish
 from clipsearch.query.vector import image_vector
+from clipsearch.store.catalog import View
 from clipsearch.store.folder import CATALOG_FILE
 
 #: Host names a loopback-bound server answers to (anything else is a DNS-rebinding attempt).
@@ -59,6 +61,15 @@ STATIC_DIR = Path(__file__).parent / "static"
 _ID = re.compile(r"[0-9]{1,18}")  # below 2**63: SQLite and FAISS ids are signed 64-bit
 _MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and part headers
 _WEB_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WEBP": "image/webp"}
+#: Media types of the video containers indexed, by extension (browsers play what they can).
+_VIDEO_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".mov": "video/quicktime",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".avi": "video/x-msvideo",
+}
 _CSP = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'none'"
@@ -83,7 +94,10 @@ class Result(BaseModel):
     """One search result; ``thumb`` and ``image`` are the URLs of its pictures.
 
     ``path`` shows U+FFFD where a name is not valid UTF-8; ``path_bytes`` (only then) holds the
-    exact bytes in base64. ``date`` is ISO 8601 in UTC.
+    exact bytes in base64. ``date`` is ISO 8601 in UTC. A video's result is one of its moments:
+    ``t_start`` and ``t_end`` (seconds), ``moment`` (its number, for thumbnails and "more like this")
+    and ``video`` (the URL of the video file, to play from ``t_start``); ``thumb`` and ``image`` show
+    the moment's first frame.
     """
 
     rank: int
@@ -98,15 +112,56 @@ class Result(BaseModel):
     available: bool
     thumb: str
     image: str
+    t_start: float | None = None
+    t_end: float | None = None
+    moment: int | None = None
+    video: str | None = None
+    #: text searches: the mark of this picture for the query (true: right, false: wrong, null: none)
+    judged: bool | None = None
+
+
+class Cutoff(BaseModel):
+    """The fitted cutoff a ``cutoff=auto`` text search used (see ``clipsearch judge``)."""
+
+    threshold: float
+    f1: float
+    judgements: int
+    queries: int
 
 
 class Results(BaseModel):
-    """Search results; ``index_version`` names the index their ids belong to (see the ``v`` parameter)."""
+    """Search results; ``index_version`` names the index their ids belong to (see the ``v`` parameter).
+
+    Text searches also give ``key`` (the query as its marks are stored), ``marks`` (how many of its
+    pictures are marked) and ``refined``; ``cutoff`` when a fitted cutoff was used."""
 
     query: str
     count: int
     index_version: str
     results: list[Result]
+    key: str | None = None
+    marks: int | None = None
+    refined: bool | None = None
+    cutoff: Cutoff | None = None
+
+
+class Mark(BaseModel):
+    """A mark from the page: picture ``content_id`` is right (true) or wrong (false) for query ``q``
+    (null: forget its mark). ``v``: the index_version of the answer the id came from."""
+
+    q: str = Field(max_length=2000)
+    content_id: int = Field(ge=0, le=2**63 - 1)
+    relevant: bool | None
+    v: str | None = Field(default=None, max_length=64)
+
+
+class Marked(BaseModel):
+    """The query as its marks are stored, the picture's mark now, and how many the query has."""
+
+    key: str
+    content_id: int
+    relevant: bool | None
+    marks: int
 
 
 class ErrorBody(BaseModel):
@@ -178,6 +233,10 @@ def _check_version(state: _State, version: str | None) -> None:
         )
 
 
+Moment = Annotated[
+    int | None,
+    Query(ge=0, le=65535, description="A video's moment, as its results give it (default: its main one)."),
+]
 Version = Annotated[
     str | None,
     Query(
@@ -208,9 +267,14 @@ def search_params(
     threshold: Annotated[float | None, Query(description="Only scores at least this (-1..1).")] = None,
     cutoff: Annotated[str | None, Query(max_length=16, description="'auto': adaptive cutoff.")] = None,
     sort: Annotated[str, Query(max_length=16, description="score or date (newest first).")] = "score",
+    per_file: Annotated[
+        int | None, Query(ge=1, le=MAX_K, description="Most moments of one video (default: all that rank).")
+    ] = None,
 ) -> tuple[Filters, SearchOptions]:
     """The CLI's filters and result options, validated by the library."""
-    options = SearchOptions.parse(top=k, threshold=threshold, cutoff=cutoff or None, sort=sort)
+    options = SearchOptions.parse(
+        top=k, threshold=threshold, cutoff=cutoff or None, sort=sort, per_file=per_file
+    )
     if folder and not folder.startswith("/"):
         raise BadValueError("in", folder, "give an absolute folder path inside an indexed folder")
     filters = parse_filters(
@@ -313,17 +377,53 @@ def _add_api(app: FastAPI, state: _State) -> None:
     def search_text(
         q: Annotated[str, Query(max_length=2000, description="A query in the CLI's grammar (text terms).")],
         params: SearchParams,
+        refine: Annotated[
+            bool, Query(description="Move the query by its marks (right: towards, wrong: away) first.")
+        ] = False,
     ) -> dict[str, Any]:
-        """Images matching a text query: terms joined by + and -, weighted (``beach + dog:0.5 - people``)."""
+        """Images matching a text query: terms joined by + and -, weighted (``beach + dog:0.5 - people``).
+
+        Each result carries its mark for this query (``judged``); ``refine=true`` searches with the
+        query moved by its marks (400 when none of its pictures is marked)."""
         filters, options = params
         terms = text_terms(q)
         with state.lock:
-            hits = finish(_current(state).search(terms, options.candidates, filters=filters), options)
-            return _results(q, hits, state.version)
+            index = _current(state)
+            options, fitted = index.calibrate(options)
+            search = index.search_refined if refine else index.search
+            hits = search(terms, options.candidates, filters=filters, per_file=options.per_file)
+            marks = {m.content_id: m.relevant for m in index.judgements(terms) if m.content_id is not None}
+            answer = _results(q, finish(hits, options), state.version)
+        for result in answer["results"]:
+            result["judged"] = marks.get(result["content_id"])
+        answer |= {"key": query_key(terms), "marks": len(marks), "refined": refine}
+        return answer | ({"cutoff": fitted.to_dict()} if fitted is not None else {})
+
+    @app.post("/api/judge", response_model=Marked, responses=_ERRORS, tags=["judgements"])
+    def judge(mark: Mark) -> dict[str, Any]:
+        """Mark a result of a text query right or wrong (or forget its mark), by its content id."""
+        terms = text_terms(mark.q)
+        with state.lock:
+            index = _current(state)
+            _check_version(state, mark.v)
+            if not index.catalog.entries_of([mark.content_id]):
+                raise HTTPException(404, "No image with this id in the index.")
+            index.mark(terms, relevant=mark.relevant, content_ids=[mark.content_id])
+            count = sum(m.content_id is not None for m in index.judgements(terms))
+        return {
+            "key": query_key(terms),
+            "content_id": mark.content_id,
+            "relevant": mark.relevant,
+            "marks": count,
+        }
 
     @route("/api/similar/{content_id}", response_model=Results, responses=_ERRORS, tags=["search"], **_SPARSE)
-    def similar(content_id: str, params: SearchParams, v: Version = None) -> dict[str, Any]:
-        """More like this: images similar to an indexed image (itself left out), by its content id."""
+    def similar(
+        content_id: str, params: SearchParams, v: Version = None, moment: Moment = None
+    ) -> dict[str, Any]:
+        """More like this: images (and moments of videos) similar to an indexed image, itself left out,
+        by its content id; for a video, similar to one of its moments (``moment``, default the video's
+        main one), that moment left out."""
         filters, options = params
         cid = parse_id(content_id)
         with state.lock:
@@ -332,14 +432,18 @@ def _add_api(app: FastAPI, state: _State) -> None:
             own = index.catalog.entries_of([cid]).get(cid)
             if not own:
                 raise HTTPException(404, "No image with this id in the index.")
+            video = _moment_of(index.catalog.views_of([cid]).get(cid), moment)
+            number = video.view if video is not None else 0
             try:
-                vector = index.store.reconstruct(np.array([cid], dtype=np.int64))[0]
+                vector = index.folder.content_vector(cid, number)
             except RuntimeError:  # deleted by a sync since the catalog lookup
                 raise HTTPException(404, "No image with this id in the index.") from None
-            hits = index.search_vectors(vector, options.candidates + len(own), filters=filters)[0]
-            return _results(
-                f"#{cid}", finish([h for h in hits if h.content_id != cid], options), state.version
-            )
+            hits = index.search_vectors(
+                vector, options.candidates + len(own), filters=filters, per_file=options.per_file
+            )[0]
+            kept = [h for h in hits if h.content_id != cid or (video is not None and h.moment != number)]
+            query = f"#{cid}" if video is None else f"#{cid} @ {video.t_start:g}s"
+            return _results(query, finish(kept, options), state.version)
 
     @app.post(
         "/api/search/image",
@@ -375,27 +479,30 @@ def _add_api(app: FastAPI, state: _State) -> None:
         content_id: str,
         size: Annotated[int, Query(description=f"One of {THUMB_SIZES}.")] = THUMB_SIZES[0],
         v: Version = None,
+        moment: Moment = None,
     ) -> Response:
-        """A JPEG thumbnail (EXIF orientation applied), made on first request and cached next to the index."""
+        """A JPEG thumbnail (EXIF orientation applied), made on first request and cached next to the
+        index; of a video, the first frame of a moment (``moment``, default its main one)."""
         if size not in THUMB_SIZES:
             raise UsageError(f"size {size}: thumbnails come in sizes {', '.join(map(str, THUMB_SIZES))}.")
-        path, st = _servable_file(state, parse_id(content_id), v)
-        cached = state.thumbs / _thumb_name(path, st, size)
+        path, st, at = _servable_file(state, parse_id(content_id), v, moment)
+        cached = state.thumbs / _thumb_name(path, st, size, at)
         if not cached.is_file():
             with state.decode_slots:
-                data = _thumbnail(path, size)
+                data = _thumbnail(path, size, at)
             if not _write_atomic(cached, data):  # a read-only index: serve it uncached
                 return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
         return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @route("/api/image/{content_id}", response_class=Response, responses=_PICTURE, tags=["files"])
-    def image(content_id: str, v: Version = None) -> Response:
-        """The full-size image: the file itself if browsers show its format, else converted to JPEG."""
-        path, _ = _servable_file(state, parse_id(content_id), v)
-        media_type = _web_type(path)
+    def image(content_id: str, v: Version = None, moment: Moment = None) -> Response:
+        """The full-size image: the file itself if browsers show its format, else converted to JPEG;
+        of a video, a JPEG of the first frame of a moment (``moment``, default its main one)."""
+        path, _, at = _servable_file(state, parse_id(content_id), v, moment)
+        media_type = None if at is not None else _web_type(path)
         if media_type is None:
             with state.decode_slots:
-                data = _jpeg(_decode(path), quality=90)
+                data = _jpeg(_decode(path, at=at), quality=90)
             return Response(data, media_type="image/jpeg")
         name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
         return FileResponse(
@@ -405,6 +512,46 @@ def _add_api(app: FastAPI, state: _State) -> None:
             content_disposition_type="inline",
             headers={"Cache-Control": "no-cache"},
         )
+
+    @route(
+        "/api/video/{content_id}",
+        response_class=Response,
+        responses=_ERRORS
+        | {200: {"content": {"video/mp4": {}, "video/webm": {}}}, 206: {"description": "A range."}},
+        tags=["files"],
+    )
+    def video(content_id: str, v: Version = None) -> Response:
+        """An indexed video file as it is, for the page's player; answers HTTP range requests (206), so
+        playing can start at a moment."""
+        return _video_response(state, parse_id(content_id), v)
+
+
+def _moment_of(views: dict[int, View] | None, moment: int | None) -> View | None:
+    """A video's moment (None: its main one) from its views; None for a picture; 404 for a moment
+    that is not there."""
+    moments = {n: v for n, v in (views or {}).items() if v.kind == "moment"}
+    if not moments:
+        if moment is not None:
+            raise HTTPException(404, "This id is not a video's: it has no moments.")
+        return None
+    found = moments.get(moment or 0)
+    if found is None:
+        raise HTTPException(404, "The video has no such moment.")
+    return found
+
+
+def _video_response(state: _State, content_id: int, version: str | None) -> Response:
+    path, _, at = _servable_file(state, content_id, version)
+    if at is None:
+        raise HTTPException(404, "This id is not a video's.")
+    name = os.fsencode(os.path.basename(path)).decode("utf-8", "replace")
+    return FileResponse(  # answers Range requests (206), so the player can start at a moment
+        path,
+        media_type=_VIDEO_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream"),
+        filename=name,
+        content_disposition_type="inline",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 def _search_image_bytes(
@@ -421,18 +568,23 @@ def _search_image_bytes(
             vector = image_vector(_current(state), img)
         del img
     with state.lock:
-        hits = _current(state).search_vectors(vector, options.candidates, filters=filters)
+        hits = _current(state).search_vectors(
+            vector, options.candidates, filters=filters, per_file=options.per_file
+        )
         return _results("uploaded image", finish(hits[0], options), state.version)
 
 
 def _results(query: str, hits: list[Hit], version: str) -> dict[str, Any]:
     results = []
     for rank_no, hit in enumerate(hits, 1):
+        moment = f"&moment={hit.moment}" if hit.is_moment else ""
         item = hit.to_dict() | {
             "rank": rank_no,
-            "thumb": f"/api/thumb/{hit.content_id}?v={version}",
-            "image": f"/api/image/{hit.content_id}?v={version}",
+            "thumb": f"/api/thumb/{hit.content_id}?v={version}{moment}",
+            "image": f"/api/image/{hit.content_id}?v={version}{moment}",
         }
+        if hit.is_moment:
+            item["video"] = f"/api/video/{hit.content_id}?v={version}"
         results.append(item)
     return {"query": query, "count": len(results), "index_version": version, "results": results}
 
@@ -440,16 +592,25 @@ def _results(query: str, hits: list[Hit], version: str) -> dict[str, Any]:
 # -- files ----------------------------------------------------------------------------------------
 
 
-def _servable_file(state: _State, content_id: int, version: str | None) -> tuple[str, os.stat_result]:
+def _servable_file(
+    state: _State, content_id: int, version: str | None, moment: int | None = None
+) -> tuple[str, os.stat_result, float | None]:
     """A file holding this content that is the very file indexed (same size and modification time,
-    symlinks followed, wherever it lies), with its ``stat``; else 404 (409: ``version`` is stale)."""
+    symlinks followed, wherever it lies), with its ``stat`` and, for a video, the start of the moment
+    asked for (its main one by default); else 404 (409: ``version`` is stale)."""
     with state.lock:
         catalog = _current(state).catalog
         _check_version(state, version)
         files = catalog.entries_of([content_id]).get(content_id, [])
         indexed = [(hit.path, catalog.file(hit.path)) for hit in files]
+        at = _moment_of(catalog.views_of([content_id]).get(content_id), moment) if indexed else None
     if not indexed:
         raise HTTPException(404, "No image with this id in the index.")
+    return (*_on_disk(indexed), None if at is None else at.t_start)
+
+
+def _on_disk(indexed: list[tuple[str, Any]]) -> tuple[str, os.stat_result]:
+    """The first of these (path, catalog row) that is on disk as it was indexed; else 404."""
     for path, row in indexed:
         try:
             st = os.stat(path)
@@ -466,15 +627,19 @@ def _servable_file(state: _State, content_id: int, version: str | None) -> tuple
     )
 
 
-def _thumb_name(path: str, st: os.stat_result, side: int) -> str:
+def _thumb_name(path: str, st: os.stat_result, side: int, at: float | None = None) -> str:
     """A thumbnail's cache name, from the file it shows (not its content id, which a rebuilt index
-    gives to another picture): a changed or other file never gets a stale thumbnail."""
-    key = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode(errors="surrogateescape")
-    return f"{hashlib.sha256(key).hexdigest()[:32]}-{side}.jpg"
+    gives to another picture), and the time of a video's frame: a changed or other file never gets
+    a stale thumbnail."""
+    key = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}\0{at}"
+    return f"{hashlib.sha256(key.encode(errors='surrogateescape')).hexdigest()[:32]}-{side}.jpg"
 
 
-def _decode(path: str, side: int | None = None) -> Any:
+def _decode(path: str, side: int | None = None, *, at: float | None = None) -> Any:
+    """The picture of an indexed file, or the frame of an indexed video at ``at`` seconds."""
     try:
+        if at is not None:
+            return frame_at(path, at, max_pixels=UPLOAD_MAX_PIXELS, side=side)
         return open_image(path, max_pixels=UPLOAD_MAX_PIXELS, min_side=side)
     except ImageError as exc:
         raise HTTPException(
@@ -482,8 +647,8 @@ def _decode(path: str, side: int | None = None) -> Any:
         ) from None
 
 
-def _thumbnail(path: str, side: int) -> bytes:
-    img = _decode(path, side)
+def _thumbnail(path: str, side: int, at: float | None = None) -> bytes:
+    img = _decode(path, side, at=at)
     img.thumbnail((side, side))
     return _jpeg(img, quality=82)
 

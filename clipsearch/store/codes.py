@@ -1,0 +1,244 @@
+"""The stored form of vectors: one row of codes per vector, in a FAISS file read through a memory map.
+
+Every segment of an index keeps its vectors as codes: ``sq8`` (one byte per dimension, each
+dimension's range learnt from the vectors), ``fp16`` (before there are enough vectors to learn
+ranges) or ``fp32`` (the ``flat`` kind). They are what an exhaustive search compares a query with,
+what an approximate search re-ranks its candidates with, and what a rebuild reads the vectors back
+from. The file is ``faiss.write_index`` of an ``IndexScalarQuantizer`` (or ``IndexFlatIP``) whose
+codes come last, so it is written a chunk at a time (no copy of all the codes in memory) and read
+with ``IO_FLAG_MMAP_IFC`` (FAISS searches the mapped file without reading it whole).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from clipsearch.files import fsync_path
+
+Vectors = npt.NDArray[np.float32]
+Codes = npt.NDArray[np.uint8]
+
+#: Vectors needed before ``sq8`` ranges are learnt (fewer are stored as ``fp16``).
+TRAIN_MIN = 64
+#: Each learnt range is widened by this share of its span on both sides: wide while the ranges come
+#: from few vectors (later ones often pass them), narrow once they come from many (the extremes of
+#: 10,000 vectors move little with more: 3.9 standard deviations, 5.3 at 10 million). A narrower
+#: range is a finer step: on crowded collections, recall@10 of an exhaustive search against float
+#: vectors goes from 0.957 (25%) to 0.974 (5%) (benchmarks/scale.py's vectors, 100,000).
+RANGE_MARGIN = 0.25
+SETTLED_MARGIN = 0.05
+SETTLED_COUNT = 10_000
+#: Rows decoded at a time when codes are streamed (re-encoding, exact search over a segment).
+CHUNK = 32768
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How vectors become codes: ``sq8`` (with ``ranges``: minimums, then spans), ``fp16`` or ``fp32``."""
+
+    kind: str
+    dim: int
+    ranges: tuple[float, ...] | None = None
+
+    @property
+    def code_size(self) -> int:
+        return {"sq8": 1, "fp16": 2, "fp32": 4}[self.kind] * self.dim
+
+    def index(self) -> object:
+        """An empty FAISS index of this codec (inner product)."""
+        import faiss
+
+        if self.kind == "fp32":
+            return faiss.IndexFlatIP(self.dim)
+        qtype = faiss.ScalarQuantizer.QT_8bit if self.kind == "sq8" else faiss.ScalarQuantizer.QT_fp16
+        index = faiss.IndexScalarQuantizer(self.dim, qtype, faiss.METRIC_INNER_PRODUCT)
+        if self.ranges is not None:
+            faiss.copy_array_to_vector(np.asarray(self.ranges, dtype=np.float32), index.sq.trained)
+        index.is_trained = True
+        return index
+
+    def encode(self, vectors: Vectors) -> Codes:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        if not len(vectors):
+            return np.zeros((0, self.code_size), np.uint8)
+        return self.index().sa_encode(vectors)  # type: ignore[attr-defined,no-any-return]
+
+    def decode(self, codes: Codes) -> Vectors:
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, self.code_size)
+        if not len(codes):
+            return np.zeros((0, self.dim), np.float32)
+        return self.index().sa_decode(codes)  # type: ignore[attr-defined,no-any-return]
+
+    def fits(self, vectors: Vectors) -> bool:
+        """Whether every value lies inside this codec's ranges (always, for fp16 and fp32)."""
+        if self.kind != "sq8" or not len(vectors):
+            return True
+        low, high = self._bounds()
+        return bool((vectors.min(axis=0) >= low).all() and (vectors.max(axis=0) <= high).all())
+
+    def _bounds(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        ranges = np.asarray(self.ranges, dtype=np.float32)
+        return ranges[: self.dim], ranges[: self.dim] + ranges[self.dim :]
+
+
+def learn(kind: str, dim: int, vectors: Vectors) -> Codec:
+    """A codec for ``vectors``: ``sq8`` ranges learnt from them (``fp16`` while there are too few)."""
+    if kind != "sq8":
+        return Codec(kind, dim)
+    if len(vectors) < TRAIN_MIN:
+        return Codec("fp16", dim)
+    return spanning(dim, vectors.min(axis=0), vectors.max(axis=0), len(vectors))
+
+
+def spanning(dim: int, low: Vectors, high: Vectors, count: int) -> Codec:
+    """The sq8 codec for values between ``low`` and ``high`` (per dimension) seen over ``count``
+    vectors, with the margin that count calls for."""
+    margin = (SETTLED_MARGIN if count >= SETTLED_COUNT else RANGE_MARGIN) * (high - low)
+    return _ranged(dim, low - margin, high + margin)
+
+
+def fit(codec: Codec, vectors: Vectors) -> Codec:
+    """``codec`` if ``vectors`` fit it, else its ranges widened (by the margin) where they do not."""
+    if codec.fits(vectors):
+        return codec
+    low, high = codec._bounds()
+    small, large = vectors.min(axis=0), vectors.max(axis=0)
+    new_low, new_high = np.minimum(low, small), np.maximum(high, large)
+    margin = RANGE_MARGIN * (new_high - new_low)
+    return _ranged(
+        codec.dim,
+        np.where(small < low, new_low - margin, low),
+        np.where(large > high, new_high + margin, high),
+    )
+
+
+def union(codecs: list[Codec]) -> Codec | None:
+    """The codec whose ranges hold every ``sq8`` codec given (None if none of them is sq8)."""
+    ranged = [c for c in codecs if c.kind == "sq8"]
+    if not ranged:
+        return None
+    if all(c == ranged[0] for c in ranged):
+        return ranged[0]
+    bounds = [c._bounds() for c in ranged]
+    return _ranged(
+        ranged[0].dim, np.min([b[0] for b in bounds], axis=0), np.max([b[1] for b in bounds], axis=0)
+    )
+
+
+def _ranged(dim: int, low: npt.NDArray[np.float32], high: npt.NDArray[np.float32]) -> Codec:
+    ranges = np.concatenate([low, high - low]).astype(np.float32)
+    return Codec("sq8", dim, tuple(float(v) for v in ranges))
+
+
+def codec_of(index: object) -> Codec:
+    """The codec of a FAISS codes index read from a file."""
+    import faiss
+
+    dim = int(index.d)  # type: ignore[attr-defined]
+    if isinstance(index, faiss.IndexFlat):
+        return Codec("fp32", dim)
+    sq = index.sq  # type: ignore[attr-defined]
+    if sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        return Codec("fp16", dim)
+    return Codec("sq8", dim, tuple(float(v) for v in faiss.vector_to_array(sq.trained)))
+
+
+# -- files ------------------------------------------------------------------------------------
+
+
+def write_codes(path: Path, codec: Codec, chunks: Iterable[Codes], count: int) -> None:
+    """Write ``count`` rows of codes, given in chunks, as a FAISS index file: temp name, fsync, rename.
+
+    The FAISS header of an empty index of the codec is written with the final row count, then the
+    codes as they come: memory holds one chunk at a time.
+    """
+    import faiss
+
+    header = bytearray(faiss.serialize_index(codec.index()).tobytes())
+    if struct.unpack("<Q", header[-8:])[0] != 0:  # the empty codes vector ends the file
+        raise RuntimeError("unexpected FAISS file layout")
+    header[8:16] = struct.pack("<q", count)  # after the fourcc and the dimension: ntotal
+    length = count * codec.dim if codec.kind == "fp32" else count * codec.code_size  # floats for IndexFlat
+    tmp = path.with_name(path.name + ".tmp")
+    written = 0
+    with open(tmp, "wb") as out:
+        out.write(bytes(header[:-8]) + struct.pack("<Q", length))
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk, dtype=np.uint8).reshape(-1, codec.code_size)
+            out.write(memoryview(chunk).cast("B"))  # no copy
+            written += len(chunk)
+    if written != count:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{written} rows of codes written to {path}, {count} announced")
+    fsync_path(tmp)
+    os.replace(tmp, path)
+
+
+class CodesFile:
+    """A codes file opened read-only through a memory map: searched by FAISS, rows read by numpy."""
+
+    def __init__(self, path: Path) -> None:
+        import faiss
+
+        try:
+            self.index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        except RuntimeError as exc:
+            if not path.exists():
+                raise FileNotFoundError(path) from exc
+            raise
+        self.codec = codec_of(self.index)
+        self.count = int(self.index.ntotal)
+        size = self.codec.code_size
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):  # re-ranking reads scattered rows: no read-ahead around each
+            self._map.madvise(mmap.MADV_RANDOM)
+        self._offset = len(self._map) - self.count * size
+        self.codes: Codes = np.frombuffer(self._map, np.uint8, self.count * size, self._offset).reshape(
+            self.count, size
+        )
+
+    def let_go(self, first: int, last: int) -> None:
+        """Drop this process's pages of rows ``first..last`` (they stay in the page cache): a pass
+        over every row of a large segment would otherwise count them all in its memory."""
+        if not hasattr(mmap, "MADV_DONTNEED") or last < first:
+            return
+        start = (self._offset + first * self.codec.code_size) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = self._offset + (last + 1) * self.codec.code_size
+        if stop > start:
+            self._map.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+    def rows(self, positions: npt.NDArray[np.int64]) -> Vectors:
+        """The stored vectors at ``positions`` (decoded)."""
+        return self.codec.decode(self.codes[np.asarray(positions, dtype=np.int64)])
+
+    def chunks(self, positions: npt.NDArray[np.int64] | None = None) -> Iterable[tuple[int, Vectors]]:
+        """(start, vectors) of every row (or of ``positions``), ``CHUNK`` rows at a time."""
+        total = self.count if positions is None else len(positions)
+        for start in range(0, total, CHUNK):
+            if positions is None:
+                codes = self.codes[start : start + CHUNK]
+                first, last = start, min(total, start + CHUNK) - 1
+            else:
+                part = positions[start : start + CHUNK]
+                codes = self.codes[part]
+                first, last = int(part.min()), int(part.max())
+            vectors = self.codec.decode(codes)
+            self.let_go(first, last)
+            yield start, vectors
+
+    def recoded(self, positions: npt.NDArray[np.int64], codec: Codec) -> Iterable[Codes]:
+        """The codes at ``positions`` in ``codec``: copied as they are when it is this file's codec."""
+        for start in range(0, len(positions), CHUNK):
+            part = positions[start : start + CHUNK]
+            chunk = self.codes[part]
+            self.let_go(int(part.min()), int(part.max()))
+            yield chunk if codec == self.codec else codec.encode(self.codec.decode(chunk))

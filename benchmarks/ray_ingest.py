@@ -227,7 +227,7 @@ def commit_rate(work: Path, dim: int, count: int, batch: int) -> float:
     a checkpoint at the end: what the driver does for every batch that comes back."""
     sys.path.insert(0, str(ROOT))
     from clipsearch.encoders.encoder import l2_normalize
-    from clipsearch.ingest.ray_engine import _Commits
+    from clipsearch.ingest.ray_engine import RayOptions, _Commits
     from clipsearch.ingest.sync import SyncOptions, SyncReport, Work
     from clipsearch.store.catalog import IndexMeta, RootSettings
     from clipsearch.store.folder import IndexFolder
@@ -240,7 +240,8 @@ def commit_rate(work: Path, dim: int, count: int, batch: int) -> float:
     with folder.catalog.transaction():
         folder.catalog.set_root(root, RootSettings())
     options = SyncOptions(batch_size=batch, export_text=False)
-    commits = _Commits(Work(folder, None, [], options, None, (), SyncReport(str(path))))  # type: ignore[arg-type]
+    work = Work(folder, None, [], options, None, (), SyncReport(str(path)))  # type: ignore[arg-type]
+    commits = _Commits(work, RayOptions(commit_vectors=batch, commit_seconds=float("inf")))
     rng = np.random.default_rng(0)
     vectors = l2_normalize(rng.standard_normal((count, dim)).astype(np.float32))
     started = time.perf_counter()
@@ -350,14 +351,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     rate = rates[32]
     per_core = cmp["local_img_s"] / max(1, results["cores"])  # a node at full speed, as the local engine
     node = per_core * args.node_cores
-    print(f"  driver commit rate {rate:7.0f} vectors/s in batches of 32 (--batch-size 32, the default), "
-          f"{rates[512]:.0f} in batches of 512 (SQLite WAL, then a checkpoint)")  # fmt: skip
+    print(f"  driver commit rate {rate:7.0f} vectors/s in transactions of 32 vectors (a local run's "
+          f"--batch-size), {rates[512]:.0f} in transactions of 512 (Ray's commit_vectors)")  # fmt: skip
     cores, nodes = args.node_cores, cmp["ray_nodes"].values()
     per_photo = sum(n["encoded"] for n in nodes) / max(1, sum(n["read"] for n in nodes))
     small, large = rate / per_photo / node, rates[512] / per_photo / node
     print(f"  scaling on paper: {per_core:.1f} img/s per core here -> a {cores}-core node ~{node:.0f} img/s "
           f"({per_photo:.2f} vectors a photo with side views); the driver becomes the bottleneck at "
-          f"~{small:.0f} such nodes (~{large:.0f} with --batch-size 512)")  # fmt: skip
+          f"~{large:.0f} such nodes (~{small:.0f} if it committed every 32 vectors)")  # fmt: skip
     print("  past that node count: sharded commits. Each node's actors write their vectors as parquet "
           "shards (path, hash, vectors) on the shared file system, and the driver imports whole shards "
           "through the import path (Index.import_vectors: bulk rows, a segment per shard) instead of "

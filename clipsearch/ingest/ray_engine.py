@@ -18,10 +18,11 @@ matched another content's (about one in 10^5 for 10 million contents against 10 
 files) is sent again with an empty set. Copies of one new content met in the same run are encoded
 more than once and committed once (the committer keeps the first).
 
-Results stream back and are committed as they come (``batch_size`` new vectors or
-``commit_every`` files per transaction, as locally): the driver holds a few batches, whatever the
-archive's size. A killed driver loses only what it had not committed; the next sync (on Ray or
-not) resumes from the catalog. Workers never touch the index.
+Results stream back and are committed as they come (``commit_vectors`` new vectors, 512 by
+default, or ``commit_every`` files per transaction, or what came back in ``commit_seconds``): the
+driver holds a few batches, whatever the archive's size. A killed driver loses only what it had
+not committed; the next sync (on Ray or not) resumes from the catalog. Workers never touch the
+index.
 
 Failures: a decoding task is retried ``retries`` times when its worker or node dies (Ray's task
 retries, lineage reconstruction for the blocks lost with a node); an encoder actor is restarted
@@ -82,6 +83,13 @@ class RayOptions:
             node is lost.
         check_timeout: seconds every node has to answer the check made before any work.
         report_every: seconds between progress notes (files/s per node, time left).
+        commit_vectors: new vectors the driver commits at once (at least the sync's
+            ``batch_size``): a transaction costs ~5 ms whatever it holds, so the driver's commit
+            rate, the limit of a large cluster, doubles from batches of 32 to 512 (see
+            benchmarks/ray_ingest.py). Fewer are committed after ``commit_seconds``.
+        commit_seconds: results are committed, however few, with the first batch that comes
+            back this long after the last commit (what a killed driver can lose when results
+            come slowly).
     """
 
     address: str | None = None
@@ -92,6 +100,8 @@ class RayOptions:
     retries: int = 3
     check_timeout: float = 120.0
     report_every: float = 15.0
+    commit_vectors: int = 512
+    commit_seconds: float = 1.0
 
 
 def import_ray() -> Any:
@@ -285,7 +295,7 @@ class RayEngine:
             known = model.facts()
             expected = ModelPreview.of(known)
         job = decode_job(work.folder, known, work.limits)
-        commits = _Commits(work)
+        commits = _Commits(work, self.options)
         meter = _Meter(work, self.options.report_every)
         try:
             redo = self._stream(ray, cluster, work, job, expected, work.todo, keys, commits, meter)
@@ -462,11 +472,15 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Commits:
-    """Turns result batches into import items and commits them as the local engine would: a
-    transaction per ``batch_size`` new vectors or ``commit_every`` files."""
+    """Turns result batches into import items and commits them: a transaction per
+    ``commit_vectors`` new vectors (at least ``batch_size``) or ``commit_every`` files, or what
+    came back in ``commit_seconds``."""
 
-    def __init__(self, work: Work) -> None:
+    def __init__(self, work: Work, options: RayOptions) -> None:
         self.work = work
+        self.most_vectors = max(work.options.batch_size, options.commit_vectors)
+        self.wait = options.commit_seconds
+        self.last = time.monotonic()
         self.catalog = work.folder.catalog
         self.roots = self.catalog.roots()
         self.items: list[ImportItem | SkippedItem] = []
@@ -502,9 +516,10 @@ class _Commits:
                 if digest not in self.new:
                     self.new.add(digest)
                     self.vectors += len(vectors)
-            options = self.work.options
-            if self.vectors >= options.batch_size or len(self.items) >= options.commit_every:
+            if self.vectors >= self.most_vectors or len(self.items) >= self.work.options.commit_every:
                 self.flush()
+        if self.items and time.monotonic() - self.last >= self.wait:
+            self.flush()
         return redo
 
     def flush(self) -> None:
@@ -514,6 +529,7 @@ class _Commits:
         import_batch(self.work.folder, self.items, self.roots, self.work.report, direct=False)
         self.since_checkpoint += self.vectors
         self.items, self.new, self.vectors = [], set(), 0
+        self.last = time.monotonic()
         if self.since_checkpoint >= self.work.options.checkpoint_every:
             self.work.folder.checkpoint()
             self.since_checkpoint = 0

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from clipsearch.encoders.loading import ModelLoader
     from clipsearch.encoders.onnx_export import ExportOutcome
     from clipsearch.encoders.onnx_text import OnnxTextEncoder, TextEncoder
-    from clipsearch.ingest.importer import ImportItem
+    from clipsearch.ingest.importer import ImportItem, SkippedItem
+    from clipsearch.ingest.ray_engine import RayOptions
     from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
     from clipsearch.query.evalset import EvalSet
     from clipsearch.query.filters import Filters
@@ -128,6 +129,7 @@ class Index:
         coverage: str | None = None,
         decode_scale: float | None = None,
         device: str = "cpu",
+        encode_here: bool = True,
     ) -> Index:
         """Open (creating if needed) an index to sync, holding the writer lock.
 
@@ -154,6 +156,9 @@ class Index:
                 sharpest, 1.5 decodes a 12-MP photo at 1/8 instead of 1/4). None: the index's
                 recorded scale (an index made before it was recorded: 2), else the default
                 (:data:`~clipsearch.encoders.facts.DEFAULT_DECODE_SCALE`).
+            encode_here: False when another machine encodes (``sync(ray=...)``): a new index is
+                then made from the model's preview kept on this machine, without loading the
+                model's weights here (without a preview, the model is loaded here as usual).
 
         Raises:
             UsageError: a rebuild without ``encoder`` or ``spec``.
@@ -186,8 +191,10 @@ class Index:
             # build (checked once it is built), else known once it is built (a missing model fails
             # here, before any folder is made); its weights load in the background meanwhile
             preview = cache.preview(want)
-            loader = ModelLoader(want, precision=precision, image_only=True, device=device)
+            if encode_here or preview is None:
+                loader = ModelLoader(want, precision=precision, image_only=True, device=device)
             if preview is None:
+                assert loader is not None
                 loader.facts()
 
         from_preview = False
@@ -197,9 +204,11 @@ class Index:
                 return _meta_for(encoder.spec, encoder.facts, coverage, decode_scale)
             nonlocal loader, from_preview
             from_preview = preview is not None
+            if preview is not None:
+                return _meta_for(want, preview, coverage, decode_scale)
             if loader is None:  # the index was removed since the check above
                 loader = ModelLoader(want, precision=precision, image_only=True, device=device)
-            return _meta_for(want, preview or loader.facts(), coverage, decode_scale)
+            return _meta_for(want, loader.facts(), coverage, decode_scale)
 
         def resume(meta: IndexMeta) -> bool:  # an interrupted rebuild with this model is continued
             if coverage is not None and meta.coverage != coverage:
@@ -499,11 +508,21 @@ class Index:
         *,
         options: SyncOptions | None = None,
         progress: Progress | None = None,
+        ray: RayOptions | None = None,
     ) -> SyncReport:
         """Bring the index in line with ``roots`` (default: every root indexed before).
 
         Afterwards (unless ``options.export_text`` is false), the model's text tower is exported
         once per model and machine, so that a cold text search in a new process skips torch.
+
+        Args:
+            ray: read, decode and encode the files on a Ray cluster (see
+                :class:`~clipsearch.ingest.ray_engine.RayOptions`); the plan, the commits and the
+                index stay on this machine. The files must be at the same paths on every node.
+
+        Raises:
+            RayMissingError: ``ray`` given and Ray not installed.
+            ClusterError: the cluster cannot run the sync (see :class:`~clipsearch.errors.ClusterError`).
         """
         import time
 
@@ -514,7 +533,12 @@ class Index:
             from clipsearch.encoders.device import resolve_device
 
             options = SyncOptions.for_device(resolve_device(self._device))
-        report = sync(self.folder, _SyncModel(self), roots, options, progress)
+        engine = None
+        if ray is not None:
+            from clipsearch.ingest.ray_engine import RayEngine
+
+            engine = RayEngine(ray, self.spec, self._precision)
+        report = sync(self.folder, _SyncModel(self), roots, options, progress, engine)
         self._optimize(report, progress)
         self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():
@@ -530,7 +554,7 @@ class Index:
 
     def import_vectors(
         self,
-        batches: Iterable[Sequence[ImportItem]],
+        batches: Iterable[Sequence[ImportItem | SkippedItem]],
         *,
         weights_sha256: str,
         roots: Sequence[str | Path] = (),
@@ -544,7 +568,9 @@ class Index:
 
         Args:
             batches: lists of :class:`~clipsearch.ingest.importer.ImportItem` (file record, content
-                hash, unit vector of the index's model, size, date, side views).
+                hash, unit vector of the index's model, or None for a content the index holds,
+                size, date, side views) and :class:`~clipsearch.ingest.importer.SkippedItem` (a
+                file that could not be used, and why).
             weights_sha256: the sha256 of the model weights that computed the vectors; must be the
                 index's (``meta.weights_sha256``).
             roots: folders the files lie in, recorded in the index (a later sync of the index re-syncs them).
@@ -554,7 +580,8 @@ class Index:
             ModelMismatchError: the vectors come from other weights than the index's.
             VectorDimensionError: a vector is not of the index's dimension.
             BadValueError: a vector that is not a unit vector, a path outside ``roots``, side views
-                for an index without them (nothing of that batch is kept).
+                for an index without them, no vector for a content the index does not hold
+                (nothing of that batch is kept).
             SyncInterrupted: Ctrl-C; committed batches are kept.
         """
         from clipsearch.ingest.importer import import_vectors
@@ -945,6 +972,10 @@ class _SyncModel:
 
     def confirm(self, preview: ModelPreview | None) -> bool:
         return self.index.check_preview(preview)
+
+    def confirmed(self, preview: ModelPreview) -> None:
+        if self.index._meta_preview == preview:
+            self.index._meta_preview = None
 
     def encoder(self) -> Encoder:
         return self.index.image_encoder

@@ -25,6 +25,7 @@ from clipsearch import __version__
 from clipsearch.errors import (
     BadValueError,
     ClipsearchError,
+    ClusterError,
     DeviceUnavailableError,
     FolderNotIndexedError,
     IndexBusyError,
@@ -249,6 +250,10 @@ def phrase(exc: ClipsearchError) -> str:
         )
     elif isinstance(exc, IndexGoneError):
         hint = "Run the command again to build the index anew."
+    elif isinstance(exc, ClusterError):
+        hint = (
+            "Fix it and run the same command again, or run it without --ray to index on this machine alone."
+        )
     elif isinstance(exc, ModelUnavailableError) and exc.repo:
         name = exc.model.split(" (")[0]
         hint = (
@@ -457,6 +462,18 @@ def index(
     ] = None,
     precision: PrecisionOpt = "auto",
     device: DeviceOpt = "auto",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Read, decode and encode on Ray (pip install 'clipsearch\\[ray]'); the plan, the commits "
+            "and the index stay here. 'local': a Ray started on this machine for the run; 'auto': the "
+            "running cluster (RAY_ADDRESS, else the one last started on this machine); host:port or "
+            "ray://host:port: that cluster. The folders must be at the same path on every node.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -487,6 +504,7 @@ def index(
             "must be mounted first); with no folder, every folder indexed before is re-synced."
         )
     run_precision = parse_precision(precision)
+    ray_options = _ray_options(ray)
     run_device = resolve_device(device)  # a GPU asked for and absent: a usage error, before any work
     resolve_precision(run_precision, run_device)  # fp16 on the CPU: the same
     given = {"batch_size": batch_size, "workers": workers}
@@ -498,7 +516,7 @@ def index(
         passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
         **{key: value for key, value in given.items() if value},
     )
-    if not quiet:
+    if not quiet and ray_options is None:  # on Ray, each actor says where it encodes
         note = " (torch sees no GPU)" if device == "auto" and run_device == "cpu" else ""
         err(f"Encoding on {describe_device(run_device)}{note}, {options.workers} decoding workers")
     spec = _spec_for_index(path, model, pretrained, rebuild)
@@ -516,14 +534,27 @@ def index(
         coverage=coverage,
         decode_scale=decode_scale,
         device=run_device,
+        encode_here=ray_options is None,
     ) as idx:
         if not quiet and idx.folder.rebuilding:
             err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
         if store is not None or budget is not None:
             idx.set_store(store, budget)
         progress = None if quiet else StderrProgress("Indexing")
-        report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
+        # Ray prints its messages (a lost node, a task retried) to stdout, which carries results only
+        with contextlib.redirect_stdout(sys.stderr) if ray_options else contextlib.nullcontext():
+            report = idx.sync(
+                [str(r) for r in roots] if roots else None,
+                options=options,
+                progress=progress,
+                ray=ray_options,
+            )
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
+    if not quiet and report.nodes:
+        nodes = report.nodes.items()
+        err(
+            "Ray nodes: " + "; ".join(f"{k} read {n['read']} files, encoded {n['encoded']}" for k, n in nodes)
+        )
     for warning in report.warnings:
         err(f"Warning: {warning}")
     if report.text_export == "unavailable":
@@ -549,6 +580,24 @@ def index(
         )
     if report.skipped:
         err("See which files were skipped and why with: clipsearch info --skipped")
+
+
+def _ray_options(address: str | None) -> Any:
+    """The RayOptions of ``--ray [ADDRESS]`` (None without it); Ray must be installed."""
+    if address is None:
+        return None
+    from clipsearch.ingest.ray_engine import RayOptions, import_ray
+
+    if address not in ("local", "auto") and ":" not in address:
+        raise UsageError(
+            f"--ray {address}: give the Ray cluster's address: local (a Ray started for this run), auto "
+            "(the running cluster), host:port or ray://host:port."
+        )
+    # Ray's C++ core logs that Ray Data's actors could not be restarted should their constructor's
+    # arguments be lost: they are held for the whole run; node losses are still reported
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    import_ray()  # before any work: say now that it is missing
+    return RayOptions(address=None if address == "local" else address)
 
 
 def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebuild: bool) -> Any:

@@ -201,6 +201,28 @@ class FolderNotIndexedError(UsageError):
         self.missing = missing
 
 
+class RayMissingError(ClipsearchError):
+    """Indexing on a Ray cluster was asked for, and Ray is not installed in this Python."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Indexing on a Ray cluster needs Ray, which is not installed in this Python environment. "
+            "Install it with: pip install 'clipsearch[ray]' (the same on every machine of the cluster)."
+        )
+
+
+class ClusterError(ClipsearchError):
+    """A Ray cluster cannot run (or finish) a sync: none found at the address, a node that cannot
+    read the photos or load the model, work lost beyond its retries. ``node`` names the machine
+    (``host/node-id``) and ``path`` the file or folder, where the problem has one."""
+
+    def __init__(self, problem: str, *, node: str = "", path: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.node = node
+        self.path = path
+
+
 class OutputFileError(ClipsearchError):
     """A file the caller asked to be written (an HTML gallery...) could not be written."""
 

@@ -14,7 +14,7 @@ from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.errors import BadValueError, ModelMismatchError, VectorDimensionError
 from clipsearch.ingest.decode import file_digest
-from clipsearch.ingest.importer import ImportItem
+from clipsearch.ingest.importer import ImportItem, SkippedItem
 from clipsearch.ingest.scan import FileRecord
 from clipsearch.ingest.sync import SyncOptions
 from clipsearch.store.catalog import content_of
@@ -110,6 +110,30 @@ def test_wrong_model_dimension_length_or_folder_is_refused_and_keeps_nothing(
         with pytest.raises(BadValueError, match="coverage"):
             idx.import_vectors([[good[2]._replace(views=(("left", good[2].vector),))]], weights_sha256=sha)
         assert idx.info()["count"] == 2 and len(idx.store) == 2
+
+
+def test_skipped_files_and_files_of_known_content_need_no_vector(index_dir, tiny_encoder, tmp_path) -> None:
+    """An engine that hashed a file and found its content indexed sends the hash alone; a file it
+    could not use is recorded with its reason, as a sync records it (and retried when it changes)."""
+    dim, sha = tiny_encoder.facts.dim, tiny_encoder.facts.weights_sha256
+    first = random_items(tmp_path, 2, dim, seed=4)
+    renamed = first[0]._replace(record=FileRecord(f"{tmp_path}/renamed.jpg", 7, 8), vector=None)
+    broken = SkippedItem(FileRecord(f"{tmp_path}/broken.jpg", 9, 10), "corrupt", "truncated file")
+    with Index.open_for_write(index_dir, tiny_encoder, coverage="none") as idx:
+        idx.import_vectors([first], weights_sha256=sha, roots=[tmp_path])
+        report = idx.import_vectors([[renamed, broken]], weights_sha256=sha)
+        assert (report.added, report.reused, report.skipped, report.skip_reasons) == (0, 1, 1, {"corrupt": 1})
+        assert idx.catalog.file(renamed.record.path).content_id == idx.catalog.content_id(first[0].digest)
+        assert idx.skipped() == [(broken.record.path, "corrupt: truncated file")]
+        # within a batch, a later file may lean on the content an earlier one brings
+        new = random_items(tmp_path, 1, dim, seed=5)[0]
+        twin = new._replace(record=FileRecord(f"{tmp_path}/twin.jpg", 11, 12), vector=None)
+        report = idx.import_vectors([[new, twin]], weights_sha256=sha)
+        assert (report.added, report.reused) == (1, 1)
+        unknown = random_items(tmp_path, 1, dim, seed=6)[0]._replace(vector=None)
+        with pytest.raises(BadValueError, match="no file brings content"):
+            idx.import_vectors([[unknown]], weights_sha256=sha)
+        assert idx.info()["count"] == 5 and len(idx.store) == 3
 
 
 def test_relative_paths_and_sibling_folders_are_refused(index_dir, tiny_encoder, tmp_path) -> None:

@@ -1,10 +1,13 @@
 """Import vectors computed elsewhere (another process, a cluster) through the sync's commit path.
 
 An engine that reads, hashes, decodes and encodes files somewhere else hands the results over in
-batches of :class:`ImportItem`; each batch is committed like a sync's (one transaction with its
-vectors, :func:`clipsearch.ingest.commit.commit_batch`), so a crash or Ctrl-C keeps every batch
-committed before it and loses nothing else. A batch's vectors go straight to a segment file of
-their own, written before the transaction that names it (no pending log to copy them through).
+batches of :class:`ImportItem` (and :class:`SkippedItem` for the files it could not use); each
+batch is committed like a sync's (one transaction with its vectors,
+:func:`clipsearch.ingest.commit.commit_batch`), so a crash or Ctrl-C keeps every batch committed
+before it and loses nothing else. A batch's vectors go straight to a segment file of their own,
+written before the transaction that names it (no pending log to copy them through). The Ray
+engine (:mod:`clipsearch.ingest.ray_engine`) commits its smaller batches through
+:func:`import_batch` as a sync does, through the pending log that checkpoints write out.
 
 The caller checks the model first (the façade's ``Index.import_vectors`` compares the weights'
 sha256 with the index's); this module checks the vectors' length, that they are unit vectors, and
@@ -42,7 +45,9 @@ class ImportItem(NamedTuple):
         digest: the content hash of the file's bytes, as the sync computes it
             (:func:`clipsearch.ingest.decode.file_digest`, xxh3-128 hex): files with the same hash
             share one content and its vectors.
-        vector: the picture's unit vector (``(dim,)`` float32), from the index's model.
+        vector: the picture's unit vector (``(dim,)`` float32), from the index's model; None for a
+            content the index holds already (a renamed or copied file: the batch fails if the
+            index does not hold it, or if an earlier item of the batch does not bring it).
         width, height: the picture's size in pixels.
         taken: when the picture was taken (EXIF DateTimeOriginal, POSIX time), if known.
         views: further vectors of the picture, ``(kind, vector)`` in view order (``left``,
@@ -52,16 +57,30 @@ class ImportItem(NamedTuple):
 
     record: FileRecord
     digest: str
-    vector: npt.NDArray[np.float32]
+    vector: npt.NDArray[np.float32] | None
     width: int
     height: int
     taken: float | None = None
     views: tuple[tuple[str, npt.NDArray[np.float32]], ...] = ()
 
 
+class SkippedItem(NamedTuple):
+    """A file another engine could not use, recorded as skipped with its reason (retried when it changes).
+
+    Args:
+        record: the file's absolute path, size and mtime (ns).
+        reason: a short code, as the sync records them (``corrupt``, ``too-large``, ``unreadable``...).
+        detail: what was wrong, in words.
+    """
+
+    record: FileRecord
+    reason: str
+    detail: str
+
+
 def import_vectors(
     folder: IndexFolder,
-    batches: Iterable[Sequence[ImportItem]],
+    batches: Iterable[Sequence[ImportItem | SkippedItem]],
     *,
     roots: Sequence[str] = (),
     progress: Progress | None = None,
@@ -94,7 +113,7 @@ def import_vectors(
     replaced = False
     try:
         for batch in batches:
-            replaced |= _import_batch(folder, list(batch), recorded, report)
+            replaced |= import_batch(folder, list(batch), recorded, report)
             if progress is not None:
                 progress.advance(len(batch))
         if replaced:  # contents no file uses any more (files given new contents): a scan of them all
@@ -121,27 +140,51 @@ def _record_roots(folder: IndexFolder, roots: Sequence[str]) -> None:
             folder.catalog.set_root(root, RootSettings())
 
 
-def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str], report: SyncReport) -> bool:
-    """Check and commit one batch: its new vectors become one segment (merged with others later).
-    Returns whether a file known before got another content (whose vectors may be left unused)."""
-    if not items:
+def import_batch(
+    folder: IndexFolder,
+    batch: Sequence[ImportItem | SkippedItem],
+    roots: list[str],
+    report: SyncReport,
+    *,
+    direct: bool = True,
+) -> bool:
+    """Check and commit one batch (one transaction), counting its files in ``report``; ``roots``: the
+    folders of the index (every file must lie in one). ``direct``: its new vectors become one
+    segment (merged with others later), else they go through the pending log that checkpoints
+    write out (the small batches of a sync). Returns whether a file known before got another
+    content (whose vectors may be left unused).
+
+    Raises:
+        VectorDimensionError, BadValueError: as :func:`import_vectors`; nothing of the batch is kept.
+    """
+    if not batch:
         return False
-    main = _vectors(folder, [item.vector for item in items])
-    _check_items(folder, items, roots)
+    items: list[ImportItem] = [item for item in batch if isinstance(item, ImportItem)]
+    skipped = [item for item in batch if isinstance(item, SkippedItem)]
+    given = [item.vector for item in items if item.vector is not None]
+    main = _vectors(folder, given) if given else np.zeros((0, folder.meta.dim), np.float32)
+    _check_items(folder, items, skipped, roots)
     catalog = folder.catalog
     paths = [item.record.path for item in items]
     digests = [item.digest for item in items]
-    old_files = catalog.files_by_path(paths)
+    old_files = catalog.files_by_path(paths + [s.record.path for s in skipped])
     known = catalog.content_ids_of(sorted(set(digests)))
-    rows = [FileRow(item.record, item.digest, None) for item in items]
-    replaced = False
-    if not old_files and not known and len(set(digests)) == len(items):  # all new: no row by row
+    rows = [FileRow(s.record, None, f"{s.reason}: {s.detail}") for s in skipped]
+    rows += [FileRow(item.record, item.digest, None) for item in items]
+    replaced = any(_had_content(old_files, s.record.path) for s in skipped)
+    if (
+        not old_files and not known and len(set(digests)) == len(items) == len(given)
+    ):  # all new: no row by row
         counts = {"added": len(items)}
         firsts, vectors = items, main
     else:
-        counts, replaced, first_rows = _classify(items, old_files, known)
+        counts, changed, first_rows = _classify(items, old_files, known)
+        replaced |= changed
         firsts = [items[row] for row in first_rows]
-        vectors = main[first_rows] if len(first_rows) != len(items) else main
+        if len(given) != len(items):  # rows of ``main``: items without a vector have none
+            place = np.cumsum([item.vector is not None for item in items]) - 1
+            first_rows = [int(place[row]) for row in first_rows]
+        vectors = main[first_rows] if len(first_rows) != len(main) else main
     contents = [
         NewContent(i.digest, i.width, i.height, i.taken, tuple(k for k, _ in i.views) if i.views else ())
         for i in firsts
@@ -151,10 +194,18 @@ def _import_batch(folder: IndexFolder, items: list[ImportItem], roots: list[str]
         vectors = np.concatenate([vectors, _vectors(folder, views)])
     # no merges between batches: the optimize that ends Index.import_vectors (a rewrite, or merges)
     # reads each batch's segment once, not once per merge tier
-    commit_batch(folder, contents, vectors if firsts else None, rows, direct=True, merges="none")
+    commit_batch(folder, contents, vectors if firsts else None, rows, direct=direct, merges="none")
     for key, n in counts.items():
         setattr(report, key, getattr(report, key) + n)
+    report.skipped += len(skipped)
+    for s in skipped:
+        report.skip_reasons[s.reason] = report.skip_reasons.get(s.reason, 0) + 1
     return replaced
+
+
+def _had_content(old_files: dict[str, FileState], path: str) -> bool:
+    old = old_files.get(path)
+    return old is not None and old.content_id is not None
 
 
 def _classify(
@@ -171,6 +222,10 @@ def _classify(
             same = old is not None and old.content_id is not None and old.content_id == known.get(item.digest)
             counts["unchanged" if same else "reused"] += 1
             replaced |= old is not None and old.content_id is not None and not same
+        elif item.vector is None:
+            raise BadValueError(
+                "vector", item.record.path, f"none given, and no file brings content {item.digest}"
+            )
         else:
             replaced |= old is not None and old.content_id is not None
             counts["added" if old is None or old.content_id is None else "updated"] += 1
@@ -199,7 +254,9 @@ def _vectors(folder: IndexFolder, vectors: list[npt.NDArray[np.float32]]) -> npt
     return stacked
 
 
-def _check_items(folder: IndexFolder, items: list[ImportItem], roots: list[str]) -> None:
+def _check_items(
+    folder: IndexFolder, items: list[ImportItem], skipped: list[SkippedItem], roots: list[str]
+) -> None:
     if folder.meta.coverage != "sides":
         with_views = next((item for item in items if item.views), None)
         if with_views is not None:
@@ -211,9 +268,10 @@ def _check_items(folder: IndexFolder, items: list[ImportItem], roots: list[str])
     prefixes = tuple(r.rstrip("/") + "/" for r in roots)
     exact = set(roots)
     # one pass in C for the usual case (every path inside a root, so absolute); the loop names the bad one
-    if all(map(str.startswith, (i.record.path for i in items), repeat(prefixes))):
+    everyone = (*items, *skipped)
+    if all(map(str.startswith, (i.record.path for i in everyone), repeat(prefixes))):
         return
-    for item in items:
+    for item in everyone:
         path = item.record.path
         if not os.path.isabs(path):
             raise BadValueError("path", path, "give absolute paths")

@@ -199,6 +199,10 @@ class SyncReport:
     #: faster decode would help; near 0: the encoder is the bottleneck)
     encode_seconds: float = 0.0
     decode_wait_seconds: float = 0.0
+    #: per machine, for an engine that spreads the work (Ray; empty for the local engine): how
+    #: many files it read and how many vectors it encoded, e.g. ``{"host/1a2b3c4d": {"read": 96,
+    #: "encoded": 101}}``
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -231,6 +235,10 @@ class SyncModel(Protocol):
     def confirm(self, preview: ModelPreview | None) -> bool:
         """Whether ``preview`` (None: the one a new index was made from) is the model's own."""
 
+    def confirmed(self, preview: ModelPreview) -> None:
+        """``preview`` was found to be the model's own where the model was built (another machine
+        that loaded the same weights): nothing is left to check here."""
+
     def encoder(self) -> Encoder:
         """The loaded image encoder (waits for its weights)."""
 
@@ -256,6 +264,32 @@ class SyncInterrupted(ClipsearchError):
             )
         super().__init__(message)
         self.report = report
+
+
+@dataclass
+class Work:
+    """A sync's files to read, decode, encode and commit, with what an engine needs to do it."""
+
+    folder: IndexFolder
+    model: SyncModel
+    todo: list[tuple[FileRecord, FileState | None]]
+    options: SyncOptions
+    progress: Progress | None
+    #: (root, pixel limit of its files), for every root of the run
+    limits: tuple[tuple[str, int], ...]
+    #: counted into as files are committed (added, updated, reused, unchanged, skipped and why)
+    report: SyncReport
+
+
+class Engine(Protocol):
+    """Runs the decode -> encode -> commit part of a sync: in this process (:class:`LocalEngine`),
+    or elsewhere (:mod:`clipsearch.ingest.ray_engine`); the plan before it and the sweep after it
+    are the sync's own."""
+
+    def run(self, work: Work) -> None:
+        """Commit every to-do file (its vectors, or why it was skipped), counting them in ``work.report``.
+
+        On Ctrl-C, commit what is complete and let the KeyboardInterrupt through."""
 
 
 @dataclass(frozen=True)
@@ -465,13 +499,14 @@ class _Committer:
         finally:
             self.report.encode_seconds = round(self.report.encode_seconds + time.monotonic() - started, 3)
 
-    def sweep(self, gone: list[str]) -> None:
-        """Forget files that disappeared, and the vectors no file uses any more."""
-        self.folder.check_present()
-        with self.catalog.transaction():
-            self.catalog.delete_files(gone)
-            self.catalog.drop_orphan_contents()
-        self.report.removed = len(gone)
+
+def _sweep(folder: IndexFolder, gone: list[str], report: SyncReport) -> None:
+    """Forget files that disappeared, and the vectors no file uses any more."""
+    folder.check_present()
+    with folder.catalog.transaction():
+        folder.catalog.delete_files(gone)
+        folder.catalog.drop_orphan_contents()
+    report.removed = len(gone)
 
 
 def _decoding_work(todo: list[tuple[FileRecord, FileState | None]]) -> int:
@@ -513,6 +548,7 @@ def sync(
     roots: list[str] | None,
     options: SyncOptions,
     progress: Progress | None,
+    engine: Engine | None = None,
 ) -> SyncReport:
     """Bring the index in ``folder`` in line with the image files under ``roots``.
 
@@ -520,6 +556,7 @@ def sync(
         folder: the index, opened for writing.
         model: what encodes new images (see :class:`SyncModel`).
         roots: folders or files to index; None: every root the index records.
+        engine: what reads, decodes and encodes the files to do (default: :class:`LocalEngine`).
 
     Raises:
         UsageError: a root does not exist.
@@ -529,7 +566,7 @@ def sync(
         SyncInterrupted: Ctrl-C; committed batches are kept.
     """
     try:
-        return _sync(folder, model, roots, options, progress)
+        return _sync(folder, model, roots, options, progress, engine)
     except (sqlite3.Error, OSError) as exc:
         folder.check_present()  # a deleted index folder: say so, not that anything is intact
         raise IndexAccessError(
@@ -545,6 +582,7 @@ def _sync(
     roots: list[str] | None,
     options: SyncOptions,
     progress: Progress | None,
+    engine: Engine | None,
 ) -> SyncReport:
     started = time.monotonic()
     catalog = folder.catalog
@@ -559,28 +597,45 @@ def _sync(
     plan = plan_sync(catalog, list(settings), records)
     report.unchanged = plan.unchanged
     limits = tuple(sorted((root, pixel_limit(s)) for root, s in settings.items()))
-    committer = _Committer(folder, model, report, options)
     try:
         if plan.todo:  # else nothing to decode or encode, and the model is never loaded
-            try:
-                _decode_and_encode(model, plan.todo, committer, options, progress, limits, cached=True)
-            except StalePreview:
-                report.added = report.updated = report.reused = report.skipped = 0
-                report.unchanged = plan.unchanged
-                committer = _Committer(folder, model, report, options)
-                _decode_and_encode(model, plan.todo, committer, options, progress, limits, cached=False)
+            (engine or LocalEngine()).run(Work(folder, model, plan.todo, options, progress, limits, report))
         model.confirm(None)  # a new index made from a preview, with nothing to encode
-        committer.sweep(plan.gone)
+        _sweep(folder, plan.gone, report)
     except KeyboardInterrupt:
-        committer.commit(encode=False)
         report.interrupted = True
         raise SyncInterrupted(report) from None
     finally:
-        for reason, count in committer.reasons.items():
-            report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
         folder.checkpoint()
         report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+class LocalEngine:
+    """Decode in worker processes of this machine, encode here (:func:`_decode_and_encode`)."""
+
+    def run(self, work: Work) -> None:
+        report, unchanged = work.report, work.report.unchanged
+        committer = _Committer(work.folder, work.model, report, work.options)
+        try:
+            try:
+                _decode_and_encode(work, committer, cached=True)
+            except StalePreview:
+                report.added = report.updated = report.reused = report.skipped = 0
+                report.unchanged = unchanged
+                committer = _Committer(work.folder, work.model, report, work.options)
+                _decode_and_encode(work, committer, cached=False)
+        except KeyboardInterrupt:
+            committer.commit(encode=False)
+            raise
+        finally:
+            count_reasons(report, committer.reasons)
+
+
+def count_reasons(report: SyncReport, reasons: Counter[str]) -> None:
+    """Add skipped files' reasons to the report's ``skip_reasons``."""
+    for reason, count in reasons.items():
+        report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + count
 
 
 def _roots_of_run(
@@ -658,21 +713,30 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _decode_and_encode(
-    model: SyncModel,
-    todo: list[tuple[FileRecord, FileState | None]],
-    committer: _Committer,
-    options: SyncOptions,
-    progress: Progress | None,
-    limits: tuple[tuple[str, int], ...],
-    *,
-    cached: bool,
-) -> None:
+def decode_job(
+    folder: IndexFolder, known: ModelFacts | ModelPreview, limits: tuple[tuple[str, int], ...]
+) -> DecodeJob:
+    """What a decoding worker needs for this index and model: the model's preprocessing (the numpy
+    resize and crop where there is one), and the side views where the index records them."""
+    transform: Callable[[Any], Any]
+    if known.pixel_transform is not None:
+        transform = known.pixel_transform.resize_crop
+    else:
+        assert isinstance(known, ModelFacts)  # a preview always has a pixel transform
+        transform = known.preprocess
+    sides = folder.meta.coverage == "sides" and known.pixel_transform is not None
+    views = known.pixel_transform.side_views if sides and known.pixel_transform is not None else None
+    side = draft_side(known, folder.meta.decode_scale)  # the index's: its vectors were made so
+    return DecodeJob(folder.catalog.path, transform, side, DEFAULT_MAX_PIXELS, limits, views)
+
+
+def _decode_and_encode(work: Work, committer: _Committer, *, cached: bool) -> None:
     """Read and decode the to-do files in workers, encode them in batches, hand them to the committer.
 
     The model loads in the background meanwhile. Decoding starts once it is built, or at once with
     the model's preview kept from an earlier build (``cached``), checked before the first commit.
     """
+    model, todo, options, progress = work.model, work.todo, work.options, work.progress
     if progress and not model.in_memory:
         progress.note(f"Loading model {model.label} ...")
     model.start()
@@ -680,20 +744,15 @@ def _decode_and_encode(
     known: ModelFacts | ModelPreview
     if preview is not None:
         committer.unverified = known = preview
-        transform: Callable[[Any], Any] = preview.pixel_transform.resize_crop
     else:
-        known = facts = model.facts()
-        transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
-    sides = committer.folder.meta.coverage == "sides" and known.pixel_transform is not None
-    views = known.pixel_transform.side_views if sides and known.pixel_transform is not None else None
-    side = draft_side(known, committer.folder.meta.decode_scale)  # the index's: its vectors were made so
-    job = DecodeJob(committer.catalog.path, transform, side, DEFAULT_MAX_PIXELS, limits, views)
+        known = model.facts()
+    job = decode_job(committer.folder, known, work.limits)
     use_processes = (
         options.processes and known.pixel_transform is not None and _decoding_work(todo) >= PROCESS_THRESHOLD
     )
     if progress:
         progress.start(len(todo))
-    pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
+    pool, decode, cleanup = open_decoder(job, options.workers, processes=use_processes)
     if use_processes:
         committer.threads = options.encode_threads or encode_threads_beside(
             options.workers, passive_wait=options.passive_wait
@@ -702,7 +761,7 @@ def _decode_and_encode(
     # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
     # (a video's window weighs its most samples: two or three windows are in flight)
     window = max(4 * options.batch_size, 4 * options.workers)
-    stream = OrderedStream(pool, work, todo, window, task_cost)
+    stream = OrderedStream(pool, decode, todo, window, task_cost)
     try:
         for result in stream:
             if isinstance(result, WindowResult):

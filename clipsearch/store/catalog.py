@@ -628,6 +628,11 @@ class Catalog:
             out.update({str(h): int(i) for h, i in rows})
         return out
 
+    def content_hashes(self) -> Iterator[str]:
+        """Every catalogued content hash, in no particular order (streamed, not held in memory)."""
+        for (digest,) in self.conn.execute("SELECT hash FROM contents"):
+            yield str(digest)
+
     def content_id(self, digest: str) -> int | None:
         row = self.conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
         return None if row is None else int(row[0])

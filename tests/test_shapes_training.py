@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,61 @@ def test_captions_in_a_batch_are_unique_and_groups_name_what_differs() -> None:
             assert any(w in captions[i + 1] for w in position_words)
 
 
+def test_batches_hold_free_shapes_whose_captions_never_say_where_or_how_large() -> None:
+    """Free shapes (anywhere, any size) are a share of the random scenes; the picture cannot tell
+    "on the left" or "small" for them, so no caption says it."""
+    rng = np.random.default_rng(1)
+    config = train.TrainConfig(batch_size=128)
+    grouped = int(config.batch_size * config.group_fraction)
+    free_single = 0
+    for _ in range(4):
+        scenes, captions = train.sample_batch(rng, config)
+        for i, scene in enumerate(scenes):
+            if scene.shapes[0].position == world.FREE_POSITION:
+                free_single += i >= grouped
+                assert not re.search(r"\b(left|right|top|bottom|center|middle|small|large)\b", captions[i])
+    expected = config.free_scenes * 4 * (config.batch_size - grouped)
+    assert 0.7 * expected < free_single < 1.3 * expected
+
+
+def test_shape_and_colour_groups_are_free_shapes_at_the_configured_rate() -> None:
+    rng = np.random.default_rng(2)
+    only_shape = train.TrainConfig(group_weights=(1.0, 0.0, 0.0, 0.0, 0.0), free_groups=0.5)
+    free = 0
+    for _ in range(200):
+        group = train._group_scenes(rng, only_shape)
+        specs = [scene.shapes[0] for scene, _, _ in group]
+        assert len({s.color for s in specs}) == 1 and len({s.shape for s in specs}) == len(specs)
+        assert all(require == ("shape",) for _, _, require in group)
+        placed_freely = {s.position == world.FREE_POSITION for s in specs}
+        assert len(placed_freely) == 1  # a group is all free shapes or none
+        free += placed_freely.pop()
+    assert 70 < free < 130
+
+
 def test_dataloader_workers_yield_the_same_batches_as_inline() -> None:
     config = train.TrainConfig(steps=3, batch_size=8, workers=1)
     inline = list(train.batches(train.TrainConfig(steps=3, batch_size=8, workers=0)))
     for (images, captions), (expected, expected_captions) in zip(train.batches(config), inline, strict=True):
         assert torch.equal(images, expected)
         assert captions == expected_captions
+
+
+def test_the_strided_tower_reads_twice_the_input_side_into_the_same_feature_grid() -> None:
+    """The shipped tower's stride-2 stem: a 128-px input reaches the stages at the 64-px tower's grid."""
+    import timm
+
+    from clipsearch.shapes import tower
+
+    strided, plain = timm.create_model(tower.STRIDED_TOWER_NAME), timm.create_model(tower.TOWER_NAME)
+    assert train.MODEL_CFG["vision_cfg"]["timm_model_name"] == tower.STRIDED_TOWER_NAME
+    with torch.no_grad():
+        wide = strided.eval().forward_features(torch.zeros(2, 3, 128, 128))
+        narrow = plain.eval().forward_features(torch.zeros(2, 3, 64, 64))
+    assert wide.shape == narrow.shape == (2, 256, 8, 8)
+    assert strided(torch.zeros(2, 3, 128, 128)).shape == (2, 256)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        timm.create_model(tower.STRIDED_TOWER_NAME, pretrained=True)
 
 
 def test_loss_falls(trained: tuple[torch.nn.Module, list[tuple[int, float]]]) -> None:

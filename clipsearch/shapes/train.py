@@ -34,12 +34,12 @@ from safetensors.torch import save_file
 from clipsearch.shapes import evaluate, tower, world
 
 MODEL_NAME = "clipsearch-shapes-cnn"
-IMAGE_SIZE = 64
+IMAGE_SIZE = 128
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {
         "image_size": IMAGE_SIZE,
-        "timm_model_name": tower.TOWER_NAME,
+        "timm_model_name": tower.STRIDED_TOWER_NAME,
         "timm_pool": "max",
         "timm_proj": "linear",
     },
@@ -55,6 +55,11 @@ PREPROCESS_CFG: dict[str, Any] = {
     "resize_mode": "squash",
     "fill_color": 0,
 }
+# Training frames' shorter side in pixels: around the input side, so the model's own resize (bicubic,
+# anti-aliased) makes the last step to 128 px as it does for a large photo; larger renders cost time.
+RENDER_SHORT_SIDE = (96, 224)
+# Shapes as other programs draw them: star depth, cross arm width, proportions and shades vary.
+LOOK = world.Look()
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
@@ -91,6 +96,11 @@ class TrainConfig:
     # Share of two-shape scenes (outside groups) whose caption names only one of the shapes, as a
     # query for one object in a busy picture does.
     partial_captions: float = 0.4
+    # Share of the scenes outside groups, and of the shape and colour groups, that are free shapes
+    # (anywhere in the frame, any size, captions without position or size): pictures made elsewhere
+    # put shapes anywhere, not in five cells at two sizes.
+    free_scenes: float = 0.4
+    free_groups: float = 0.5
     workers: int = 1
     log_every: int = 50
 
@@ -168,19 +178,32 @@ def _only(scene: world.Scene, index: int) -> world.Scene:
 _Group = list[tuple[world.Scene, world.Scene, tuple[str, ...]]]
 
 
-def _group_scenes(rng: np.random.Generator, size: int, weights: Sequence[float]) -> _Group:
+def _group_scenes(rng: np.random.Generator, config: TrainConfig) -> _Group:
     """Hard negatives: scenes that differ in one attribute only (or in which colour goes with which shape)."""
-    attribute = str(rng.choice(_GROUP_ATTRIBUTES, p=weights))
+    attribute = str(rng.choice(_GROUP_ATTRIBUTES, p=config.group_weights))
     if attribute == "binding":
         return _binding_scenes(rng)
     options = _VALUES[attribute]
-    values = rng.choice(options, size=min(size, len(options)), replace=False)
+    values = rng.choice(options, size=min(config.group_size, len(options)), replace=False)
+    if attribute in ("shape", "color") and rng.random() < config.free_groups:
+        return _free_group(rng, attribute, [str(value) for value in values])
     base = world.sample_scene(rng, n_shapes=1).shapes[0]
     kind = str(rng.choice(world.BACKGROUND_KINDS))
     fixed = {key: getattr(base, key) for key in _VALUES}
     scenes = [
         world.sample_scene(rng, n_shapes=1, background_kind=kind, **{**fixed, attribute: str(value)})
         for value in values
+    ]
+    return [(scene, scene, (attribute,)) for scene in scenes]
+
+
+def _free_group(rng: np.random.Generator, attribute: str, values: Sequence[str]) -> _Group:
+    """Free shapes of one colour and different shapes (or one shape and different colours)."""
+    other = "color" if attribute == "shape" else "shape"
+    fixed = {other: str(rng.choice(_VALUES[other]))}
+    kind = str(rng.choice(world.BACKGROUND_KINDS))
+    scenes = [
+        world.sample_free_scene(rng, background_kind=kind, **{**fixed, attribute: value}) for value in values
     ]
     return [(scene, scene, (attribute,)) for scene in scenes]
 
@@ -207,7 +230,10 @@ def sample_batch(rng: np.random.Generator, config: TrainConfig) -> tuple[list[wo
     grouped = int(config.batch_size * config.group_fraction)
     while len(scenes) < config.batch_size:
         if len(scenes) < grouped:
-            candidates = _group_scenes(rng, config.group_size, config.group_weights)
+            candidates = _group_scenes(rng, config)
+        elif rng.random() < config.free_scenes:
+            scene = world.sample_free_scene(rng)
+            candidates = [(scene, scene, ())]
         else:
             scene = world.sample_scene(rng)
             described = scene
@@ -244,8 +270,8 @@ def make_batch(config: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]
     """The images (preprocessed) and captions of one training step; a pure function of seed and step."""
     rng = np.random.default_rng([config.seed, step])
     scenes, captions = sample_batch(rng, config)
-    # Rendered smaller than real files: the model sees 64 px anyway, and small renders are fast.
-    images = [world.render(scene, rng, world.sample_image_size(rng, (56, 160))) for scene in scenes]
+    sizes = (world.sample_image_size(rng, RENDER_SHORT_SIDE) for _ in scenes)
+    images = [world.render(scene, rng, size, look=LOOK) for scene, size in zip(scenes, sizes, strict=True)]
     return torch.stack([inference_transform()(img) for img in images]), captions
 
 

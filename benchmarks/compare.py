@@ -12,10 +12,14 @@ a fresh process from start to exit:
 
 - naive: open_clip ViT-B-32, PIL open + convert RGB + the model's own preprocess, fp32, batch 32,
   torch threads = cores, one file after another; it runs as ``compare.py --naive-worker``.
-- rclip: ``pip install rclip`` into its own venv; its ONNX files are exported here from open_clip
-  ViT-B-32-256 (the architecture rclip ships, 256 px input) the way rclip's scripts/convert_model.py
-  does, and put in its data dir (RCLIP_DATADIR). rclip has no index-only command: it indexes the
-  current folder, then answers the query, so its index and no-op re-index times include one query.
+- rclip 4.0.8 (the current release, 2026-10): ``pip install rclip==4.0.8`` into its own venv, made
+  with a Python >= 3.12 (rclip 4 needs it; found on PATH or among pyenv's versions, or
+  ``--rclip-python``). It decodes JPEGs reduced with ``draft`` and runs ONNX Runtime fp32; its ONNX
+  files are exported here from open_clip ViT-B-32-256 (the architecture rclip ships, 256 px input)
+  the way rclip's scripts/convert_model.py does, and put in its data dir (RCLIP_DATADIR) with the
+  tokenizer vocabulary and the four licence files it also wants. rclip has no index-only command: it
+  indexes the current folder, then answers the query, so its index and no-op re-index times include
+  one query.
 - clipsearch: ``clipsearch index FOLDER --index DIR --model ViT-B-32 --pretrained laion2b_s34b_b79k``
   with random weights in a Hugging Face cache (tests/hfcache.py), HF_HUB_OFFLINE=1.
 
@@ -43,6 +47,7 @@ from _common import ROOT, Measured, add_random_vit_b_32, ensure_photos, jpeg_fil
 from _rclip import (
     RCLIP_IMAGE_SIZE,
     RCLIP_MODEL,
+    RCLIP_PACKAGE,
     RclipUnavailable,
     ensure_rclip,
     export_rclip_model,
@@ -238,7 +243,7 @@ ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("+ model files in index (MB)", "index_folder_extra_bytes", lambda v: f"{v / 1e6:.0f}"),
     ("no-op re-index (s)", "noop_reindex_s", lambda v: f"{v:.2f}"),
 )
-ENGINES = ("naive", "rclip", "clipsearch")
+ENGINES = ("naive", "rclip", "clipsearch", "baseline")
 
 
 def cell(result: dict[str, Any] | None, key: str, fmt: Callable[[float], str]) -> str:
@@ -252,9 +257,10 @@ def cell(result: dict[str, Any] | None, key: str, fmt: Callable[[float], str]) -
 def print_table(record: dict[str, Any]) -> None:
     engines = record["engines"]
     print(f"\n{record['title']}: {record['count']} images, mean {record['mean_file_mb']:.2f} MB per file")
-    print(f"{'':34}" + "".join(f"{e:>12}" for e in ENGINES))
+    shown = [e for e in ENGINES if e != "baseline" or e in engines]
+    print(f"{'':34}" + "".join(f"{e:>12}" for e in shown))
     for label, key, fmt in ROWS:
-        print(f"{label:34}" + "".join(f"{cell(engines.get(e), key, fmt):>12}" for e in ENGINES))
+        print(f"{label:34}" + "".join(f"{cell(engines.get(e), key, fmt):>12}" for e in shown))
     for name, value in record["ratios"].items():
         print(f"throughput {name}: {'-' if value is None else f'{value:.2f}x'}")
     if any(len(engines[e].get("index_s_runs", [])) > 1 for e in engines):
@@ -267,9 +273,11 @@ def print_table(record: dict[str, Any]) -> None:
 
 
 def print_footer(info: dict[str, Any]) -> None:
+    baseline = info.get("baseline_rev")
     print(
         f"\nclipsearch {info['clipsearch_rev']}, {info['rclip_version'] or 'rclip not run'}; "
-        f"{info['cpus']} CPUs ({info['cpu']}), load average {info['load_avg_1m_start']:.2f} at start, "
+        + (f"baseline: clipsearch {baseline} (its own source tree, same venv); " if baseline else "")
+        + f"{info['cpus']} CPUs ({info['cpu']}), load average {info['load_avg_1m_start']:.2f} at start, "
         f"{os.getloadavg()[0]:.2f} at end. Precision: naive fp32, rclip ONNX fp32 ({RCLIP_MODEL}, "
         f"{RCLIP_IMAGE_SIZE} px), clipsearch {info['clipsearch_precision']}. "
         "rclip's index and no-op re-index times include one query (it has no index-only command)."
@@ -334,13 +342,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache", type=Path, default=cache, help=f"folder for set-up reused across runs ({cache})"
     )
     parser.add_argument(
-        "--rclip-venv", type=Path, help="venv with rclip installed (default: CACHE/rclip-venv, made)"
+        "--rclip-venv",
+        type=Path,
+        help="venv for rclip, made if missing, refused if it holds another rclip "
+        "(default: CACHE/rclip-venv, made, or remade when it holds another rclip)",
     )
-    parser.add_argument("--rclip-package", default="rclip", help="pip requirement for rclip (default: rclip)")
+    parser.add_argument(
+        "--rclip-package",
+        default=RCLIP_PACKAGE,
+        help=f"pip requirement for rclip (default: {RCLIP_PACKAGE})",
+    )
+    parser.add_argument(
+        "--rclip-python",
+        metavar="PYTHON",
+        help="interpreter for rclip's venv (default: a Python >= 3.12 on PATH or in pyenv)",
+    )
     parser.add_argument(
         "--hf-cache",
         type=Path,
         help="Hugging Face cache with random ViT-B-32 laion2b_s34b_b79k weights (default: CACHE/hf, made)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also run the clipsearch source tree at TREE (e.g. a git worktree of an older commit) as the "
+        "engine 'baseline', in the same venv and interleaved rounds: a before/after figure in one run",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the photo generator")
     parser.add_argument("--json", action="store_true", help="one JSON object per size class on stdout")
@@ -394,13 +421,29 @@ def main(argv: list[str] | None = None) -> None:
         "CLIPSEARCH_CACHE": str(args.cache / "clipsearch"),
     }
     warm_clipsearch(env, args.cache / "clipsearch-warmup", args.precision)
+    baseline_env: dict[str, str] | None = None
+    if args.baseline is not None:
+        if not (args.baseline / "clipsearch" / "__init__.py").is_file():
+            sys.exit(f"--baseline {args.baseline}: not a clipsearch source tree (no clipsearch/__init__.py).")
+        # the console script imports whichever clipsearch comes first on the path; its own model cache,
+        # since an older revision may keep other files there
+        baseline_env = {
+            **env,
+            "PYTHONPATH": str(args.baseline.resolve()),
+            "CLIPSEARCH_CACHE": str(args.cache / "clipsearch-baseline"),
+        }
+        warm_clipsearch(baseline_env, args.cache / "clipsearch-warmup-baseline", args.precision)
+        info["baseline_rev"] = output_of(["git", "-C", str(args.baseline), "describe", "--always", "--dirty"])
 
     rclip_exe: Path | None = None
     rclip_models = args.cache / "rclip-model"
     rclip_error = "left out (--skip-rclip)"
     if not args.skip_rclip:
         try:
-            rclip_exe = ensure_rclip(args.rclip_venv or args.cache / "rclip-venv", args.rclip_package)
+            venv = args.rclip_venv or args.cache / "rclip-venv"
+            rclip_exe = ensure_rclip(
+                venv, args.rclip_package, args.rclip_python, replace=args.rclip_venv is None
+            )
             export_rclip_model(rclip_models)
         except (RclipUnavailable, RuntimeError, OSError, ImportError) as error:
             rclip_error = f"rclip is unavailable: {error}"
@@ -433,6 +476,16 @@ def main(argv: list[str] | None = None) -> None:
             benches["clipsearch"] = partial(
                 bench_clipsearch, photos, index, env, args.queries, args.precision
             )
+            if baseline_env is not None:
+                benches["baseline"] = partial(
+                    bench_clipsearch,
+                    photos,
+                    work / f"index-{key}-baseline",
+                    baseline_env,
+                    args.queries,
+                    args.precision,
+                )
+                made.append(work / f"index-{key}-baseline")
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in benches}
             for round_ in range(args.repeat):  # rounds interleave the engines: drift hits all alike
                 if args.repeat > 1:
@@ -453,6 +506,11 @@ def main(argv: list[str] | None = None) -> None:
                 "ratios": {
                     "clipsearch/naive": ratio(engines, "clipsearch", "naive"),
                     "clipsearch/rclip": ratio(engines, "clipsearch", "rclip"),
+                    **(
+                        {"clipsearch/baseline": ratio(engines, "clipsearch", "baseline")}
+                        if "baseline" in engines
+                        else {}
+                    ),
                 },
             }
             if args.json:

@@ -7,6 +7,9 @@ text search) and is the one place that checks a model against an index.
 
 from __future__ import annotations
 
+import os
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +17,20 @@ import numpy as np
 import numpy.typing as npt
 
 from clipsearch.encoders.spec import ModelSpec, Precision, parse_precision
-from clipsearch.errors import FolderNotIndexedError, ModelMismatchError, UsageError
+from clipsearch.errors import (
+    BadValueError,
+    FolderNotIndexedError,
+    IndexChangedError,
+    IndexNotFoundError,
+    ModelMismatchError,
+    UsageError,
+)
 from clipsearch.store.catalog import IndexMeta
 from clipsearch.store.folder import IndexFolder, exists, index_root
 from clipsearch.store.vectors import DEFAULT_STORE_KIND, VectorStore
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from PIL import Image
 
@@ -31,10 +41,13 @@ if TYPE_CHECKING:
     from clipsearch.encoders.onnx_export import ExportOutcome
     from clipsearch.encoders.onnx_text import OnnxTextEncoder, TextEncoder
     from clipsearch.ingest.sync import Progress, SyncOptions, SyncReport
+    from clipsearch.query.evalset import EvalSet
     from clipsearch.query.filters import Filters
     from clipsearch.query.grammar import Term
-    from clipsearch.query.rank import Hit
-    from clipsearch.store.catalog import Catalog
+    from clipsearch.query.judgements import FittedCutoff
+    from clipsearch.query.measure import Setting, SettingReport
+    from clipsearch.query.rank import Hit, SearchOptions
+    from clipsearch.store.catalog import Catalog, Judgement
 
 
 class Index:
@@ -58,6 +71,8 @@ class Index:
         self._meta_preview: ModelPreview | None = None  # the unchecked preview a new index's meta came from
         self._onnx_text: OnnxTextEncoder | bool | None = None  # False: looked, none usable
         self._precision = parse_precision(precision)
+        self._coverage: str | None = None  # the coverage asked for when this index was opened to write
+        self._models_meta = folder.meta  # the index the models above are for
         if encoder is not None:
             _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
 
@@ -102,6 +117,7 @@ class Index:
         precision: Precision = "fp32",
         rebuild: bool = False,
         cache: ModelCache | None = None,
+        coverage: str | None = None,
     ) -> Index:
         """Open (creating if needed) an index to sync, holding the writer lock.
 
@@ -110,13 +126,22 @@ class Index:
             encoder: the model to sync with, already loaded.
             spec: instead of ``encoder``, the model to sync with; when the index exists and records
                 this model, the model is loaded only once a file needs encoding (a sync that finds
-                nothing changed never loads it).
+                nothing changed never loads it). Neither given: the model the index records (the
+                index must exist).
             precision: precision to load ``spec`` with.
-            rebuild: delete the index's contents first.
+            rebuild: build a new index beside this one, from scratch, to replace it when the next
+                :meth:`sync` completes; searches use the index as it was until then. A rebuild that
+                was interrupted is resumed (if it was made with the same model).
             cache: the per-machine model cache (default: the user's cache folder).
+            coverage: for a new index (or a rebuild): ``sides`` gives a wide or tall picture further
+                vectors for the parts a centre-cropping model does not see (see
+                :meth:`~clipsearch.encoders.pixels.PixelTransform.side_views`), ``none`` one vector
+                per picture; None: ``sides`` where the model crops the centre.
 
         Raises:
-            UsageError: neither ``encoder`` nor ``spec`` given.
+            UsageError: a rebuild without ``encoder`` or ``spec``.
+            BadValueError: ``coverage`` unknown, or not the existing index's (it changes with a rebuild).
+            IndexNotFoundError: neither given and there is no index.
             IndexBusyError: another process is writing to this index.
             ModelMismatchError: the index was built with another model (use ``rebuild=True``).
         """
@@ -124,9 +149,15 @@ class Index:
         from clipsearch.encoders.loading import ModelLoader
 
         if encoder is None and spec is None:
-            raise UsageError("open_for_write needs the encoder or the spec of the model to index with.")
+            if rebuild:
+                raise UsageError("A rebuild needs the encoder or the spec of the model to index with.")
+            spec = recorded_spec(path)
+            if spec is None:
+                raise IndexNotFoundError(index_root(path))
         cache = cache or ModelCache.default()
         precision = parse_precision(precision)
+        if coverage not in (None, *COVERAGES):
+            raise BadValueError("coverage", coverage, f"choose {' or '.join(COVERAGES)}")
         want = encoder.spec if encoder is not None else spec
         assert want is not None
         loader: ModelLoader | None = None
@@ -144,27 +175,66 @@ class Index:
 
         def new_meta() -> IndexMeta:
             if encoder is not None:
-                return _meta_for(encoder.spec, encoder.facts)
+                return _meta_for(encoder.spec, encoder.facts, coverage)
             nonlocal loader, from_preview
             from_preview = preview is not None
             if loader is None:  # the index was removed since the check above
                 loader = ModelLoader(want, precision=precision, image_only=True)
-            return _meta_for(want, preview or loader.facts())
+            return _meta_for(want, preview or loader.facts(), coverage)
+
+        def resume(meta: IndexMeta) -> bool:  # an interrupted rebuild with this model is continued
+            if coverage is not None and meta.coverage != coverage:
+                return False
+            if encoder is not None:
+                made = _meta_for(encoder.spec, encoder.facts, coverage or meta.coverage)
+                return made == replace(meta, store_kind=DEFAULT_STORE_KIND)
+            return _label(meta.model, meta.pretrained) == _label(want.name, want.pretrained)
 
         if not rebuild:
             check_index_model(path, want)  # before the lock and any model load
-        folder = IndexFolder.open_for_write(path, new_meta, rebuild=rebuild)
+        folder = IndexFolder.open_for_write(path, new_meta, rebuild=rebuild, resume=resume)
         try:
             if encoder is not None:
                 _check_same_model(folder.path, folder.meta, _meta_for(encoder.spec, encoder.facts))
             else:
                 _check_spec(folder.path, folder.meta, want)
+            if coverage is not None and folder.meta.coverage != coverage:
+                raise BadValueError(
+                    "coverage",
+                    coverage,
+                    f"the index at {folder.path} records coverage {folder.meta.coverage!r}, which "
+                    "changes only with a rebuild (or the model does not crop pictures)",
+                )
         except BaseException:
             folder.close()
             raise
         index = cls(folder, encoder=encoder, precision=precision, cache=cache)
+        index._coverage = coverage
         index._loader = loader
         index._meta_preview = preview if from_preview else None
+        return index
+
+    def reopen(self) -> Index:
+        """The index now at this one's folder (a rebuild may have replaced it), this one closed.
+
+        The model stays loaded when the index found there records the same model (and weights);
+        otherwise the new index's model loads on first use.
+
+        Raises:
+            IndexNotFoundError, IndexCorruptError: as :meth:`open`; this index is left open then.
+        """
+        folder = IndexFolder.open(self.path)
+        model = ("model", "pretrained", "weights_sha256", "dim")
+        same = all(getattr(folder.meta, key) == getattr(self.meta, key) for key in model)
+        try:
+            encoder = self._encoder if same else None
+            index = Index(folder, encoder=encoder, precision=self._precision, cache=self.cache)
+        except BaseException:
+            folder.close()
+            raise
+        if same:
+            index._onnx_text = self._onnx_text
+        self.close()
         return index
 
     def close(self) -> None:
@@ -200,8 +270,38 @@ class Index:
         return ModelSpec(self.meta.model, self.meta.pretrained)
 
     def info(self) -> dict[str, Any]:
-        """What is in the index, which model, where it lives."""
+        """What is in the index, which model, where it lives, the roots and their settings."""
+        self.follow_rebuild()
         return self.folder.info()
+
+    def forget(self, root: str | Path) -> int:
+        """Remove a folder the index records, its files, and the vectors no other file uses.
+
+        Needs the writer lock (:meth:`open_for_write`); loads no model. Returns how many files
+        were removed.
+
+        Raises:
+            NotARootError: ``root`` is not one of the folders the index records.
+        """
+        if not self.folder.writable:
+            raise UsageError("forget needs an index opened with Index.open_for_write.")
+        return self.folder.forget_root(os.path.abspath(os.path.expanduser(root)))
+
+    def follow_rebuild(self) -> bool:
+        """A reader whose index a rebuild has replaced takes up the new one; a model that is not the
+        new index's is put down (the right one loads when next needed). Whether the model changed.
+
+        Searches call this themselves; a long-lived reader (the web server) calls it to know which
+        index its answers come from (``folder.rebuild_id``)."""
+        if self.folder.writable:
+            return False
+        self.folder.follow_rebuild()
+        if _model_of(self.folder.meta) == _model_of(self._models_meta):
+            return False
+        self._encoder = self._image_encoder = self._loader = None
+        self._onnx_text = None
+        self._models_meta = self.folder.meta
+        return True
 
     def skipped(self) -> list[tuple[str, str]]:
         """Files that were skipped, with their reasons, by path."""
@@ -209,6 +309,7 @@ class Index:
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
         """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        self.follow_rebuild()
         return self.folder.stored_vector(path)
 
     def checkpoint(self) -> None:
@@ -274,7 +375,7 @@ class Index:
             return True
         self.cache.remember_preview(self.spec, actual)
         if self._meta_preview is not None:
-            self.folder.write_meta(_meta_for(self.spec, facts))
+            self.folder.write_meta(_meta_for(self.spec, facts, self._coverage))
             self._meta_preview = None
         return False
 
@@ -339,12 +440,15 @@ class Index:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        self.follow_rebuild()
         return self.encoder.image_size
 
     def encode_texts(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.follow_rebuild()
         return self.text_encoder.encode_texts(texts)
 
     def encode_images(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        self.follow_rebuild()
         return self.encoder.encode_images(images)
 
     # -- syncing and searching ----------------------------------------------------------------
@@ -368,6 +472,7 @@ class Index:
         started = time.monotonic()
         options = options or SyncOptions()
         report = sync(self.folder, _SyncModel(self), roots, options, progress)
+        self.folder.finish_rebuild()  # a rebuild, now complete, replaces the index
         if options.export_text and self.text_export_pending():
             if progress is not None:
                 progress.note(
@@ -380,23 +485,36 @@ class Index:
         return report
 
     def search_vectors(
-        self, queries: npt.NDArray[np.float32], k: int = 10, *, filters: Filters | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each row of ``queries`` (unit vectors of the index's dimension).
 
         Args:
             queries: ``(d,)`` or ``(n, d)`` unit vectors.
-            k: most files returned per query.
+            k: most hits returned per query (a video's hits are its moments, with their times).
             filters: restrict the candidates (folder, dates, types, size) before the top-k cut.
+            per_file: most moments of one video returned (None: every moment that ranks).
 
         Raises:
             FolderNotIndexedError: ``filters.folder`` is not inside an indexed folder.
         """
         from clipsearch.query.rank import rank
 
+        changed = self.follow_rebuild()
         if filters is not None and filters.folder is not None:
             self._check_folder(filters.folder)
-        return rank(self.store, self.catalog, np.atleast_2d(queries), k, filters=filters)
+        queries = np.atleast_2d(queries)
+        store = self.store
+        if queries.shape[1] != store.dim:
+            if changed or self.follow_rebuild():  # encoded for the index a rebuild has just replaced
+                raise IndexChangedError(self.path)
+            raise BadValueError("queries", queries.shape, f"the index holds {store.dim}-d vectors")
+        return rank(store, self.catalog, queries, k, filters=filters, per_file=per_file)
 
     def _check_folder(self, folder: str) -> None:
         roots = self.catalog.roots()
@@ -405,28 +523,253 @@ class Index:
             for r in roots
         ):
             raise FolderNotIndexedError(folder, roots)
+        # a folder that is gone may still hold indexed files (an unplugged drive); a typo holds none
+        if not os.path.isdir(folder) and not self.catalog.files_under(folder):
+            raise FolderNotIndexedError(folder, roots, missing=True)
 
-    def search(self, query: str | list[Term], k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str | list[Term],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
+    ) -> list[Hit]:
         """Search with the query language (e.g. ``"beach + dog:0.5 - people + ./ref.jpg"``) or terms."""
         from clipsearch.query.grammar import parse_query
         from clipsearch.query.vector import query_vector
 
         terms = parse_query(query) if isinstance(query, str) else query
-        return self.search_vectors(query_vector(self, terms), k, filters=filters)[0]
+        return self.search_vectors(query_vector(self, terms), k, filters=filters, per_file=per_file)[0]
 
-    def search_text(self, text: str, k: int = 10, *, filters: Filters | None = None) -> list[Hit]:
-        """Images best matching a text."""
+    def search_text(
+        self, text: str, k: int = 10, *, filters: Filters | None = None, per_file: int | None = None
+    ) -> list[Hit]:
+        """Images (and moments of videos) best matching a text."""
         from clipsearch.query.vector import text_vector
 
-        return self.search_vectors(text_vector(self, text), k, filters=filters)[0]
+        return self.search_vectors(text_vector(self, text), k, filters=filters, per_file=per_file)[0]
 
     def search_image(
-        self, image: str | Path | Image.Image, k: int = 10, *, filters: Filters | None = None
+        self,
+        image: str | Path | Image.Image,
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
     ) -> list[Hit]:
-        """Images most similar to an image: a file path (indexed or not) or a PIL image."""
+        """Images (and moments of videos) most similar to an image: a file path (indexed or not) or a
+        PIL image. A frame exported from a video finds the moment it came from."""
         from clipsearch.query.vector import image_vector
 
-        return self.search_vectors(image_vector(self, image), k, filters=filters)[0]
+        return self.search_vectors(image_vector(self, image), k, filters=filters, per_file=per_file)[0]
+
+    # -- judgements: marks, refinement, the fitted cutoff, evaluation -------------------------
+
+    def mark(
+        self,
+        query: str | list[Term],
+        paths: Sequence[str | Path] = (),
+        *,
+        relevant: bool | None,
+        content_ids: Sequence[int] = (),
+    ) -> int:
+        """Mark pictures relevant (``True``) or not (``False``) to a query, or remove their marks
+        (``None``). Marks are stored in the index by picture content (they survive renames, syncs
+        and rebuilds) under the query as written in the grammar (see
+        :func:`~clipsearch.query.judgements.query_key`). Needs no writer lock and no model.
+
+        Args:
+            query: the query (text or an expression in the query grammar).
+            paths: indexed files (a file of an unplugged drive counts).
+            relevant: the mark.
+            content_ids: pictures by content id instead (the web page).
+
+        Returns how many marks were written or removed.
+
+        Raises:
+            JudgedPathError: a path names no indexed picture (missing, outside the index's folders,
+                not indexed yet, or skipped); nothing is marked then.
+            IndexAccessError: the index is on read-only media.
+        """
+        return self.mark_many(query, {relevant: paths}, content_ids=content_ids)[relevant]
+
+    def mark_many(
+        self,
+        query: str | list[Term],
+        marks: Mapping[bool | None, Sequence[str | Path]],
+        *,
+        content_ids: Sequence[int] = (),
+    ) -> dict[bool | None, int]:
+        """:meth:`mark` with several labels at once (``{True: [...], False: [...], None: [...]}``):
+        every path is checked before anything is written, and all marks are written together.
+        ``content_ids`` get the first label. Returns how many marks each label wrote or removed."""
+        import time
+
+        from clipsearch.query.judgements import content_ids_of, query_key
+
+        self.follow_rebuild()
+        key = query_key(query)
+        rows: list[tuple[int, bool | None]] = []
+        for n, (label, paths) in enumerate(marks.items()):
+            ids = [*(content_ids if n == 0 else ()), *content_ids_of(self.catalog, [str(p) for p in paths])]
+            rows += [(cid, label) for cid in ids]
+        changed = self.catalog.mark(key, rows, time.time())
+        counts = dict.fromkeys(marks, 0)
+        for (_, label), done in zip(rows, changed, strict=True):
+            counts[label] += done
+        return counts
+
+    def judgements(self, query: str | list[Term] | None = None) -> list[Judgement]:
+        """Every stored mark (of ``query`` only, if given), by query then time."""
+        from clipsearch.query.judgements import query_key
+
+        self.follow_rebuild()
+        return self.catalog.judgements(None if query is None else query_key(query))
+
+    def refined_vector(self, query: str | list[Term]) -> npt.NDArray[np.float32]:
+        """The query's vector moved by its marks (Rocchio; weights in :mod:`clipsearch.query.feedback`).
+
+        Raises:
+            NoFeedbackError: no picture indexed now is marked for this query.
+        """
+        from clipsearch.query.feedback import NoFeedbackError, refined_vector
+        from clipsearch.query.grammar import parse_query
+        from clipsearch.query.judgements import QueryMarks, query_key
+        from clipsearch.query.vector import query_vector
+
+        terms = parse_query(query) if isinstance(query, str) else query
+        marks = QueryMarks.of(query_key(terms), self.judgements(terms))
+        if not marks:
+            raise NoFeedbackError(query_key(terms))
+        return refined_vector(self.store, query_vector(self, terms), marks.relevant, marks.irrelevant)
+
+    def search_refined(
+        self,
+        query: str | list[Term],
+        k: int = 10,
+        *,
+        filters: Filters | None = None,
+        per_file: int | None = None,
+    ) -> list[Hit]:
+        """:meth:`search` with the query refined by its marks (see :meth:`refined_vector`)."""
+        return self.search_vectors(self.refined_vector(query), k, filters=filters, per_file=per_file)[0]
+
+    def fitted_cutoff(self) -> FittedCutoff | None:
+        """The calibrated cutoff of this index's model: the score threshold that maximises F1 on the
+        stored marks (None without enough of them; see :mod:`clipsearch.query.judgements`).
+
+        Fitting encodes every marked query once; the result is kept in the catalog until the marks,
+        the pictures they name or the model change.
+        """
+        import json
+
+        from clipsearch.query.judgements import FittedCutoff, fit_cutoff
+
+        self.follow_rebuild()
+        count, latest = self.catalog.judgements_state()
+        if not count:
+            return None
+        state = [count, latest, self.meta.weights_sha256]
+        cached = self.catalog.get(_CUTOFF_KEY)
+        if cached:
+            saved = json.loads(cached)
+            if saved.get("state") == state:
+                fit = saved.get("fit")
+                return None if fit is None else FittedCutoff(fit[0], fit[1], fit[2], tuple(fit[3]))
+        fitted = fit_cutoff(self, self.store, self.catalog, self.catalog.judgements())
+        row = None if fitted is None else [fitted.threshold, fitted.f1, fitted.judgements, fitted.queries]
+        try:
+            with self.catalog.transaction():
+                self.catalog.set(_CUTOFF_KEY, json.dumps({"state": state, "fit": row}))
+        except sqlite3.OperationalError:
+            pass  # read-only media: fitted again next time
+        return fitted
+
+    def calibrate(self, options: SearchOptions) -> tuple[SearchOptions, FittedCutoff | None]:
+        """``options`` with the fitted cutoff filled in where they ask for one (``cutoff`` ``auto``)
+        and the index has enough marks; and that cutoff (None: the break is used)."""
+        if not options.calibrate:
+            return options, None
+        fitted = self.fitted_cutoff()
+        return (options if fitted is None else replace(options, calibrated=fitted.threshold)), fitted
+
+    def evaluate(self, evalset: EvalSet | None, settings: Sequence[Setting]) -> list[SettingReport]:
+        """Score the search on an evaluation set under each setting (one report per setting).
+
+        Args:
+            evalset: queries with their relevant files (a file read with
+                :func:`~clipsearch.query.measure.read_eval_file`); None: the stored marks.
+            settings: how to search (see :class:`~clipsearch.query.measure.Setting`). A setting's
+                ``index`` opens that index (another model over the same photos), its ``precision``
+                encodes the queries with the torch model at that precision. The marks of this index
+                drive refinement and the fitted cutoff in every setting (matched by picture, so they
+                serve another index of the same photos too, fitted on its own model).
+
+        When a setting refines, every report also scores ``new p@10`` (see
+        :func:`~clipsearch.query.measure.run_setting`).
+
+        Raises:
+            NoJudgementsError: ``evalset`` is None and the index holds no usable marks.
+            EvalFileError: a relevant path or pattern of the file finds nothing in an index.
+            BadValueError: a setting names a store kind the index does not have.
+        """
+        from clipsearch.query.evalset import from_judgements
+        from clipsearch.query.judgements import by_query, fit_cutoff
+        from clipsearch.query.measure import remap, run_setting
+
+        for setting in settings:
+            if setting.store not in (None, self.meta.store_kind):
+                # the hook for approximate store kinds: a setting will search one of them here
+                raise BadValueError(
+                    "compare",
+                    f"store={setting.store}",
+                    f"the index at {self.path} has only its own store, {self.meta.store_kind}",
+                )
+        marks = self.judgements()
+        evalset = evalset or from_judgements(marks, self.path)
+        residual = any(s.refine for s in settings)
+        reports = []
+        for setting in settings:
+            target = self._for_setting(setting)
+            try:
+                own = target is self
+                mapped = marks if own else remap(marks, target.catalog)
+                fitted = None
+                if setting.options().calibrate:
+                    fitted = (
+                        self.fitted_cutoff()
+                        if own
+                        else fit_cutoff(target, target.store, target.catalog, mapped)
+                    )
+                reports.append(
+                    run_setting(
+                        target, evalset, setting, fitted=fitted, marks=by_query(mapped), residual=residual
+                    )
+                )
+            finally:
+                if target is not self:
+                    target.close()
+        return reports
+
+    def _for_setting(self, setting: Setting) -> Index:
+        """This index, or the one a setting names (another index, or this one at another precision)."""
+        if setting.index is None and setting.precision is None:
+            return self
+        other = Index.open(
+            setting.index or self.path, precision=setting.precision or self._precision, cache=self.cache
+        )
+        try:
+            if setting.precision is not None:
+                _ = other.encoder  # texts then encode with the torch model at that precision
+        except BaseException:
+            other.close()
+            raise
+        return other
+
+
+#: Catalog meta key of the cached fitted cutoff (see ``Index.fitted_cutoff``).
+_CUTOFF_KEY = "cutoff_fit"
 
 
 class _SyncModel:
@@ -468,13 +811,26 @@ class _SyncModel:
 # -- the one place that checks a model against an index -------------------------------------
 
 
-def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview) -> IndexMeta:
+def _model_of(meta: IndexMeta) -> tuple[str, str, str, int]:
+    return meta.model, meta.pretrained, meta.weights_sha256, meta.dim
+
+
+#: What extra vectors a picture may get (see ``Index.open_for_write``'s ``coverage``).
+COVERAGES = ("sides", "none")
+
+
+def _meta_for(spec: ModelSpec, facts: ModelFacts | ModelPreview, coverage: str | None = None) -> IndexMeta:
+    """The metadata a new index of this model records; ``coverage`` None: ``sides`` where the model
+    crops the centre of a picture (a model that sees the whole frame needs no side views)."""
+    transform = facts.pixel_transform
+    crops = transform is not None and transform.resize_mode == "shortest"
     return IndexMeta(
         model=spec.name,
         pretrained=spec.pretrained,
         weights_sha256=facts.weights_sha256,
         dim=facts.dim,
         store_kind=DEFAULT_STORE_KIND,
+        coverage="sides" if crops and coverage in (None, "sides") else "none",
     )
 
 

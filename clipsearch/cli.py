@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from clipsearch import __version__
 from clipsearch.errors import (
@@ -27,20 +28,48 @@ from clipsearch.errors import (
     FolderNotIndexedError,
     IndexBusyError,
     IndexCorruptError,
+    IndexGoneError,
     IndexNotFoundError,
+    MissingRootsError,
     ModelMismatchError,
     ModelUnavailableError,
     NoRootsError,
+    NotARootError,
+    RootInsideRootError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
     from clipsearch.encoders.cache import ModelCache
+
+
+def _bare_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value: show none in --help (typer would show ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """The app's command group: its own flags, and every command's, show no value in --help."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _bare_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _bare_flags(command.get_params(ctx))
+        return command
+
 
 app = typer.Typer(
     name="clipsearch",
     help="Search your photos by text, by image, or both, with CLIP models, fully offline.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 
@@ -54,9 +83,7 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
-            "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""
-        ),
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Search your photos by text, by image, or both, with CLIP models, fully offline."""
@@ -111,9 +138,12 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def echo_path(path: str, *, prefix: str = "") -> None:
-    """Print a path exactly as the file system spells it, even when it is not valid UTF-8."""
-    typer.echo(prefix.encode() + os.fsencode(path))
+def echo_path(path: str, *, prefix: str = "", suffix: str = "", table: bool = False) -> None:
+    """Print a path as the file system spells it, even when it is not valid UTF-8; in a ``table``
+    (a line with other columns), control characters are escaped so a name cannot break the line."""
+    from clipsearch.paths import for_terminal
+
+    typer.echo(prefix.encode() + os.fsencode(for_terminal(path) if table else path) + suffix.encode())
 
 
 #: Library parameter names whose command-line flag is not ``--name`` with dashes.
@@ -129,17 +159,36 @@ def phrase(exc: ClipsearchError) -> str:
     """A library error as the CLI tells it: the facts, then the command or flag that helps."""
     from clipsearch.encoders.spec import MissingPretrainedError
     from clipsearch.ingest.sync import SyncInterrupted
+    from clipsearch.query.evalset import NoJudgementsError
+    from clipsearch.query.feedback import NoFeedbackError
     from clipsearch.query.grammar import EmptyQueryError, QuerySyntaxError
+    from clipsearch.query.judgements import JudgedPathError
 
     if isinstance(exc, SyncInterrupted):
+        if exc.report.rebuild:
+            return (
+                f"Interrupted. The rebuild so far is saved beside the index at {exc.report.index}, which "
+                "searches still use; run the same command again to resume the rebuild."
+            )
         return (
             f"Interrupted. The batches already done are saved in {exc.report.index}; "
             "run the same command again to resume."
         )
+    if isinstance(exc, NotARootError):
+        return (
+            f"{exc.root} is not a folder of the index ({', '.join(exc.roots) or 'none'}); see them with: "
+            f"clipsearch info --index {exc.index}. To leave out a folder inside one, use: "
+            "clipsearch index ROOT --exclude PATTERN"
+        )
+    if isinstance(exc, RootInsideRootError):
+        return (
+            f"{exc.root} lies inside {exc.enclosing}, a folder of the index, whose settings apply to it. "
+            f"Change them for the whole folder: clipsearch index {exc.enclosing} --exclude PATTERN ..."
+        )
     if isinstance(exc, BadValueError):
         return f"{flag(exc.name)} {exc.value!r}: {exc.problem}."
     if isinstance(exc, FolderNotIndexedError):
-        return f"--in {exc.folder} is not inside an indexed folder ({', '.join(exc.roots) or 'none yet'})."
+        return f"--in {exc}" if not exc.missing else f"--in {exc} Check the folder's name."
     if isinstance(exc, NoRootsError):
         return f"No folders to index in {exc.index}. Give one or more: clipsearch index ~/Photos"
     if isinstance(exc, EmptyQueryError):
@@ -150,7 +199,19 @@ def phrase(exc: ClipsearchError) -> str:
             "or --pretrained /path/to/weights.safetensors."
         )
     hint = ""
-    if isinstance(exc, QuerySyntaxError):
+    mark_them = "clipsearch judge QUERY --yes PATH... --no PATH..., or on the page (clipsearch serve)"
+    if isinstance(exc, JudgedPathError):
+        hint = {
+            "missing": "Check the path.",
+            "outside": "Index its folder first: clipsearch index FOLDER",
+            "not-indexed": "Index it first: clipsearch index (it re-syncs the index's folders).",
+            "skipped": "See the skipped files with: clipsearch info --skipped",
+        }[exc.reason]
+    elif isinstance(exc, NoJudgementsError):
+        hint = f"Mark results first: {mark_them}; or give a JSONL file: clipsearch eval FILE"
+    elif isinstance(exc, NoFeedbackError):
+        hint = f"Mark some of its results first: {mark_them}."
+    elif isinstance(exc, QuerySyntaxError):
         hint = "See `clipsearch search --help` for the query grammar."
     elif isinstance(exc, ModelMismatchError):
         hint = (
@@ -167,6 +228,13 @@ def phrase(exc: ClipsearchError) -> str:
         )
     elif isinstance(exc, IndexBusyError):
         hint = "Wait for it to finish, then run this command again. Searching works meanwhile."
+    elif isinstance(exc, MissingRootsError):
+        hint = (
+            "Plug the drive in (or mount the folder) and run it again, or remove the folder from the "
+            f"index first: clipsearch forget {exc.missing[0]} --index {exc.index}"
+        )
+    elif isinstance(exc, IndexGoneError):
+        hint = "Run the command again to build the index anew."
     elif isinstance(exc, ModelUnavailableError) and exc.repo:
         name = exc.model.split(" (")[0]
         hint = (
@@ -274,17 +342,30 @@ def index(
         ),
     ] = None,
     rebuild: Annotated[
-        bool, typer.Option("--rebuild", help="Delete the index's contents and re-index from scratch.")
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Re-index from scratch (the folders given, else every folder of the index), beside the "
+            "index, which it replaces once complete; searches use the old one until then. Run it again "
+            "to resume an interrupted rebuild.",
+        ),
     ] = False,
     include_hidden: Annotated[
-        bool, typer.Option("--include-hidden", help="Also index hidden files and folders (dot-names).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--include-hidden/--no-include-hidden",
+            help="Also index hidden files and folders (dot-names), or not. Recorded for the folders "
+            "indexed. Default: as recorded, else not.",
+            show_default=False,
+        ),
+    ] = None,
     exclude: Annotated[
         list[str] | None,
         typer.Option(
             "--exclude",
-            help="Leave out files/folders matching this gitignore-style pattern (repeatable). "
-            "Folders may also hold a .clipsearchignore file.",
+            help="Leave out files/folders matching this gitignore-style pattern (repeatable). Replaces "
+            "the patterns recorded for the folders indexed ('' clears them). Folders may also hold a "
+            ".clipsearchignore file.",
             show_default=False,
         ),
     ] = None,
@@ -301,14 +382,26 @@ def index(
         ),
     ] = None,
     max_pixels: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--max-pixels",
             min=1,
             help="Skip images that would decode to more pixels than this (decompression-bomb guard; "
-            "JPEGs count at their reduced decoding size).",
+            "JPEGs count at their reduced decoding size). Recorded for the folders indexed; raising it "
+            "retries the files skipped as too large. Default: as recorded, else 50,000,000.",
+            show_default=False,
         ),
-    ] = 50_000_000,
+    ] = None,
+    coverage: Annotated[
+        str | None,
+        typer.Option(
+            "--coverage",
+            help="For a new index (or --rebuild): 'sides' gives wide and tall pictures extra vectors for "
+            "the parts a centre-cropping model (ViT-B-32, ...) does not see; 'none' one vector each. "
+            "Default: sides where the model crops.",
+            show_default=False,
+        ),
+    ] = None,
     precision: PrecisionOpt = "auto",
     quiet: Annotated[
         bool,
@@ -330,28 +423,35 @@ def index(
     path = index_path_from(index_path)
     missing = [str(r) for r in roots or () if not os.path.lexists(os.path.expanduser(r))]
     if missing:  # before any model is loaded or folder created
-        raise typer.BadParameter(f"No such file or folder: {', '.join(missing)}", param_hint="ROOTS")
+        raise UsageError(
+            f"No such file or folder: {', '.join(missing)}. Give existing folders (an unplugged drive "
+            "must be mounted first); with no folder, every folder indexed before is re-synced."
+        )
     run_precision = parse_precision(precision)
-    spec = _spec_for_index(path, model, pretrained, rebuild)
-    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
-    if not quiet and (rebuild or not exists(path)):
-        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
-    options = SyncOptions(
+    options = SyncOptions(  # checks the --exclude patterns
         include_hidden=include_hidden,
-        exclude=tuple(exclude or ()),
+        exclude=None if exclude is None else tuple(exclude),
         batch_size=batch_size,
         max_pixels=max_pixels,
         passive_wait=os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE",
         **({"workers": workers} if workers else {}),
     )
+    spec = _spec_for_index(path, model, pretrained, rebuild)
+    check_not_busy(path)  # before the slow part: the lock is taken for real by open_for_write
+    if not quiet and (rebuild or not exists(path)):
+        err(f"Loading model {spec.label()} ...")  # a new index needs the model up front; else on demand
     if not quiet:
         err(f"Writing index {path}")
     with Index.open_for_write(
-        path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache()
+        path, spec=spec, precision=run_precision, rebuild=rebuild, cache=model_cache(), coverage=coverage
     ) as idx:
+        if not quiet and idx.folder.rebuilding:
+            err(f"Rebuilding in {idx.folder.data}; searches use the index as it was until it is done.")
         progress = None if quiet else StderrProgress("Indexing")
         report = idx.sync([str(r) for r in roots] if roots else None, options=options, progress=progress)
     report.seconds = round(time.monotonic() - started, 3)  # what the user waited for, model load included
+    for warning in report.warnings:
+        err(f"Warning: {warning}")
     if report.text_export == "unavailable":
         err(f"Note: searches of this index will load the full model ({report.text_export_reason}).")
     if as_json:
@@ -361,10 +461,18 @@ def index(
         err(f"Warning: {root} is missing (unmounted?); its entries were kept.")
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(report.skip_reasons.items()))
     typer.echo(
-        f"Indexed in {report.seconds:.1f}s: {report.added} added, {report.updated} updated, "
+        f"{'Rebuilt' if report.rebuild else 'Indexed'} in {report.seconds:.1f}s: {report.added} added, "
+        f"{report.updated} updated, "
         f"{report.reused} reused, {report.removed} removed, {report.unchanged} unchanged, "
         f"{report.skipped} skipped{f' ({reasons})' if reasons else ''}.\nIndex: {report.index}"
     )
+    if report.videos:
+        from clipsearch.query.rank import format_time
+
+        typer.echo(
+            f"Videos: {report.videos} new, {format_time(report.video_seconds)} long in all, "
+            f"{report.moments} moments."
+        )
     if report.skipped:
         err("See which files were skipped and why with: clipsearch info --skipped")
 
@@ -391,7 +499,8 @@ def _spec_for_index(path: Path, model: str | None, pretrained: str | None, rebui
 
 SEARCH_HELP = """Search the index by text, by image, or by both; best matches first.
 
-Filters (--in, --after, --before, --type, --min-side) apply before the top-k cut.
+Filters (--in, --after, --before, --type, --min-side, --available) apply before the top-k cut.
+A video's hits are its moments (path @ start–end); --per-file 1 keeps its best one.
 
 {grammar}
 
@@ -400,6 +509,7 @@ Examples:
   clipsearch search --image ./cat.jpg -k 20
   clipsearch search "a beach at sunset" --add dog --sub people --image ./ref.jpg
   clipsearch search "beach + dog:0.5 - people" --in ~/Photos/2019 --after 2019-06 --json
+  clipsearch search --image ./frame.png --type mp4,mov --per-file 1
 """
 
 
@@ -460,10 +570,19 @@ def search(
         str | None,
         typer.Option(
             "--cutoff",
-            help="'auto': keep the results above where this query's scores break off.",
+            help="'auto': keep the results above the cutoff fitted to the index's judgements (with "
+            "enough of them), else above where this query's scores break off; 'break': always the latter.",
             show_default=False,
         ),
     ] = None,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            "--refine",
+            help="Move the query towards the results marked right and away from those marked wrong "
+            "(clipsearch judge, or the page), and show the marks.",
+        ),
+    ] = False,
     in_folder: Annotated[
         Path | None,
         typer.Option(
@@ -499,9 +618,25 @@ def search(
             show_default=False,
         ),
     ] = None,
+    available: Annotated[
+        bool,
+        typer.Option(
+            "--available",
+            help="Only files on disk now (leave out those of an unplugged drive; they are marked otherwise).",
+        ),
+    ] = False,
     sort: Annotated[
         str, typer.Option("--sort", help="Order of the results: score or date (newest first).")
     ] = "score",
+    per_file: Annotated[
+        int | None,
+        typer.Option(
+            "--per-file",
+            min=1,
+            help="Keep at most this many moments of each video (its best). Default: every moment that ranks.",
+            show_default=False,
+        ),
+    ] = None,
     index_path: IndexOpt = None,
     precision: PrecisionOpt = "auto",
     as_json: JsonOpt = False,
@@ -524,20 +659,34 @@ def search(
     from clipsearch.encoders.spec import parse_precision
     from clipsearch.query.filters import parse_filters
     from clipsearch.query.grammar import build_terms, describe
-    from clipsearch.query.rank import SearchOptions, finish
+    from clipsearch.query.rank import SearchOptions, finish, moment_span
 
+    if html is not None:
+        _check_gallery_target(html)  # before the model loads and the search runs
     terms = build_terms(query, images=image or [], add=add or [], sub=sub or [], sub_images=sub_image or [])
-    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort)
+    options = SearchOptions.parse(top=top, threshold=threshold, cutoff=cutoff, sort=sort, per_file=per_file)
     filters = parse_filters(
         folder=str(in_folder) if in_folder else None,
         after=after,
         before=before,
         types=types,
         min_side=min_side,
+        available=available,
     )
     path = index_path_from(index_path)
+    marks: dict[int, bool] = {}
     with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
-        hits = finish(idx.search(terms, options.candidates, filters=filters), options)
+        fitted = None
+        if all(t.kind == "text" for t in terms):  # fitted on text queries: images score on another scale
+            options, fitted = idx.calibrate(options)
+        if fitted is not None:
+            err(f"Cutoff: {_fitted_note(fitted)}; --cutoff break ignores them.")
+        if refine:
+            marks = {m.content_id: m.relevant for m in idx.judgements(terms) if m.content_id is not None}
+        search_with = idx.search_refined if refine else idx.search
+        hits = finish(
+            search_with(terms, options.candidates, filters=filters, per_file=options.per_file), options
+        )
         empty = idx.info()["count"] == 0
     if html is not None:
         from clipsearch.web.gallery import write_gallery
@@ -546,13 +695,20 @@ def search(
         err(f"Wrote gallery {html.absolute()}")
     if as_json:
         for rank_no, hit in enumerate(hits, 1):
-            typer.echo(json.dumps({"rank": rank_no, **hit.to_dict()}))
+            judged = {"judged": marks.get(hit.content_id)} if refine else {}
+            typer.echo(json.dumps({"rank": rank_no, **hit.to_dict(), **judged}))
     elif null:
         for hit in hits:
             typer.echo(os.fsencode(hit.path) + b"\0", nl=False)
     elif sys.stdout.isatty() and not paths:
         for rank_no, hit in enumerate(hits, 1):
-            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  ")
+            mark = (f" @ {moment_span(hit)}" if hit.is_moment else "") + (
+                "" if hit.available else "  [not on disk]"
+            )
+            judged = f"{_MARK_WORDS[marks.get(hit.content_id)]:<3}  " if refine else ""
+            echo_path(hit.path, prefix=f"{rank_no:>4}  {hit.score:6.3f}  {judged}", suffix=mark, table=True)
+        if any(not hit.available for hit in hits):
+            err("Some files are not on disk now (an unplugged drive?); --available leaves them out.")
     else:
         for hit in hits:
             echo_path(hit.path)
@@ -562,6 +718,28 @@ def search(
             if empty
             else "No results match the filters or the threshold."
         )
+
+
+_MARK_WORDS = {True: "yes", False: "no", None: ""}
+
+
+def _fitted_note(fitted: Any) -> str:
+    """The cutoff fitted to the judgements, in words."""
+    return (
+        f"scores >= {fitted.threshold:.3f}, fitted to {fitted.judgements} judgements of "
+        f"{len(fitted.queries)} queries (F1 {fitted.f1:.2f} on them)"
+    )
+
+
+def _check_gallery_target(target: Path) -> None:
+    """The gallery's file must be a file name in an existing folder."""
+    if target.is_dir():
+        raise BadValueError(
+            "html", str(target), f"is a folder; give a file name, e.g. {target / 'results.html'}"
+        )
+    folder = target.absolute().parent
+    if not folder.is_dir():
+        raise BadValueError("html", str(target), f"the folder {folder} does not exist; create it first")
 
 
 @app.command()
@@ -574,6 +752,8 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what is in the index, which model built it, and where it lives."""
+    from clipsearch.paths import for_terminal, json_fields, json_list
+    from clipsearch.query.rank import format_time
     from clipsearch.store.folder import IndexFolder
 
     with IndexFolder.open(index_path_from(index_path)) as folder:
@@ -582,21 +762,71 @@ def info(
     if skipped:
         for file_path, reason in skipped_files:
             if as_json:
-                typer.echo(json.dumps({"path": file_path, "reason": reason}))
+                typer.echo(json.dumps({**json_fields(file_path), "reason": reason}))
             else:
-                echo_path(file_path, prefix=f"{reason}\t")
+                echo_path(file_path, prefix=f"{for_terminal(reason)}\t", table=True)
         return
     if as_json:
-        typer.echo(json.dumps(data))
+        typer.echo(json.dumps(data | json_fields(data["index"], "index") | json_list(data["roots"], "roots")))
         return
     model = f"{data['model']} ({data['pretrained']})" if data["pretrained"] else data["model"]
-    typer.echo(
+    roots = "\n          ".join(f"{r['path']}{_settings_note(r)}" for r in data["root_settings"]) or "-"
+    text = (
         f"Index:    {data['index']}\n"
         f"Model:    {model}, {data['dim']}-d, weights sha256 {data['weights_sha256'][:16]}\n"
-        f"Images:   {data['count']} files, {data['vectors']} distinct vectors, {data['skipped']} skipped\n"
-        f"Roots:    {', '.join(data['roots']) or '-'}\n"
+        f"Images:   {data['count']} files, {data['contents']} distinct, {data['skipped']} skipped; "
+        f"{data['vectors']} vectors (coverage: {data['coverage']})\n"
+        + (
+            f"Videos:   {data['videos']} files, {data['moments']} moments, "
+            f"{format_time(data['video_seconds'])} in all\n"
+            if data["videos"]
+            else ""
+        )
+        + f"Roots:    {roots}\n"
         f"On disk:  {data['size_bytes'] / 1e6:.2f} MB"
     )
+    typer.echo(os.fsencode(text))  # paths as the file system spells them, even when not UTF-8
+    staged = data["rebuild"]
+    if staged is not None:
+        label = f"{staged['model']} ({staged['pretrained']})" if staged["pretrained"] else staged["model"]
+        typer.echo(f"Rebuild:  unfinished, {staged['count']} files so far with {label}")
+        err(f"Resume the rebuild with: clipsearch index --rebuild --index {data['index']}")
+
+
+def _settings_note(root: dict[str, Any]) -> str:
+    """A root's settings for `info`, where they are not the defaults."""
+    notes = []
+    if root["exclude"]:
+        notes.append("exclude " + ", ".join(root["exclude"]))
+    if root["include_hidden"]:
+        notes.append("hidden files included")
+    if root["max_pixels"] is not None:
+        notes.append(f"max {root['max_pixels']:,} pixels")
+    return f"  ({'; '.join(notes)})" if notes else ""
+
+
+@app.command()
+@handle_errors
+def forget(
+    roots: Annotated[
+        list[Path],
+        typer.Argument(help="Folders (or files) the index records, as `clipsearch info` lists them."),
+    ],
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove folders from the index: their entries, settings, and the vectors no other file uses."""
+    from clipsearch.api import Index
+
+    path = index_path_from(index_path)
+    with Index.open_for_write(path, cache=model_cache()) as idx:
+        for root in roots:
+            folder = os.path.abspath(os.path.expanduser(root))
+            removed = idx.forget(folder)
+            if as_json:
+                typer.echo(json.dumps({"forgotten": folder, "removed": removed, "index": str(path)}))
+            else:
+                typer.echo(b"Forgot " + os.fsencode(folder) + f": {removed} files removed.".encode())
 
 
 @app.command()
@@ -616,6 +846,8 @@ def duplicates(
     as_json: JsonOpt = False,
 ) -> None:
     """List groups of duplicate photos: identical files, and near-duplicates above --threshold."""
+    import math
+
     from clipsearch.query.duplicates import find_duplicates
     from clipsearch.store.folder import IndexFolder
 
@@ -625,11 +857,279 @@ def duplicates(
         if as_json:
             typer.echo(json.dumps(group.to_dict()))
             continue
-        typer.echo(f"{group.kind} ({len(group.paths)} files, similarity >= {group.min_score:.3f}):")
-        for file_path in group.paths:
-            echo_path(file_path, prefix="  ")
+        if group.kind == "exact":
+            typer.echo(f"exact ({len(group.paths)} identical files):")
+            for file_path in group.paths:
+                echo_path(file_path, prefix="  ", table=True)
+            continue
+        marks = {i: _letters(n) for n, same in enumerate(group.identical) for i in same}
+        legend = "; the same letter marks identical files" if marks else ""
+        floor = math.floor(group.min_score * 1000) / 1000  # rounding up could overstate it
+        typer.echo(f"near ({len(group.paths)} files, similarity >= {floor:.3f}{legend}):")
+        for i, file_path in enumerate(group.paths):
+            echo_path(file_path, prefix=f"  {marks.get(i, ''):<2} " if marks else "  ", table=True)
     if not groups:
         err("No duplicates found.")
+
+
+def _letters(n: int) -> str:
+    """0 -> A, 25 -> Z, 26 -> AA: labels for the sets of identical files in a group."""
+    label = ""
+    n += 1
+    while n:
+        n, rest = divmod(n - 1, 26)
+        label = chr(ord("A") + rest) + label
+    return label
+
+
+# -- judgements and evaluation --------------------------------------------------------------------
+
+_MARK_FLAGS = {"--yes": True, "--no": False, "--clear": None}
+
+
+def _marked_paths(items: list[str]) -> dict[bool | None, list[str]]:
+    """``--yes A B --no C --clear D`` -> {True: [A, B], False: [C], None: [D]}."""
+    out: dict[bool | None, list[str]] = {}
+    label: bool | str | None = "unset"
+    for item in items:
+        if item in _MARK_FLAGS:
+            label = _MARK_FLAGS[item]
+            out.setdefault(label, [])
+        elif item.startswith("--"):
+            raise UsageError(f"Unknown option {item}: mark paths with --yes, --no or --clear.")
+        elif label == "unset":
+            raise UsageError(f"Say what {item} is: put --yes (relevant), --no or --clear before the paths.")
+        else:
+            out[label].append(item)  # type: ignore[index]
+    empty = [flag for flag, value in _MARK_FLAGS.items() if value in out and not out[value]]
+    if empty or not out:
+        raise UsageError(f"{empty[0] if empty else '--yes or --no'} needs one or more paths.")
+    return out
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+@handle_errors
+def judge(
+    query: Annotated[str, typer.Argument(help="The query the marks are for (text or a query expression).")],
+    marks: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[--yes PATH...] [--no PATH...] [--clear PATH...]",
+            help="--yes: these files are right for the query; --no: they are not; --clear: forget their "
+            "marks. Files must be indexed (one on an unplugged drive counts).",
+            show_default=False,
+        ),
+    ],
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark files right or wrong for a query: for --refine, the fitted --cutoff auto, and eval."""
+    from clipsearch.api import Index
+    from clipsearch.query.judgements import query_key
+
+    groups = _marked_paths(marks)
+    key = query_key(query)  # a malformed query fails before the index is opened
+    with Index.open(index_path_from(index_path), cache=model_cache()) as idx:
+        counts = idx.mark_many(key, groups)
+        total = len(idx.judgements(key))
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "query": key,
+                    "relevant": counts.get(True, 0),
+                    "irrelevant": counts.get(False, 0),
+                    "cleared": counts.get(None, 0),
+                    "marks": total,
+                }
+            )
+        )
+        return
+    done = [
+        f"{counts[label]} {word}"
+        for label, word in ((True, "right"), (False, "wrong"), (None, "cleared"))
+        if label in counts
+    ]
+    typer.echo(f"Marked {', '.join(done)} for {key!r}; it has {total} marks now.")
+
+
+@app.command()
+@handle_errors
+def judgements(
+    query: Annotated[
+        str | None,
+        typer.Option("--query", help="Only the marks of this query.", show_default=False),
+    ] = None,
+    index_path: IndexOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the stored marks (query, right or wrong, file); --json exports them."""
+    from datetime import datetime, timezone
+
+    from clipsearch.api import Index
+    from clipsearch.paths import json_fields
+
+    with Index.open(index_path_from(index_path), cache=model_cache()) as idx:
+        rows = idx.judgements(query)
+        ids = sorted({m.content_id for m in rows if m.content_id is not None})
+        files = idx.catalog.entries_of(ids)
+    for mark in rows:
+        paths = [e.path for e in files.get(mark.content_id, [])] if mark.content_id is not None else []
+        if as_json:
+            when = datetime.fromtimestamp(mark.time, timezone.utc).isoformat(timespec="seconds")
+            where = json_fields(paths[0]) if paths else {"path": None}
+            typer.echo(
+                json.dumps(
+                    {
+                        "query": mark.query,
+                        "relevant": mark.relevant,
+                        **where,
+                        "content_id": mark.content_id,
+                        "hash": mark.hash,
+                        "time": when,
+                    }
+                )
+            )
+        else:
+            word = "yes" if mark.relevant else "no "
+            shown = paths[0] if paths else f"(not in the index now: content {mark.hash[:12]})"
+            echo_path(shown, prefix=f"{word}  {_cell(mark.query, 32)}  ", table=True)
+    if not rows:
+        err(
+            "No judgements yet. Mark results with: clipsearch judge QUERY --yes PATH... --no PATH..., "
+            "or on the page (clipsearch serve)."
+        )
+
+
+def _cell(text: str, width: int) -> str:
+    """``text`` in a column of ``width`` characters: escaped, cut with an ellipsis, padded."""
+    from clipsearch.paths import for_terminal
+
+    text = for_terminal(text)
+    return (text if len(text) <= width else text[: width - 1] + "…").ljust(width)
+
+
+_HEADINGS = {
+    "p@10": "p@10",
+    "r@10": "r@10",
+    "ndcg@10": "nDCG@10",
+    "mrr": "MRR",
+    "precision": "prec",
+    "recall": "recall",
+    "f1": "F1",
+    "new p@10": "new p@10",
+}
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help='JSONL of queries and their relevant files: {"query": "...", "relevant": ["path", '
+            '"*pattern*"]} per line. Default: the judgements stored in the index.',
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top",
+            "-k",
+            min=1,
+            max=100_000,
+            help="Results kept per query, as search's -k.",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Keep results scoring at least this, as search's.", show_default=False
+        ),
+    ] = None,
+    cutoff: Annotated[
+        str | None,
+        typer.Option("--cutoff", help="'auto' or 'break', as search's.", show_default=False),
+    ] = None,
+    refine: Annotated[
+        bool, typer.Option("--refine", help="Refine each query with its marks first, as search's.")
+    ] = False,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compare",
+            help="A setting to compare (repeatable): cutoffs, precision or refine (each a set of "
+            "settings), or key=value pairs joined by commas: k, threshold, cutoff, refine=yes|no, "
+            "precision=fp32|bf16, index=PATH (another model over the same photos), store=KIND, name.",
+            show_default=False,
+        ),
+    ] = None,
+    index_path: IndexOpt = None,
+    precision: PrecisionOpt = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output: one JSON object (queries and mean).")
+    ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write an HTML report: per-query numbers and thumbnails of the misses.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Score the search on your own judgements (or a JSONL file): precision, recall, nDCG, MRR, F1."""
+    from clipsearch.api import Index
+    from clipsearch.encoders.spec import parse_precision
+    from clipsearch.query.evalset import read_eval_file
+    from clipsearch.query.measure import Setting, parse_settings
+
+    if html is not None:
+        _check_gallery_target(html)
+    base = Setting(k=top, threshold=threshold, cutoff=cutoff, refine=refine)
+    base.options()  # checks the values before anything is read
+    settings = [s for spec in compare or [] for s in parse_settings(spec, base)] or [base]
+    evalset = read_eval_file(file) if file is not None else None
+    path = index_path_from(index_path)
+    with Index.open(path, precision=parse_precision(precision), cache=model_cache()) as idx:
+        reports = idx.evaluate(evalset, settings)
+    for report in reports:
+        if report.cutoff is not None:
+            held = "none of these queries" if report.held_out else "SOME OF THESE QUERIES: not held out"
+            err(f"{report.name}: cutoff {_fitted_note(report.cutoff)}; fitted on {held}.")
+        if report.skipped:
+            err(
+                f"{report.name}: {len(report.skipped)} queries have no relevant file in that index, left out."
+            )
+    if html is not None:
+        from clipsearch.web.report import write_report
+
+        write_report(html, evalset.source if evalset else "judgements", reports)
+        err(f"Wrote report {html.absolute()}")
+    if as_json:
+        objects = [r.to_dict() for r in reports]
+        typer.echo(json.dumps({"settings": objects} if compare else objects[0]))
+        return
+    keys = list(reports[0].mean())
+    if compare:
+        typer.echo(f"{'setting':<28}" + "".join(f"{_HEADINGS[k]:>9}" for k in keys))
+        for report in reports:
+            typer.echo(_cell(report.name, 28) + "".join(f"{report.mean()[k]:9.3f}" for k in keys))
+        return
+    report = reports[0]
+    typer.echo(f"{'query':<34}{'rel':>5}{'kept':>5}" + "".join(f"{_HEADINGS[k]:>9}" for k in keys))
+    for result in report.results:
+        sc = result.score
+        typer.echo(
+            f"{_cell(sc.query, 34)}{sc.relevant:>5}{sc.returned:>5}"
+            + "".join(f"{sc.scores[k]:9.3f}" for k in keys)
+        )
+    typer.echo(
+        f"{_cell(f'mean of {len(report.results)} queries', 44)}"
+        + "".join(f"{report.mean()[k]:9.3f}" for k in keys)
+    )
 
 
 @app.command()

@@ -100,6 +100,25 @@ class IndexAccessError(ClipsearchError):
         self.index = index
 
 
+class IndexGoneError(IndexAccessError):
+    """The index folder was deleted (or replaced) while a writer was writing to it."""
+
+    def __init__(self, index: Path) -> None:
+        super().__init__(
+            index,
+            f"The index folder {index} was deleted while this run was writing to it: the index is gone, "
+            "and nothing this run did was kept.",
+        )
+
+
+class IndexChangedError(ClipsearchError):
+    """The index was replaced by a rebuild (with another model) while a search was under way."""
+
+    def __init__(self, index: Path) -> None:
+        super().__init__(f"The index at {index} was rebuilt while this search ran; search again.")
+        self.index = index
+
+
 class IndexBusyError(ClipsearchError):
     """Another process holds the index's writer lock."""
 
@@ -117,13 +136,65 @@ class NoRootsError(UsageError):
         self.index = index
 
 
-class FolderNotIndexedError(UsageError):
-    """A search was restricted to a folder that is not inside any indexed folder."""
+class NotARootError(UsageError):
+    """A folder to forget is not one of the folders the index records."""
 
-    def __init__(self, folder: str, roots: list[str]) -> None:
-        super().__init__(f"{folder} is not inside an indexed folder ({', '.join(roots) or 'none yet'}).")
+    def __init__(self, index: Path, root: str, roots: list[str]) -> None:
+        super().__init__(
+            f"{root} is not one of the folders the index at {index} records ({', '.join(roots) or 'none'})."
+        )
+        self.index = index
+        self.root = root
+        self.roots = roots
+
+
+class RootInsideRootError(UsageError):
+    """Settings were given for a folder that lies inside a folder the index records (whose settings apply)."""
+
+    def __init__(self, root: str, enclosing: str) -> None:
+        super().__init__(
+            f"{root} lies inside {enclosing}, which the index records: the settings of {enclosing} "
+            "apply to it."
+        )
+        self.root = root
+        self.enclosing = enclosing
+
+
+class MissingRootsError(ClipsearchError):
+    """A rebuild needs every folder of the index, and some are missing (an unplugged drive?)."""
+
+    def __init__(self, index: Path, missing: list[str]) -> None:
+        super().__init__(
+            f"Cannot rebuild the index at {index}: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing (unmounted?), and its entries would be lost. "
+            "Nothing was changed."
+        )
+        self.index = index
+        self.missing = missing
+
+
+class FolderNotIndexedError(UsageError):
+    """A search was restricted to a folder that is not inside any indexed folder, or that does not
+    exist and holds no indexed file (``missing``: a typo inside an indexed folder)."""
+
+    def __init__(self, folder: str, roots: list[str], *, missing: bool = False) -> None:
+        super().__init__(
+            f"{folder}: no such folder, and no indexed file lies under it."
+            if missing
+            else f"{folder} is not inside an indexed folder ({', '.join(roots) or 'none yet'})."
+        )
         self.folder = folder
         self.roots = roots
+        self.missing = missing
+
+
+class OutputFileError(ClipsearchError):
+    """A file the caller asked to be written (an HTML gallery...) could not be written."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"Cannot write {path}: {problem}. Nothing was written there.")
+        self.path = path
+        self.problem = problem
 
 
 class ImageError(ClipsearchError):

@@ -16,6 +16,7 @@ from clipsearch.api import Index
 from clipsearch.encoders.facts import draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.encoders.loading import load_encoder
+from clipsearch.ingest.sync import SyncOptions
 from clipsearch.shapes.world import write_dataset
 
 FIXTURE = Path(__file__).parent / "data" / "index-0.1.0"
@@ -40,10 +41,23 @@ def test_an_index_from_before_the_move_opens_searches_and_syncs(tmp_path: Path) 
             assert float(stored @ fresh) > 0.99, path.name  # indexed in bf16, encoded here in fp32
         hits = idx.search("a green star", k=3)
         assert Path(hits[0].path).name == "0000_green-star.jpg"  # the one picture of a green star alone
+        # its roots had no settings then: a reader (which never writes) shows the defaults
+        assert info["root_settings"] == [
+            {"path": OLD_ROOT, "include_hidden": False, "exclude": [], "max_pixels": None}
+        ]
     extra = tmp_path / "more"
     write_dataset(extra, 3, seed=12)
-    with Index.open_for_write(index_dir, encoder) as idx:  # upgraded in place by a sync
-        report = idx.sync([str(extra)])
-        assert report.added == 3 and idx.info()["count"] == 15
+    with Index.open_for_write(index_dir, encoder) as idx:  # upgraded in place by a writer
+        report = idx.sync([str(extra)], options=SyncOptions(exclude=("*.png",)))
+        assert report.added == 1  # the one JPEG of the three
+        columns = {row[1] for row in idx.catalog.conn.execute("PRAGMA table_info(roots)")}
+        assert {"include_hidden", "exclude", "max_pixels"} <= columns
+        count = idx.info()["count"]
+        assert count == 13
     with Index.open(index_dir) as idx:
-        assert len(idx.search_text("a circle", k=20)) == 15
+        assert len(idx.search_text("a circle", k=20)) == count
+        assert idx.info()["root_settings"] == [
+            {"path": OLD_ROOT, "include_hidden": False, "exclude": [], "max_pixels": None},
+            {"path": str(extra), "include_hidden": False, "exclude": ["*.png"], "max_pixels": None},
+        ]
+        assert idx.catalog.get("schema_version") == "1"  # columns added; older versions still read it

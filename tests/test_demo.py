@@ -38,6 +38,7 @@ def test_demo_runs_its_three_kinds_of_query(shapes_index) -> None:
     assert all(sum(h["right"] for h in r["hits"]) == r["right"] for r in rows)
 
 
+@pytest.mark.slow
 def test_demo_rerun_reuses_everything(shapes_index) -> None:
     images, index, _ = shapes_index
     result = runner.invoke(app, ["demo", str(images), "--index", str(index), "-q"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import typer.main
 
 from clipsearch.cli import app
@@ -32,6 +33,7 @@ def test_ci_runs_the_readme_commands() -> None:
     assert "pytest" in tests
 
 
+@pytest.mark.slow
 def test_the_readme_python_snippet_runs_as_written(tmp_path: Path) -> None:
     """The Python API section, run unchanged in a folder holding a `demo` folder of shape images."""
     import subprocess

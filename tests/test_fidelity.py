@@ -56,7 +56,7 @@ def odd_sizes() -> list[Image.Image]:
     return [base.resize(s) for s in sizes] + [Image.new("RGB", (50, 40), "red")]
 
 
-@pytest.mark.parametrize("which", ["tiny", "vit"])
+@pytest.mark.parametrize("which", ["tiny", pytest.param("vit", marks=pytest.mark.slow)])
 def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.FixtureRequest) -> None:
     encoder = request.getfixturevalue("tiny_encoder" if which == "tiny" else "vit")
     assert encoder.pixel_transform is not None
@@ -73,6 +73,7 @@ def test_numpy_preprocessing_equals_open_clip(which: str, request: pytest.Fixtur
     assert differing <= total / 2000, f"{differing} of {total} values differ"
 
 
+@pytest.mark.slow
 def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> None:
     paths = twelve_megapixel_jpegs(tmp_path)
     fast = vit.encode_images([open_image(p, min_side=draft_side(vit)) for p in paths])
@@ -86,6 +87,7 @@ def test_draft_decoding_stays_close_to_full_decoding(vit, tmp_path: Path) -> Non
     assert max(open_image(p, min_side=draft_side(vit)).size[0] for p in paths) <= 1000  # really reduced
 
 
+@pytest.mark.slow
 def test_bf16_embeddings_match_fp32(vit) -> None:
     if resolve_precision("auto") != "bf16":
         pytest.skip("this CPU has no native bfloat16; auto stays fp32")
@@ -126,3 +128,58 @@ def test_pixel_transform_halves_compose_to_the_whole(tiny_encoder) -> None:
     np.testing.assert_allclose(
         transform.normalize(shipped), np.stack([transform(img) for img in images]), atol=1e-6
     )
+
+
+EXTREME_SCRIPT = """
+import sys
+from clipsearch.encoders.images import open_image
+from clipsearch.encoders.pixels import PixelTransform
+
+def peak():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+# ViT-B-32's transform: the shorter side resized to 224, then the centre 224 x 224
+vit = PixelTransform(224, 224, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), "bicubic", "shortest")
+for path in sys.argv[1:]:
+    image = open_image(path)
+    before = peak()
+    pixels = vit.resize_crop(image)
+    print(*pixels.shape, *pixels[112, 112], peak() - before)
+"""
+
+
+def test_extreme_aspect_ratios_cost_the_crop_not_the_enlarged_image(tmp_path: Path) -> None:
+    """A 1x300000 PNG enlarged whole would be 224 x 67,200,000 pixels (60 GB); 3000x1, 636 MB.
+
+    Only the crop's box is resized, so memory is bounded by the model's input size. Run in a child
+    limited to 2 GB of address space, so the old way fails fast instead of taking the machine.
+    """
+    import resource
+    import subprocess
+    import sys
+
+    sizes = [(1, 300_000), (100_000, 1), (3000, 1)]
+    paths = []
+    for width, height in sizes:
+        line = np.linspace(0, 255, max(width, height)).astype(np.uint8)
+        img = Image.fromarray(line.reshape(height, width)).convert("RGB")
+        paths.append(tmp_path / f"{width}x{height}.png")
+        img.save(paths[-1])  # a few hundred bytes to a few KB on disk
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    out = subprocess.run(
+        [sys.executable, "-c", EXTREME_SCRIPT, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+    )
+    assert out.returncode == 0, out.stderr
+    for line in out.stdout.splitlines():
+        height, width, channels, red, green, blue, grown = map(int, line.split())
+        assert (height, width, channels) == (224, 224, 3)
+        assert abs(red - 127.5) < 2 and red == green == blue  # the middle of the grey ramp: centred
+        assert grown < 32 * 2**20  # the crop: 224 x 224 pixels, not the enlarged image

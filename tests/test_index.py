@@ -18,6 +18,8 @@ from clipsearch.encoders.facts import ModelPreview, draft_side
 from clipsearch.encoders.images import open_image
 from clipsearch.encoders.loading import load_encoder
 from clipsearch.errors import IndexBusyError, IndexNotFoundError, ModelMismatchError
+from clipsearch.store.catalog import content_of
+from conftest import picture_vectors
 from hfcache import add_tiny_model
 
 
@@ -49,12 +51,12 @@ def test_search_matches_brute_force_and_image_finds_itself(index_dir, photos, ti
     sync(index_dir, tiny_encoder, photos["coffee"].parent)
     with Index.open(index_dir, encoder=tiny_encoder) as idx:
         paths = sorted(str(p) for p in photos.values())
-        matrix = np.stack([idx.stored_vector(p) for p in paths])
         query = tiny_encoder.encode_texts(["a cup of coffee"])[0]
-        expected = [paths[i] for i in np.argsort(-(matrix @ query), kind="stable")[:4]]
+        best = np.array([max(picture_vectors(idx, p) @ query) for p in paths])  # a picture's best vector
+        expected = [paths[i] for i in np.argsort(-best, kind="stable")[:4]]
         hits = idx.search_text("a cup of coffee", k=4)
         assert [h.path for h in hits] == expected
-        np.testing.assert_allclose([h.score for h in hits], np.sort(matrix @ query)[::-1][:4], atol=1e-5)
+        np.testing.assert_allclose([h.score for h in hits], np.sort(best)[::-1][:4], atol=1e-5)
         for path in paths:
             first = idx.search_image(path, k=3)[0]
             assert first.path == path and first.score == pytest.approx(1.0, abs=1e-3)  # fp16 storage
@@ -94,8 +96,10 @@ def test_incremental_sync(index_dir, photos, tiny_encoder, tmp_path) -> None:
         assert str(photos["camera"]) not in hit_paths
         assert len(hit_paths) == len(set(hit_paths)) == len(photos) + 1
         assert idx.search_image(str(photos["astronaut"]), k=1)[0].path == str(photos["astronaut"])
-        # the rewritten vectors file holds exactly the live contents
-        assert idx.info()["vectors"] == len(idx.store) == len(photos)
+        # the rewritten vectors file holds exactly the live contents (and their side views)
+        assert idx.info()["contents"] == len(photos)
+        distinct = {idx.catalog.file(p).content_id: p for p in hit_paths}.values()
+        assert idx.info()["vectors"] == len(idx.store) == sum(len(picture_vectors(idx, p)) for p in distinct)
         assert idx.catalog.conn.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     assert len(list(index_dir.glob("vectors-*.faiss"))) == 1
 
@@ -202,7 +206,8 @@ def test_many_copies_of_one_content_across_batches(index_dir, photos, tiny_encod
         report = idx.sync([str(folder)], options=SyncOptions(batch_size=2, workers=2, processes=False))
     assert (report.added, report.reused, report.skipped) == (3, 87, 0)
     with Index.open(index_dir) as idx:
-        assert len(idx.store) == 3  # one vector per distinct content
+        assert idx.info()["contents"] == 3  # one content (and its views) per distinct picture
+        assert len(idx.store) == idx.info()["vectors"]
         assert len({tuple(idx.stored_vector(str(p))) for p in folder.iterdir()}) == 3
 
 
@@ -299,3 +304,106 @@ def test_open_missing_index(tmp_path) -> None:
         Index.open(tmp_path / "nothing")
     assert info.value.index == tmp_path / "nothing"
     assert "clipsearch index PHOTO_FOLDER" in phrase(info.value)
+
+
+def _gen(index_dir: Path) -> int:
+    with Index.open(index_dir) as idx:
+        return idx.catalog.get_int("gen")
+
+
+def test_a_sync_with_nothing_to_do_writes_no_vectors(index_dir, photos, tiny_encoder) -> None:
+    """A no-op sync used to bump the generation in its sweep, then rewrite and fsync the FAISS file."""
+    sync(index_dir, tiny_encoder, photos["coffee"].parent)
+    (vectors,) = index_dir.glob("vectors-*.faiss")
+    before, gen = vectors.stat(), _gen(index_dir)
+    os.utime(photos["rocket"])  # touched, same bytes: its row changes, not the vectors
+    report = sync(index_dir, tiny_encoder)
+    assert (report.unchanged, report.added, report.removed) == (len(photos), 0, 0)
+    assert sync(index_dir, tiny_encoder).unchanged == len(photos)
+    (after,) = index_dir.glob("vectors-*.faiss")
+    assert after.name == vectors.name
+    assert (after.stat().st_ino, after.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert _gen(index_dir) == gen
+
+
+def test_root_settings_are_recorded_and_used_by_later_syncs(index_dir, tmp_path, tiny_encoder) -> None:
+    from clipsearch.ingest.sync import SyncOptions
+    from clipsearch.store.catalog import RootSettings
+    from conftest import write_photos
+
+    folder = tmp_path / "p"
+    photos = write_photos(folder)
+    (folder / "raw").mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(folder / "raw" / "r.png")
+    Image.new("RGB", (40, 30), (200, 10, 130)).save(folder / ".hidden.png")
+    Image.new("RGB", (700, 500), (90, 90, 250)).save(folder / "big.png")  # 350,000 pixels
+
+    def run(roots, **settings):
+        with Index.open_for_write(index_dir, tiny_encoder) as idx:
+            report = idx.sync(roots, options=SyncOptions(export_text=False, **settings))
+            return report, idx.catalog.root_settings()
+
+    report, recorded = run([str(folder)], exclude=("raw/",), max_pixels=300_000)
+    assert (report.added, report.skip_reasons) == (len(photos), {"too-large": 1})
+    assert recorded == {str(folder): RootSettings(False, ("raw/",), 300_000)}
+    report, recorded = run(None)  # a plain re-sync keeps to the recorded settings
+    assert (report.added, report.unchanged, report.removed) == (0, len(photos) + 1, 0)
+    assert str(folder / "raw" / "r.png") not in all_paths(index_dir)
+    report, recorded = run(None, max_pixels=1_000_000)  # a higher limit retries the too-large file
+    assert (report.added, report.skipped) == (1, 0) and str(folder / "big.png") in all_paths(index_dir)
+    assert recorded == {str(folder): RootSettings(False, ("raw/",), 1_000_000)}
+    report, recorded = run([str(folder)], include_hidden=True, exclude=())
+    assert report.added == 2 and recorded[str(folder)] == RootSettings(True, (), 1_000_000)
+    report, recorded = run(None, include_hidden=False)
+    assert report.removed == 1 and str(folder / ".hidden.png") not in all_paths(index_dir)
+
+
+def test_forget_removes_a_root_its_files_and_the_vectors_no_file_uses(
+    index_dir, tmp_path, tiny_encoder
+) -> None:
+    from clipsearch.errors import NotARootError
+    from conftest import write_photos
+
+    a = write_photos(tmp_path / "a")
+    b = tmp_path / "b"
+    b.mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 30), (60 * i, 20, 200)).save(b / f"{i}.png")
+    shutil.copy(a["coffee"], b / "coffee again.jpg")  # the same content as a file of a
+    sync(index_dir, tiny_encoder, tmp_path / "a")
+    sync(index_dir, tiny_encoder, b)
+    with Index.open_for_write(index_dir) as idx:  # the recorded model, never loaded
+        assert idx.forget(b) == 5
+        assert not idx.encoder_loaded and not idx.model_loading
+        assert idx.catalog.roots() == [str(tmp_path / "a")]
+        contents = {r[0] for r in idx.catalog.conn.execute("SELECT id FROM contents")}
+        assert len(contents) == len(a) and set(content_of(idx.store.ids()).tolist()) == contents
+        with pytest.raises(NotARootError, match="is not one of the folders"):
+            idx.forget(tmp_path / "a" / "sub")
+    assert all_paths(index_dir) == {str(p) for p in a.values()}
+    os.rename(tmp_path / "a", tmp_path / "a-unplugged")  # a missing folder can be forgotten too
+    with Index.open_for_write(index_dir) as idx:
+        assert idx.forget(tmp_path / "a") == len(a)
+        assert idx.info()["count"] == idx.info()["vectors"] == len(idx.store) == 0
+    assert len(list(index_dir.glob("vectors-*"))) == 1
+
+
+def test_a_nested_root_with_a_link_to_its_parent_gives_each_file_one_path(
+    index_dir, tmp_path, tiny_encoder
+) -> None:
+    photos = tmp_path / "photos"
+    (photos / "2019").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(photos / "a.png")
+    Image.new("RGB", (40, 30), "blue").save(photos / "2019" / "b.png")
+    os.symlink("..", photos / "2019" / "loop")
+    inner, outer = {str(photos / "2019" / "b.png")}, {str(photos / "a.png"), str(photos / "2019" / "b.png")}
+    sync(index_dir, tiny_encoder, photos / "2019")
+    assert all_paths(index_dir) == inner  # the link up to photos/ is not followed
+    sync(index_dir, tiny_encoder, photos)  # the parent takes the nested root in
+    assert all_paths(index_dir) == outer
+    for roots in ([photos / "2019"], []):  # whichever command runs, the same paths
+        report = sync(index_dir, tiny_encoder, *roots)
+        assert (report.added, report.removed, report.reused) == (0, 0, 0)
+        assert all_paths(index_dir) == outer
+    with Index.open(index_dir) as idx:
+        assert idx.catalog.roots() == [str(photos)]

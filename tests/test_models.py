@@ -143,6 +143,7 @@ def test_hf_hub_weights_checksum_is_the_blob_sha256(tiny_model: str, hf_cache: P
     assert weights.sha256 == weights.checkpoint.resolve().name
 
 
+@pytest.mark.slow
 def test_vit_b_32_loads_offline_from_cache_and_from_a_file(vit_b_32_cache: Path) -> None:
     encoder = load_encoder("ViT-B-32", "laion2b_s34b_b79k")
     assert encoder.dim == 512 and encoder.image_size == (224, 224)
@@ -165,6 +166,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.slow
 def test_missing_weights_offline_gives_one_clear_message(tmp_path: Path, photos: dict[str, Path]) -> None:
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
     result = run_cli(["index", str(photos["coffee"].parent), "--index", str(tmp_path / "idx")], env)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -151,6 +155,7 @@ def test_big_jpeg_is_decoded_reduced_not_refused(tmp_path: Path) -> None:
         open_image(tmp_path / "panorama.jpg")  # without draft it would decode all 54 MP: refused
 
 
+@pytest.mark.slow
 def test_skips_cross_process_boundaries(tmp_path, tiny_encoder) -> None:
     """Enough files for worker processes; the skipped ones' errors travel back intact."""
     from clipsearch.ingest.decode import PROCESS_THRESHOLD
@@ -165,3 +170,147 @@ def test_skips_cross_process_boundaries(tmp_path, tiny_encoder) -> None:
         report = idx.sync([str(folder)])
     assert report.added == PROCESS_THRESHOLD + 6
     assert report.skip_reasons == {"not-an-image": 1, "empty": 1}
+
+
+def test_jpeg_over_pillows_limit_is_indexed_and_searchable(tmp_path, tiny_encoder) -> None:
+    """95 MP: over Pillow's 89.5-MP warning level, which must not refuse it before the draft step."""
+    from typer.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    Image.new("RGB", (10000, 9500), (40, 90, 160)).save(folder / "panorama.jpg", quality=80)
+    scene((300, 200)).save(folder / "small.png")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        report = idx.sync([str(folder)])
+        sizes = {Path(h.path).name: (h.width, h.height) for h in idx.search_text("x", k=10)}
+    assert (report.added, report.skipped) == (2, 0), report.skip_reasons
+    assert sizes["panorama.jpg"] == (10000, 9500)  # the size as stored, not as decoded
+    query = tmp_path / "copy.jpg"  # not indexed: decoded for the query, as indexing decodes
+    query.write_bytes((folder / "panorama.jpg").read_bytes())
+    result = CliRunner().invoke(
+        app, ["search", "--image", str(query), "--index", str(tmp_path / "idx"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    best = json.loads(result.stdout.splitlines()[0])
+    assert Path(best["path"]).name == "panorama.jpg" and best["score"] > 0.999
+
+
+def run_bounded(*args: str, seconds: float = 15, memory: int = 2 << 30) -> subprocess.CompletedProcess[str]:
+    """Run Python with ``args`` in a fresh interpreter allowed ``memory`` bytes of address space."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    try:
+        return subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=seconds, preexec_fn=limit
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {seconds} s (blocked, or reading without end): {args}")
+
+
+def special_file(path: Path, kind: str) -> Path:
+    """A FIFO with no writer (opening it to read blocks), or a link to an endless device."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_special_files_are_refused_never_opened_blocking_nor_read_without_end(tmp_path, kind) -> None:
+    path = special_file(tmp_path / "x.jpg", kind)
+    code = f"""
+from clipsearch.encoders.images import open_image
+from clipsearch.errors import ImageError
+from clipsearch.ingest.decode import prepare
+from clipsearch.ingest.scan import FileRecord
+try:
+    open_image({str(path)!r})
+except ImageError as exc:
+    print(exc.reason)
+prep = prepare(FileRecord({str(path)!r}, 0, 0), is_known=lambda _: False, preprocess=lambda im: im,
+               min_side=64, max_pixels=10**8)
+print(prep.error.reason)
+from clipsearch.encoders.images import image_format
+print(image_format({str(path)!r}))
+"""
+    result = run_bounded("-c", code)
+    assert result.stdout.split() == ["not-a-file", "not-a-file", "None"], result.stderr
+
+
+def test_image_file_size_is_capped(tmp_path) -> None:
+    from clipsearch.encoders.images import read_image_file
+
+    path = tmp_path / "padded.png"
+    scene().save(path)
+    with path.open("ab") as fh:
+        fh.write(b"\0" * 5000)
+    assert len(read_image_file(path, max_bytes=10_000)) == path.stat().st_size
+    with pytest.raises(ImageError) as info:
+        read_image_file(path, max_bytes=4000)
+    assert info.value.reason == "too-large" and "4,000" in info.value.detail
+
+
+def test_walk_skips_fifos_and_devices_with_a_reason(tmp_path, tiny_encoder) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    scene().save(folder / "fine.png")
+    special_file(folder / "pipe.jpg", "fifo")
+    special_file(folder / "zero.png", "dev-zero")
+    started = time.monotonic()
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        report = idx.sync([str(folder)])
+        skipped = {Path(p).name: reason for p, reason in idx.catalog.skipped()}
+    assert time.monotonic() - started < 30
+    assert (report.added, report.skip_reasons) == (1, {"not-a-file": 2})
+    assert "FIFO" in skipped["pipe.jpg"] and "device" in skipped["zero.png"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_special_ignore_files_are_not_read(tmp_path, kind) -> None:
+    (tmp_path / "keep.jpg").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "also.jpg").write_bytes(b"x")
+    special_file(tmp_path / "sub" / ".clipsearchignore", kind)
+    code = f"""
+from clipsearch.ingest.scan import scan
+print(sorted(r.path.rsplit("/", 1)[1] for r in scan([{str(tmp_path)!r}])))
+"""
+    result = run_bounded("-c", code)
+    assert result.stdout.strip() == "['also.jpg', 'keep.jpg']", result.stderr
+
+
+def test_search_by_a_fifo_or_device_is_a_usage_error(tmp_path, tiny_encoder) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    scene().save(folder / "a.png")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        idx.sync([str(folder)])
+    for kind in ("fifo", "dev-zero"):
+        query = special_file(tmp_path / f"query-{kind}.jpg", kind)
+        command = ("search", "--image", str(query), "--index", str(tmp_path / "idx"))
+        result = run_bounded("-m", "clipsearch", *command, seconds=90, memory=8 << 30)  # torch: 4 GB
+        assert result.returncode == 2, result.stderr
+        assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_file_that_runs_out_of_memory_is_skipped_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "fine.png"
+    scene().save(path)
+    st = path.stat()
+
+    def greedy(image: Image.Image) -> np.ndarray:  # a preprocess step asking for 2**62 bytes
+        return np.zeros((1 << 31, 1 << 31), dtype=np.uint8)
+
+    prep = prepare(
+        FileRecord(str(path), st.st_size, st.st_mtime_ns),
+        is_known=lambda _: False,
+        preprocess=greedy,
+        min_side=64,
+        max_pixels=10**8,
+    )
+    assert prep.error is not None and prep.error.reason == "too-large" and prep.digest

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -119,6 +120,7 @@ def test_tiny_model_onnx_matches_torch(tmp_path: Path, tiny_encoder) -> None:
     assert_same_as_torch(tmp_path / "index", tiny_encoder)
 
 
+@pytest.mark.slow
 def test_shapes_model_onnx_matches_torch(tmp_path: Path) -> None:
     from clipsearch.encoders.loading import load_encoder
 
@@ -129,6 +131,7 @@ def test_shapes_model_onnx_matches_torch(tmp_path: Path) -> None:
     assert_same_as_torch(tmp_path / "index", encoder)
 
 
+@pytest.mark.slow
 def test_vit_b_32_onnx_matches_torch(tmp_path: Path, vit_b_32_cache: Path) -> None:
     from clipsearch.encoders.loading import load_encoder
 
@@ -139,6 +142,7 @@ def test_vit_b_32_onnx_matches_torch(tmp_path: Path, vit_b_32_cache: Path) -> No
     assert_same_as_torch(tmp_path / "index", encoder)
 
 
+@pytest.mark.slow
 def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encoder) -> None:
     """Pooled at the last position, the padding is part of the answer: the graph must take whole rows."""
     import copy
@@ -177,6 +181,7 @@ def test_full_length_graph_where_the_padding_matters(tmp_path: Path, tiny_encode
     )
 
 
+@pytest.mark.slow
 def test_batches_of_any_size(tmp_path: Path, photos, tiny_encoder) -> None:
     build(tmp_path / "index", photos["coffee"].parent, tiny_encoder)
     with Index.open(tmp_path / "index") as idx:
@@ -189,6 +194,7 @@ def test_batches_of_any_size(tmp_path: Path, photos, tiny_encoder) -> None:
     assert np.sum(a * b, axis=1).min() >= 0.999
 
 
+@pytest.mark.slow
 def test_a_bf16_index_is_exported_from_fp32_weights(tmp_path: Path, tiny_model) -> None:
     from clipsearch.encoders.loading import load_encoder
 
@@ -198,6 +204,7 @@ def test_a_bf16_index_is_exported_from_fp32_weights(tmp_path: Path, tiny_model) 
     assert_same_as_torch(tmp_path / "index", load_encoder(tiny_model, precision="fp32"), min_cosine=0.99999)
 
 
+@pytest.mark.slow
 def test_export_runs_once_and_is_only_used_for_its_own_weights(tmp_path: Path, photos, tiny_encoder) -> None:
     index_dir = tmp_path / "index"
     idx = build(index_dir, photos["coffee"].parent, tiny_encoder)
@@ -267,6 +274,7 @@ def test_unsupported_tokenizer_is_remembered(tmp_path: Path, photos, tiny_encode
     assert not list(index_dir.glob("*onnx*"))
 
 
+@pytest.mark.slow
 def test_index_command_exports_once_and_keeps_stdout_for_results(tmp_path: Path, photos, tiny_model) -> None:
     runner = CliRunner()
     index_dir = tmp_path / "index"
@@ -309,6 +317,7 @@ def cold_search(*args: str) -> tuple[list[dict[str, object]], list[str]]:
     )
 
 
+@pytest.mark.slow
 def test_cold_cli_search_does_not_import_torch(tmp_path: Path, tiny_encoder) -> None:
     folder, index_dir = tmp_path / "photos", tmp_path / "index"
     crops = write_many_photos(folder, n_crops=2)

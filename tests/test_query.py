@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from clipsearch.query.filters import Filters, parse_date
 from clipsearch.query.grammar import QuerySyntaxError, Term, build_terms, describe, parse_query
 from clipsearch.query.rank import SearchOptions, adaptive_cutoff, finish
 from clipsearch.query.vector import combine, query_vector
+from conftest import picture_vectors
 
 runner = CliRunner()
 
@@ -71,6 +74,30 @@ def test_grammar_errors_point_at_the_problem(expr: str, position: int, problem: 
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize("expr", ["dog:1e20", "dog:1e400", "cat + dog:-101", "3.5e38*dog", "dog:0"])
+def test_weights_outside_the_range_are_refused_where_they_are(expr: str) -> None:
+    with pytest.raises(QuerySyntaxError) as info:
+        parse_query(expr)
+    term_start = expr.rfind(" ") + 2  # the position of the term that carries the weight
+    assert f"position {term_start}:" in str(info.value)
+    assert "between -100 and 100" in str(info.value) or "weight of 0" in str(info.value)
+
+
+def test_weights_at_the_limits_and_words_after_a_colon() -> None:
+    assert parse_query("dog:100 - cat:1e2") == [Term("text", "dog", 100), Term("text", "cat", -100)]
+    assert parse_query("dog:inf") == [Term("text", "dog:inf")]  # not a number: text, here and on the web
+    assert parse_query("red circle -blue") == [Term("text", "red circle"), Term("text", "blue", -1)]
+    assert parse_query("t-shirt -2019") == [Term("text", "t-shirt"), Term("text", "2019", -1)]
+
+
+@pytest.mark.parametrize("weight", [1e20, -1e20, float("inf"), float("-inf"), float("nan"), 0.0, 100.5])
+def test_terms_built_in_python_are_held_to_the_same_range(weight: float) -> None:
+    with pytest.raises(UsageError, match="weight"):
+        Term("text", "dog", weight)
+    with pytest.raises(UsageError):  # the same weight written in an option (inf and nan as 1e400)
+        build_terms(None, add=[f"dog:{weight!r}" if math.isfinite(weight) else "dog:1e400"])
+
+
 def test_options_build_terms_and_describe_round_trips() -> None:
     terms = build_terms(
         "a beach at sunset", images=["./ref.jpg:0.5"], add=["dog"], sub=["people:2"], sub_images=["/x.png"]
@@ -103,6 +130,21 @@ def test_adaptive_cutoff_finds_the_break() -> None:
     assert adaptive_cutoff([0.5]) == 1 and adaptive_cutoff([]) == 0
 
 
+def test_the_cutoff_break_does_not_move_with_k() -> None:
+    """-k only caps --cutoff auto: the break is found among the same 100 candidates for every k."""
+    from clipsearch.query.rank import Hit
+
+    rng = np.random.default_rng(7)
+    scores = np.sort(np.concatenate([0.30 + 0.01 * rng.random(3), 0.2 + 0.06 * rng.random(400)]))[::-1]
+    ranked = [Hit(f"/p{i}", float(s), i) for i, s in enumerate(scores)]  # what the index ranks, best first
+    widest = finish(ranked[:100], SearchOptions.parse(top=100, threshold=None, cutoff="auto", sort="score"))
+    assert 0 < len(widest) < 100
+    for k in (1, 2, 3, 5, 10, 20, 40, 100, 1000):
+        options = SearchOptions.parse(top=k, threshold=None, cutoff="auto", sort="score")
+        assert finish(ranked[: options.candidates], options) == widest[:k], k
+        assert finish(ranked, options) == widest[:k], k  # more hits than candidates: the same break
+
+
 def test_dates() -> None:
     assert parse_date("2019", name="after") == parse_date("2019-01-01", name="after")
     assert parse_date("2019-07", name="after") < parse_date("2019-07-14", name="after")
@@ -110,9 +152,12 @@ def test_dates() -> None:
         parse_date("last summer", name="after")
 
 
-@pytest.fixture
-def mixed_index(tmp_path, tiny_encoder):
-    """60 files in 3 folders, 2 types, 3 sizes, dated 2015..2024 (some by EXIF, the rest by mtime)."""
+@pytest.fixture(scope="module")
+def mixed_index(tmp_path_factory: pytest.TempPathFactory, tiny_encoder):
+    """60 files in 3 folders, 2 types, 3 sizes, dated 2015..2024 (some by EXIF, the rest by mtime).
+
+    Built once for the module: the tests only read it."""
+    tmp_path = tmp_path_factory.mktemp("mixed")
     rng = np.random.default_rng(3)
     root = tmp_path / "lib"
     truth = []
@@ -161,7 +206,7 @@ def test_filters_apply_before_top_k(mixed_index, tiny_encoder, case: str) -> Non
     with Index.open(index_dir, encoder=tiny_encoder) as idx:
         hits = idx.search("a photo", k=10, filters=make_filters(root))
         vec = query_vector(idx, parse_query("a photo"))
-        expected = sorted((float(idx.stored_vector(t[0]) @ vec) for t in kept), reverse=True)[:10]
+        expected = sorted((float(max(picture_vectors(idx, t[0]) @ vec)) for t in kept), reverse=True)[:10]
     assert len(hits) == 10
     assert {h.path for h in hits} <= {t[0] for t in kept}  # every hit passes the filter
     np.testing.assert_allclose([h.score for h in hits], expected, atol=1e-5)  # and they are the best ten
@@ -171,6 +216,101 @@ def test_in_folder_outside_the_roots_is_a_usage_error(mixed_index, tiny_encoder,
     index_dir, _, _ = mixed_index
     with Index.open(index_dir, encoder=tiny_encoder) as idx, pytest.raises(UsageError, match="not inside"):
         idx.search("x", filters=Filters(folder=str(tmp_path / "elsewhere")))
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, tiny_encoder):
+    """120 small images (png, jpg, jpeg, JPG) in two folders, indexed: more than the 100 cutoff candidates."""
+    rng = np.random.default_rng(11)
+    root = tmp_path_factory.mktemp("library") / "lib"
+    for i in range(120):
+        folder = root / ("a", "b")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        ext = ("png", "jpg", "jpeg", "JPG")[i % 4]
+        base = rng.integers(0, 255, 3)
+        pixels = np.clip(base + rng.integers(-40, 40, (24, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:03d}.{ext}", format="PNG" if ext == "png" else "JPEG")
+    index_dir = root.parent / "idx"
+    with Index.open_for_write(index_dir, tiny_encoder) as idx:
+        idx.sync([str(root)])
+    return index_dir, root
+
+
+def _search(index_dir: Path, *args: str):
+    return runner.invoke(app, ["search", *args, "--index", str(index_dir)])
+
+
+def _json_paths(result) -> list[str]:
+    assert result.exit_code == 0, result.stderr
+    return [json.loads(line)["path"] for line in result.stdout.splitlines()]
+
+
+def test_cli_refuses_weights_out_of_range(library) -> None:
+    index_dir, _ = library
+    for args in (["dog:1e20"], ["cat", "--add", "dog:1e400"], ["cat", "--sub", "dog:-1e39"], ["3.5e38*dog"]):
+        result = _search(index_dir, *args)
+        assert result.exit_code == 2, (args, result.stdout)
+        assert "between -100 and 100" in result.stderr and "No results" not in result.stderr, args
+        assert "Traceback" not in result.stderr and result.stdout == ""
+    assert len(_json_paths(_search(index_dir, "dog:100 - cat:0.5", "--json"))) == 10
+
+
+def test_cli_cutoff_auto_is_capped_by_k_not_moved(library) -> None:
+    index_dir, _ = library
+    widest = _json_paths(_search(index_dir, "a photo", "--cutoff", "auto", "-k", "100", "--json"))
+    assert 0 < len(widest) < 100
+    assert _json_paths(_search(index_dir, "a photo", "--cutoff", "auto", "--json")) == widest  # default cap
+    for k in ("1", "3", "5", "10", "20", "40"):
+        found = _json_paths(_search(index_dir, "a photo", "--cutoff", "auto", "-k", k, "--json"))
+        assert found == widest[: int(k)], k
+
+
+def test_cli_type_aliases_and_typos(library) -> None:
+    index_dir, root = library
+    jpegs = {str(p) for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")}
+    for types in ("jpeg", "jpg", "JPG", ".jpe", "jpeg,jpg"):
+        found = _json_paths(_search(index_dir, "a photo", "--type", types, "-k", "500", "--json"))
+        assert set(found) == jpegs, types
+    both = _json_paths(_search(index_dir, "a photo", "--type", "png, tiff,jpeg", "-k", "500", "--json"))
+    assert len(both) == 120
+    for types, unknown in (("foo", "foo"), ("jpg,pgn", "pgn"), ("mp3", "mp3")):
+        result = _search(index_dir, "a photo", "--type", types)
+        assert result.exit_code == 2 and result.stdout == "", types
+        assert f"--type '{types}': unknown file type {unknown}; known: " in result.stderr
+        assert "jpeg" in result.stderr and "mp4" in result.stderr and "No results" not in result.stderr
+
+
+def test_cli_in_a_folder_that_is_not_indexed_is_a_usage_error(library, tmp_path) -> None:
+    index_dir, root = library
+    assert (
+        len(_json_paths(_search(index_dir, "a photo", "--in", str(root / "a"), "-k", "500", "--json"))) == 60
+    )
+    elsewhere = _search(index_dir, "a photo", "--in", str(tmp_path))
+    assert elsewhere.exit_code == 2 and elsewhere.stdout == ""
+    assert f"--in {tmp_path} is not inside an indexed folder ({root})" in elsewhere.stderr
+    typo = _search(index_dir, "a photo", "--in", str(root / "aa"))  # inside the root, but no such folder
+    assert typo.exit_code == 2 and typo.stdout == ""
+    assert f"--in {root / 'aa'}: no such folder, and no indexed file lies under it" in typo.stderr
+    (root / "empty").mkdir()
+    empty = _search(index_dir, "a photo", "--in", str(root / "empty"))  # a real folder, nothing in it yet
+    assert empty.exit_code == 0 and "No results" in empty.stderr
+
+
+def test_cli_marks_files_not_on_disk_and_available_leaves_them_out(tmp_path, photos, tiny_encoder) -> None:
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 40 + i), (50 * i, 20, 90)).save(drive / f"d{i}.png")
+    with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
+        idx.sync([str(photos["coffee"].parent), str(drive)])
+    drive.rename(tmp_path / "unplugged")
+    rows = [json.loads(x) for x in _search(tmp_path / "idx", "x", "-k", "50", "--json").stdout.splitlines()]
+    assert len(rows) == 11
+    assert {r["path"] for r in rows if not r["available"]} == {str(drive / f"d{i}.png") for i in range(5)}
+    on_disk = [r["path"] for r in rows if r["available"]]
+    for k in ("2", "6", "50"):
+        result = _search(tmp_path / "idx", "x", "-k", k, "--available", "--json")
+        assert _json_paths(result) == on_disk[: int(k)], k
 
 
 def test_threshold_cap_and_date_sort() -> None:
@@ -208,28 +348,45 @@ def test_cli_outputs(mixed_index, tmp_path) -> None:
     assert runner.invoke(app, [*base, "--after", "yesterday"]).exit_code == 2
 
 
-def test_duplicates(tmp_path, tiny_encoder) -> None:
+def test_duplicates_put_each_file_in_one_group(tmp_path, tiny_encoder) -> None:
     folder = tmp_path / "dups"
     folder.mkdir()
     for i, color in enumerate(["red", "blue", "green", "black", "white", "yellow"]):
         img = Image.new("RGB", (64, 64), color)
         ImageDraw.Draw(img).ellipse((10 + i * 5, 10, 40 + i * 3, 50), fill="gray")
         img.save(folder / f"u{i}.png")
-    (folder / "copy-of-u0.png").write_bytes((folder / "u0.png").read_bytes())
-    (folder / "copy2-of-u0.png").write_bytes((folder / "u0.png").read_bytes())
-    Image.open(folder / "u1.png").save(folder / "u1-recompressed.jpg", quality=92)
+    for copy in ("copy-of-u0.png", "copy2-of-u0.png"):
+        (folder / copy).write_bytes((folder / "u0.png").read_bytes())
+    Image.open(folder / "u0.png").save(folder / "u0-recompressed.jpg", quality=92)  # near u0, not identical
+    (folder / "copy-of-u2.png").write_bytes((folder / "u2.png").read_bytes())  # identical, near nothing else
     with Index.open_for_write(tmp_path / "idx", tiny_encoder) as idx:
         idx.sync([str(folder)])
-    result = runner.invoke(
-        app, ["duplicates", "--index", str(tmp_path / "idx"), "--json", "--threshold", "0.99"]
+    base = ["duplicates", "--index", str(tmp_path / "idx"), "--threshold", "0.99"]
+    groups = [json.loads(x) for x in runner.invoke(app, [*base, "--json"]).stdout.splitlines()]
+    names = [[Path(p).name for p in g["paths"]] for g in groups]
+    everyone = [name for group in names for name in group]
+    assert len(everyone) == len(set(everyone))  # no file in two groups
+    assert [g["kind"] for g in groups] == ["near", "exact"]
+    assert names[0] == ["copy-of-u0.png", "copy2-of-u0.png", "u0-recompressed.jpg", "u0.png"]
+    assert groups[0]["identical"] == [[0, 1, 3]] and groups[0]["count"] == 4
+    assert groups[0]["min_score"] >= 0.99 and groups[1]["min_score"] == 1
+    assert names[1] == ["copy-of-u2.png", "u2.png"] and groups[1]["identical"] == [[0, 1]]
+
+    text = runner.invoke(app, base).stdout
+    assert "exact (2 identical files):\n" in text
+    assert not [line for line in text.splitlines() if line.startswith("exact") and "similarity" in line]
+    assert re.search(
+        r"^near \(4 files, similarity >= (0\.99\d|1\.000); the same letter marks identical files\):$",
+        text,
+        re.M,
     )
-    groups = [json.loads(x) for x in result.stdout.splitlines()]
-    exact = [g for g in groups if g["kind"] == "exact"]
-    assert [sorted(Path(p).name for p in g["paths"]) for g in exact] == [
-        ["copy-of-u0.png", "copy2-of-u0.png", "u0.png"]
-    ]
-    near = [sorted(Path(p).name for p in g["paths"]) for g in groups if g["kind"] == "near"]
-    assert ["u1-recompressed.jpg", "u1.png"] in near
-    assert groups[0]["count"] >= groups[-1]["count"]
-    only_exact = runner.invoke(app, ["duplicates", "--index", str(tmp_path / "idx"), "--exact"]).stdout
-    assert "near" not in only_exact and "exact (3 files" in only_exact
+    lines = text.splitlines()
+    near_lines = lines[1:5]  # the near group comes first: a mark (or blanks), then the path
+    marks = {Path(line.split()[-1]).name: line[:5] for line in near_lines}
+    assert marks == {n: "  A  " for n in ("copy-of-u0.png", "copy2-of-u0.png", "u0.png")} | {
+        "u0-recompressed.jpg": "     "  # not identical to the others: no mark
+    }
+
+    only_exact = runner.invoke(app, [*base, "--exact"]).stdout
+    assert "near" not in only_exact and "exact (3 identical files):" in only_exact
+    assert "exact (2 identical files):" in only_exact

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from clipsearch.ingest.scan import scan
 from clipsearch.ingest.sync import normalize_roots
 
@@ -69,3 +71,65 @@ def test_ignore_files_and_exclude_patterns(tmp_path: Path) -> None:
     assert names(scan([str(tmp_path)])) == ["b.png", "keep.jpg", "keep.tmp.png", "t.jpg"]
     assert names(scan([str(tmp_path)], exclude=["thumbs/", "keep.*"])) == ["b.png"]
     assert names(scan([str(tmp_path)], exclude=["/b.png"])) == ["b.png", "keep.jpg", "keep.tmp.png", "t.jpg"]
+
+
+def test_a_bad_line_in_an_ignore_file_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    touch(tmp_path / "a.jpg")
+    touch(tmp_path / "b.png")
+    touch(tmp_path / "raw" / "c.jpg")
+    touch(tmp_path / "sub" / "d.jpg")
+    touch(tmp_path / "sub" / "e.jpg")
+    (tmp_path / ".clipsearchignore").write_text("raw/\n!\n[z-a]\n*.png\n")
+    (tmp_path / "sub" / ".clipsearchignore").write_text("e.jpg\n\\\n")
+    warnings: list[str] = []
+    assert names(scan([str(tmp_path)], warn=warnings.append)) == ["a.jpg", "d.jpg"]
+    top, sub = tmp_path / ".clipsearchignore", tmp_path / "sub" / ".clipsearchignore"
+    assert [w.split(": ")[0] for w in warnings] == [f"{top}, line 2", f"{top}, line 3", f"{sub}, line 2"]
+    assert "'[z-a]'" in warnings[1] and "bad character range z-a" in warnings[1]
+    assert all("skipped" in w for w in warnings)
+
+
+def test_an_oversized_ignore_file_is_not_read(tmp_path: Path) -> None:
+    from clipsearch.ingest.scan import IGNORE_FILE_MAX_BYTES
+
+    touch(tmp_path / "a.jpg")
+    touch(tmp_path / "raw" / "b.jpg")
+    (tmp_path / ".clipsearchignore").write_text("raw/\n" + "#" * IGNORE_FILE_MAX_BYTES)
+    warnings: list[str] = []
+    assert names(scan([str(tmp_path)], warn=warnings.append)) == ["a.jpg", "b.jpg"]
+    assert len(warnings) == 1 and str(tmp_path / ".clipsearchignore") in warnings[0]
+    assert "not read" in warnings[0] and f"{IGNORE_FILE_MAX_BYTES:,}" in warnings[0]
+
+
+def test_a_bad_exclude_pattern_is_a_bad_value(tmp_path: Path) -> None:
+    from clipsearch.errors import BadValueError
+    from clipsearch.ingest.sync import SyncOptions
+
+    touch(tmp_path / "a.jpg")
+    for pattern in ("!", "[z-a]"):
+        with pytest.raises(BadValueError) as info:
+            list(scan([str(tmp_path)], exclude=["ok/", pattern]))
+        assert (info.value.name, info.value.value) == ("exclude", pattern)
+        assert "not a valid gitignore pattern" in info.value.problem
+        with pytest.raises(BadValueError):  # checked when the options are made, before any work
+            SyncOptions(exclude=("*.png", pattern))
+
+
+def test_a_link_into_or_above_a_root_is_not_followed(tmp_path: Path) -> None:
+    """One file, one path: a link up to the root's parent used to walk the parent's files in again."""
+    photos = tmp_path / "photos"
+    touch(photos / "a.jpg")
+    touch(photos / "2019" / "b.jpg")
+    touch(tmp_path / "elsewhere" / "c.jpg")
+    os.symlink("..", photos / "2019" / "loop")  # up to the parent: holds the root
+    os.symlink(".", photos / "2019" / "self")  # the root itself
+    os.symlink(photos / "a.jpg", photos / "2019" / "linked.jpg")  # a linked file is still a file
+    os.symlink(tmp_path / "elsewhere", photos / "2019" / "out")  # outside every root: followed
+    assert sorted(r.path for r in scan([str(photos / "2019")])) == [
+        str(photos / "2019" / "b.jpg"),
+        str(photos / "2019" / "linked.jpg"),
+        str(photos / "2019" / "out" / "c.jpg"),
+    ]
+    os.symlink(photos / "2019", tmp_path / "elsewhere" / "back")  # into another root of the index
+    records = scan([str(tmp_path / "elsewhere")], avoid=[str(photos)])
+    assert [r.path for r in records] == [str(tmp_path / "elsewhere" / "c.jpg")]

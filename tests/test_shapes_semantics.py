@@ -15,6 +15,7 @@ import torch
 
 from clipsearch.shapes import evaluate, train, world
 from clipsearch.shapes.train import CONFIG_FILE, WEIGHTS_FILE, OpenClipEncoder
+from conftest import announced
 
 MODEL_DIR = Path(world.__file__).parent / "model"
 HELD_OUT_SEED = 777  # differs from training (0) and from the model card's evaluation seed
@@ -32,11 +33,16 @@ def encoder() -> evaluate.Encoder:
 
 
 @pytest.fixture(scope="module")
-def metrics(encoder: evaluate.Encoder, tmp_path_factory: pytest.TempPathFactory) -> evaluate.ShapesMetrics:
+def metrics(
+    encoder: evaluate.Encoder, tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> evaluate.ShapesMetrics:
     files = tmp_path_factory.mktemp("shapes-files")
-    return evaluate.evaluate(encoder, seed=HELD_OUT_SEED, files_dir=files, copies=6, n_files=600)
+    what = "evaluating the shapes model: a gallery of 6 images per scene kind, then 600 real files"
+    with announced(pytestconfig, what):
+        return evaluate.evaluate(encoder, seed=HELD_OUT_SEED, files_dir=files, copies=6, n_files=600)
 
 
+@pytest.mark.slow  # the metrics fixture encodes a gallery of 6 images per scene kind and 600 files
 @pytest.mark.parametrize("name", sorted(evaluate.THRESHOLDS))
 def test_metric_meets_threshold(metrics: evaluate.ShapesMetrics, name: str) -> None:
     value, floor = getattr(metrics, name), evaluate.THRESHOLDS[name]
@@ -65,6 +71,7 @@ def test_red_circle_query_ranks_red_circles_first(encoder: evaluate.Encoder) -> 
     assert set(np.argsort(-scores)[: len(wanted)]) == set(range(len(wanted)))
 
 
+@pytest.mark.slow  # renders and encodes a 400-image gallery with a random model
 def test_metrics_fail_for_an_untrained_model() -> None:
     """The metric code can fail: the same architecture with random weights scores near chance."""
     torch.manual_seed(0)

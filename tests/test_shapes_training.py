@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from clipsearch.shapes import train, world
+from conftest import announced
 
 SHORT = train.TrainConfig(
     steps=80, batch_size=64, warmup_steps=5, lr=2e-3, log_every=10, workers=0, threads=2, seed=3
@@ -20,9 +21,11 @@ SHORT = train.TrainConfig(
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[torch.nn.Module, list[tuple[int, float]]]:
+def trained(pytestconfig: pytest.Config) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
     torch.set_num_threads(SHORT.threads)
-    return train.train(SHORT)
+    what = f"training the shapes model for {SHORT.steps} steps of {SHORT.batch_size} images"
+    with announced(pytestconfig, what):
+        return train.train(SHORT)
 
 
 def test_batches_are_a_pure_function_of_seed_and_step() -> None:
@@ -119,6 +122,7 @@ def test_the_strided_tower_reads_twice_the_input_side_into_the_same_feature_grid
         timm.create_model(tower.STRIDED_TOWER_NAME, pretrained=True)
 
 
+@pytest.mark.slow
 def test_loss_falls(trained: tuple[torch.nn.Module, list[tuple[int, float]]]) -> None:
     _, curve = trained
     assert len(curve) == SHORT.steps // SHORT.log_every
@@ -126,6 +130,7 @@ def test_loss_falls(trained: tuple[torch.nn.Module, list[tuple[int, float]]]) ->
     assert last < first - 0.3, curve  # chance level is ln(64) = 4.16; measured 4.27 -> 3.64
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_back_in_open_clip(
     trained: tuple[torch.nn.Module, list[tuple[int, float]]], tmp_path: Path
 ) -> None:
@@ -156,6 +161,7 @@ def test_saved_folder_loads_back_in_open_clip(
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_command_writes_a_complete_model_folder(tmp_path: Path) -> None:
     out = tmp_path / "model"
     argv = ["--out", str(out), "--steps", "3", "--batch-size", "16", "--workers", "0"]

@@ -69,6 +69,7 @@ def test_long_text_keeps_the_end_token(reference: SimpleTokenizer) -> None:
     assert empty[:2].tolist() == [reference.sot_token_id, reference.eot_token_id] and not empty[2:].any()
 
 
+@pytest.mark.slow
 def test_every_vocabulary_word_gets_open_clips_ids(reference: SimpleTokenizer) -> None:
     """Each whole-word token of the vocabulary, tokenized alone: checks the merge ranks and ids."""
     to_byte = {c: b for b, c in bytes_to_unicode().items()}

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from typer.testing import CliRunner
 
 from clipsearch.cli import app
 
+pytestmark = pytest.mark.slow  # random ViT-B-32 weights, then the full-size model through the CLI
 runner = CliRunner()
 
 

@@ -9,6 +9,7 @@ checks it against the model's own transform; configurations it does not cover re
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +17,19 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+#: A picture gets side views (see ``PixelTransform.side_views``) from this aspect ratio on.
+SIDE_VIEW_ASPECT = 1.2
+#: Most side views a picture gets (a panorama of more than 7:1 has gaps between them).
+MAX_SIDE_VIEWS = 6
+
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 @dataclass(frozen=True)
 class PixelTransform:
     """Picklable image -> ``(3, H, W)`` float32 array: open_clip's eval transform, to within one
-    8-bit step in about 1 value in 10,000 (see ``_resize_shortest_and_crop``)."""
+    8-bit step in about 1 value in 10,000 (see ``_resize_shortest_and_crop``), in memory bounded
+    by the input size whatever the image's aspect ratio."""
 
     height: int
     width: int
@@ -44,6 +51,48 @@ class PixelTransform:
             image = self._resize_shortest_and_crop(image, resample)
         return np.asarray(image, dtype=np.uint8)
 
+    def side_views(self, image: Image.Image) -> list[tuple[str, npt.NDArray[np.uint8]]]:
+        """Square crops at the ends of a wide or tall picture, each resized to the model's input,
+        beside its centre crop (``resize_crop``): what a centre-cropping model would never see.
+
+        A model that crops the centre of a 16:9 frame never sees 44% of its width. The squares'
+        side is a third of the long side, but at least 0.55 of the short side (and at most all of it),
+        centred across: the scale at which a part of the picture (its left third, say) is seen as
+        itself rather than shrunk inside a larger square. For 16:9 the two squares and the centre
+        crop leave out only the four corners outside the centre crop (18% of the frame); for 4:3,
+        11%; a panorama of 3:1 or wider gets full-height squares spread along it (at most
+        ``MAX_SIDE_VIEWS``, so more than 7:1 leaves gaps). A picture whose long side is under
+        ``SIDE_VIEW_ASPECT`` times its short side gets none (the centre crop loses under 9% each
+        side), as does a transform that does not crop (``squash``). The end squares are
+        ``left``/``right`` (or ``top``/``bottom``), those between ``part``.
+        """
+        if self.resize_mode != "shortest":
+            return []
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        if short == 0 or long < SIDE_VIEW_ASPECT * short:
+            return []
+        side = min(short, max(round(long / 3), round(0.55 * short)))
+        count = 2 if side < short else min(math.ceil(long / short), MAX_SIDE_VIEWS + 1)
+        offsets = [round(i * (long - side) / (count - 1)) for i in range(count)]
+        across = (short - side) // 2
+        centre = round((long - side) / 2)
+        ends = ("left", "right") if width > height else ("top", "bottom")
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        resample = _RESAMPLE[self.interpolation]
+        views = []
+        for i, offset in enumerate(offsets):
+            if side == short and count % 2 and i == count // 2 and abs(offset - centre) <= 1:
+                continue  # the centre crop is the picture's main vector already
+            kind = ends[0] if i == 0 else ends[1] if i == count - 1 else "part"
+            if width > height:
+                box = (offset, across, offset + side, across + side)
+            else:
+                box = (across, offset, across + side, offset + side)
+            pixels = image.resize((self.width, self.height), resample, box=box)
+            views.append((kind, np.asarray(pixels, dtype=np.uint8)))
+        return views
+
     def normalize(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """The arithmetic half, for a batch: ``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float32."""
         out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=np.float32)
@@ -55,11 +104,16 @@ class PixelTransform:
     def _resize_shortest_and_crop(self, image: Image.Image, resample: Image.Resampling) -> Image.Image:
         """Resize the shorter side to the input size, then take the centre (torchvision's rounding).
 
-        When shrinking, only the pixels the crop keeps are computed: the crop's box of the source is
+        Only the pixels the crop keeps are computed: the crop's box, in source coordinates, is
         resized at the whole image's scale (the filter still reads source pixels outside the box).
-        That is 20-45% less time for a 4:3 photo, and the same pixels as resizing everything and
-        cropping after but for float rounding in Pillow's filter weights: about 1 value in 10,000
-        differs, by one 8-bit level. Enlarging keeps the plain order (there the box changes more).
+        Memory is therefore bounded by the model's input size whatever the aspect ratio (a 1x300000
+        image enlarged whole would be 224 x 67 million pixels), and shrinking a 4:3 photo takes
+        20-45% less time. The pixels are those of resizing everything and cropping after but for
+        float rounding in Pillow's filter weights: about 1 value in 10,000 differs, by one 8-bit
+        level. Enlarging both ways, Pillow may run its two passes (each rounded to 8 bits) in the
+        other order for the box than for the whole image, and values differ by a few levels: there
+        the whole image is enlarged and cropped, as open_clip does, while that stays under
+        ``ENLARGE_WHOLE_FACTOR`` times the input size (up to an aspect ratio of 64:1).
         """
         width, height = image.size
         target = self.height
@@ -72,11 +126,24 @@ class PixelTransform:
         crop = (left, top, left + self.width, top + self.height)  # in the resized image
         if size == image.size:
             return image.crop(crop)
-        if min(width, height) < target:
+        if (
+            min(width, height) < target
+            and size[0] * size[1] <= ENLARGE_WHOLE_FACTOR * self.width * self.height
+        ):
             return image.resize(size, resample).crop(crop)
         sx, sy = width / size[0], height / size[1]
-        box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)  # the same, in the source
+        box = (  # the same, in the source (clamped: float rounding must not step outside it)
+            max(0.0, crop[0] * sx),
+            max(0.0, crop[1] * sy),
+            min(float(width), crop[2] * sx),
+            min(float(height), crop[3] * sy),
+        )
         return image.resize((self.width, self.height), resample, box=box)
+
+
+#: An image enlarged for the crop is enlarged whole (open_clip's exact pixels) while the result holds
+#: at most this many times the model's input pixels; beyond, only the crop's box is computed.
+ENLARGE_WHOLE_FACTOR = 64
 
 
 def pixel_transform_for(preprocess_cfg: dict[str, Any]) -> PixelTransform | None:

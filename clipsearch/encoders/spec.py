@@ -161,17 +161,18 @@ def _config_names() -> set[str]:
 def check_model_name(name: str) -> None:
     """Raise :class:`UnknownModelError` (with close names) unless open_clip knows ``name``.
 
-    Cheap for known names (a folder listing); imports open_clip only for a name its configs lack,
-    which may have been registered at run time.
+    Cheap (a folder listing, no torch import): a name open_clip's config folder lacks can only be
+    known if it was registered at run time, which needs open_clip imported already.
     """
     names = _config_names()
     if name in names:
         return
     import difflib
+    import sys
 
-    import open_clip
-
-    known = set(open_clip.list_models()) | names
+    known = set(names)
+    if "open_clip" in sys.modules:
+        known |= set(sys.modules["open_clip"].list_models())
     if name not in known:
         by_case = {n.lower(): n for n in known}
         close = difflib.get_close_matches(name.lower(), list(by_case), n=3, cutoff=0.6)

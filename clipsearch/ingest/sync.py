@@ -22,11 +22,30 @@ import numpy.typing as npt
 
 from clipsearch.encoders.facts import ModelFacts, ModelPreview, draft_side
 from clipsearch.encoders.images import DEFAULT_MAX_PIXELS
-from clipsearch.errors import ClipsearchError, IndexAccessError, NoRootsError, UsageError
-from clipsearch.ingest.decode import PROCESS_THRESHOLD, DecodeJob, Prepared, bounded_map, open_decoder
-from clipsearch.ingest.scan import FileRecord, scan
-from clipsearch.store.catalog import Catalog, FileState, NewFile
+from clipsearch.encoders.video import is_video_name
+from clipsearch.errors import (
+    ClipsearchError,
+    ImageError,
+    IndexAccessError,
+    MissingRootsError,
+    NoRootsError,
+    RootInsideRootError,
+    UsageError,
+)
+from clipsearch.ingest.decode import (
+    PROCESS_THRESHOLD,
+    DecodeJob,
+    OrderedStream,
+    Prepared,
+    open_decoder,
+    task_cost,
+)
+from clipsearch.ingest.moments import MAX_MOMENTS, MOMENT_SIMILARITY, Moment, representative
+from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
+from clipsearch.ingest.video import VIDEO_WINDOW, VideoInProgress, WindowResult
+from clipsearch.store.catalog import Catalog, FileState, NewFile, RootSettings, View, view_id
 from clipsearch.store.folder import IndexFolder
+from clipsearch.store.rebuild import live_root_settings
 
 if TYPE_CHECKING:
     from clipsearch.encoders.encoder import Encoder
@@ -39,9 +58,14 @@ R = TypeVar("R")
 class SyncOptions:
     """How to run a sync.
 
+    ``include_hidden``, ``exclude`` and ``max_pixels`` are settings of the roots synced: given
+    (not None), they are recorded for those roots (every recorded root when none is given) and
+    used by their later syncs; None keeps each root's recorded setting (the default for a new root).
+
     Args:
         include_hidden: also index dot-files and files in dot-folders.
-        exclude: gitignore-style patterns (relative to each root) of files and folders to leave out.
+        exclude: gitignore-style patterns (relative to each root) of files and folders to leave out;
+            they replace the root's recorded patterns (``()`` clears them).
         batch_size: images per encoder call.
         workers: processes (or threads) reading and decoding files ahead of the encoder.
         processes: decode in worker processes (true parallelism beside the encoder); threads if
@@ -51,24 +75,63 @@ class SyncOptions:
             threads that spin while they wait for each other burn the cores the workers need.
         passive_wait: torch's OpenMP threads sleep while they wait (``OMP_WAIT_POLICY=PASSIVE`` was
             set before torch was imported; the CLI does that).
-        max_pixels: images larger than this are skipped (decompression-bomb guard).
+        max_pixels: images larger than this are skipped (decompression-bomb guard); raising a
+            root's limit retries the files of it skipped as too large.
         commit_every: most catalog rows held in memory before a commit.
         checkpoint_every: pending vectors after which the FAISS file is rewritten mid-run.
         export_text: after the sync, export the model's text tower for fast cold text searches
             (once per model and machine; see :mod:`clipsearch.encoders.onnx_export`).
+        video_window: seconds of a video one decoding task takes (see :mod:`clipsearch.ingest.video`).
+        moment_similarity: a video frame joins the moment it follows while their cosine similarity
+            is at least this (see :mod:`clipsearch.ingest.moments`).
+        max_moments: most moments a video keeps (past it, the most alike neighbours merge).
+
+    Raises:
+        BadValueError: ("exclude", pattern) for a pattern that is not valid gitignore syntax.
     """
 
-    include_hidden: bool = False
-    exclude: tuple[str, ...] = ()
+    include_hidden: bool | None = None
+    exclude: tuple[str, ...] | None = None
     batch_size: int = 32
     workers: int = max(1, min(4, os.cpu_count() or 1))
     processes: bool = True
     encode_threads: int | None = None
     passive_wait: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None
     commit_every: int = 512
     checkpoint_every: int = 20_000
     export_text: bool = True
+    video_window: float = VIDEO_WINDOW
+    moment_similarity: float = MOMENT_SIMILARITY
+    max_moments: int = MAX_MOMENTS
+
+    def __post_init__(self) -> None:
+        if self.video_window <= 0:
+            raise UsageError(f"video_window {self.video_window!r}: give a number of seconds above 0.")
+        if self.max_moments < 1:
+            raise UsageError(f"max_moments {self.max_moments!r}: a video keeps at least one moment.")
+        if self.exclude:
+            exclude_spec(self.exclude)  # a bad pattern is a BadValueError now, before any work
+
+    @property
+    def sets_settings(self) -> bool:
+        """Whether any root setting is given (else each root keeps its recorded ones)."""
+        return any(v is not None for v in (self.include_hidden, self.exclude, self.max_pixels))
+
+    def settings_for(self, recorded: RootSettings | None) -> RootSettings:
+        """A root's settings for this run: its recorded ones (defaults for a new root), changed by
+        those given here."""
+        base = recorded or RootSettings()
+        return RootSettings(
+            base.include_hidden if self.include_hidden is None else self.include_hidden,
+            base.exclude if self.exclude is None else tuple(p for p in self.exclude if p.strip()),
+            base.max_pixels if self.max_pixels is None else self.max_pixels,
+        )
+
+
+def pixel_limit(settings: RootSettings) -> int:
+    """The largest image a root's files may decode to."""
+    return settings.max_pixels or DEFAULT_MAX_PIXELS
 
 
 class Progress(Protocol):
@@ -87,7 +150,8 @@ class Progress(Protocol):
 @dataclass
 class SyncReport:
     """What a sync did. ``skip_reasons`` counts skipped files per reason code; ``seconds`` is the
-    whole call, model load and text export included."""
+    whole call, model load and text export included; ``warnings``: what was left out and why (an
+    ignore file's bad line, an ignore file that is not a regular file), one line each."""
 
     index: str
     added: int = 0
@@ -98,12 +162,23 @@ class SyncReport:
     skipped: int = 0
     skip_reasons: dict[str, int] = field(default_factory=dict)
     missing_roots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    #: a rebuild: built beside the index, which it replaced once complete (unless interrupted)
+    rebuild: bool = False
     #: "exported" when this sync exported the model's text tower, "unavailable" when it cannot be
     #: (``text_export_reason`` says why), "" when there was nothing to do
     text_export: str = ""
     text_export_reason: str = ""
+    #: new videos indexed, their sampled frames, their moments (vectors) and their length in seconds
+    videos: int = 0
+    video_samples: int = 0
+    moments: int = 0
+    video_seconds: float = 0.0
+    #: CPU seconds spent decoding video windows (in the workers), and seconds encoding their frames
+    video_decode_seconds: float = 0.0
+    video_encode_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -150,10 +225,16 @@ class SyncInterrupted(ClipsearchError):
     exit_code = 130
 
     def __init__(self, report: SyncReport) -> None:
-        super().__init__(
-            f"Interrupted. The batches already done are saved in {report.index}; "
-            "run the same command again to resume."
-        )
+        if report.rebuild:
+            message = (
+                f"Interrupted. The rebuild so far is saved beside the index at {report.index}, which "
+                "searches still use until the rebuild is complete; run the same rebuild again to resume it."
+            )
+        else:
+            message = (
+                f"Interrupted. The batches already done are saved in {report.index}; sync again to resume."
+            )
+        super().__init__(message)
         self.report = report
 
 
@@ -194,18 +275,37 @@ class _Committer:
         self.report = report
         self.options = options
         self.queue: dict[str, Prepared] = {}  # digest -> first file with that new content
+        self.queued_vectors = 0  # the queue's pictures and their views: what the next encode takes
         self.rows: list[tuple[FileRecord, str | None, str | None]] = []  # record, digest, error
         self.since_checkpoint = 0
         self.reasons: Counter[str] = Counter()
         self.threads: int | None = None  # torch threads per encode; set while workers decode
         self.unverified: ModelPreview | None = None  # the cached preview the files were decoded with
+        # new videos whose windows are being decoded (digest -> video, and its file as first prepared)
+        self.videos: dict[str, tuple[VideoInProgress, Prepared, str]] = {}
+        self.finished: list[tuple[Prepared, list[Moment]]] = []  # complete videos, for the next commit
 
-    def take(self, prep: Prepared, old: FileState | None) -> None:
+    def take(self, prep: Prepared, old: FileState | None) -> VideoInProgress | None:
+        """Take a prepared file; a new video is returned, its windows to decode next (``plan``)."""
         record, report = prep.record, self.report
+        started = None
         if prep.error is not None:
-            report.skipped += 1
-            self.reasons[prep.error.reason] += 1
-            self.rows.append((record, None, f"{prep.error.reason}: {prep.error.detail}"))
+            self._skip(record, prep.error)
+        elif prep.digest in self.videos:  # a copy of a video being decoded: committed with it
+            report.reused += 1
+            self.videos[prep.digest][0].copies.append(record)
+        elif prep.video is not None and not self._known(prep.digest):
+            assert prep.digest is not None
+            counter = "added" if old is None or old.content_id is None else "updated"
+            setattr(report, counter, getattr(report, counter) + 1)
+            started = VideoInProgress.start(
+                record,
+                prep.digest,
+                window=self.options.video_window,
+                threshold=self.options.moment_similarity,
+                max_moments=self.options.max_moments,
+            )
+            self.videos[prep.digest] = (started, prep, counter)
         elif prep.pixels is None or prep.digest in self.queue or self._known(prep.digest):
             assert prep.digest is not None
             if (
@@ -224,9 +324,54 @@ class _Committer:
             else:
                 report.updated += 1
             self.queue[prep.digest] = prep
+            self.queued_vectors += 1 + len(prep.views)
             self.rows.append((record, prep.digest, None))
-        if len(self.queue) >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
+        if self.queued_vectors >= self.options.batch_size or len(self.rows) >= self.options.commit_every:
             self.commit()
+        return started
+
+    def _skip(self, record: FileRecord, error: ImageError) -> None:
+        self.report.skipped += 1
+        self.reasons[error.reason] += 1
+        self.rows.append((record, None, f"{error.reason}: {error.detail}"))
+
+    def take_window(self, result: WindowResult) -> bool:
+        """Encode a video window's frames into its moments; whether that completed the video (it is
+        then committed, with its copies)."""
+        entry = self.videos.get(result.task.digest)
+        if entry is None:  # a window decoded past the end of a video already complete
+            return False
+        video, prep, counter = entry
+        if not video.take(result, self._encode_frames):
+            return False
+        del self.videos[result.task.digest]
+        report = self.report
+        report.video_decode_seconds = round(report.video_decode_seconds + video.decode_seconds, 3)
+        moments = video.moments()
+        if video.error is not None or not moments:
+            error = video.error or ImageError("corrupt", "no video frame could be decoded")
+            setattr(report, counter, getattr(report, counter) - 1)
+            report.reused -= len(video.copies)
+            for record in (prep.record, *video.copies):
+                self._skip(record, error)
+        else:
+            self.finished.append((prep, moments))
+            self.rows += [(record, prep.digest, None) for record in (prep.record, *video.copies)]
+            report.videos += 1
+            report.moments += len(moments)
+            report.video_seconds = round(report.video_seconds + (moments[-1].end or 0.0), 3)
+        self.commit()  # now: a crash later loses nothing of this video
+        return True
+
+    def _encode_frames(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        started = time.monotonic()
+        self.report.video_samples += len(pixels)
+        size = self.options.batch_size
+        vectors = np.concatenate([self._encode(pixels[i : i + size]) for i in range(0, len(pixels), size)])
+        self.report.video_encode_seconds = round(
+            self.report.video_encode_seconds + time.monotonic() - started, 3
+        )
+        return vectors
 
     def _known(self, digest: str | None) -> bool:
         """Content committed since a worker decoded this file (a copy met earlier in this run)."""
@@ -246,31 +391,72 @@ class _Committer:
                 raise StalePreview
             self.unverified = None
         new = list(self.queue.values()) if encode else []
-        rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in self.queue]
-        if not new and not rows:
+        videos = self.finished if encode else []
+        waiting = set(self.queue) | {p.digest for p, _ in self.finished}
+        rows = self.rows if encode else [r for r in self.rows if r[1] is None or r[1] not in waiting]
+        if not new and not rows and not videos:
             return
-        vectors = self._encode([p.pixels for p in new]) if new else None
+        # every picture's main vector, then its views: one encoder batch
+        pixels = [p.pixels for p in new] + [view for p in new for _, view in p.views]
+        vectors = self._encode(pixels) if new else None
+        self.folder.check_present()  # SQLite would go on writing into a deleted catalog
         with self.catalog.transaction():
-            gen = self.catalog.next_gen()
             ids = {
                 p.digest: self.catalog.insert_content(p.digest, p.width, p.height, p.taken)
                 for p in new
                 if p.digest
             }
+            gen = self.catalog.next_gen() if vectors is not None or videos else 0  # when vectors change
             if vectors is not None:
-                self.catalog.add_pending(gen, list(ids.values()), vectors)
+                self.catalog.add_pending(gen, self._vector_ids(new, ids), vectors)
+            for prep, moments in videos:
+                assert prep.digest is not None
+                cid = self.catalog.insert_content(prep.digest, prep.width, prep.height, prep.taken)
+                ids[prep.digest] = cid
+                self.catalog.add_pending(gen, *self._moment_vectors(cid, moments))
             self.catalog.upsert_files(self._file_rows(rows, ids))
-        self.queue.clear() if encode else None
+        if encode:
+            self.queue.clear()
+            self.finished = []
+            self.queued_vectors = 0
         self.rows = [] if encode else [r for r in self.rows if r not in rows]
-        self.since_checkpoint += len(new)
+        self.since_checkpoint += len(new) + sum(len(m) for _, m in videos)
         if self.since_checkpoint >= self.options.checkpoint_every:
             self.folder.checkpoint()
             self.since_checkpoint = 0
 
-    def _encode(self, pixels: list[Any]) -> npt.NDArray[np.float32]:
+    def _vector_ids(self, new: list[Prepared], ids: dict[str, int]) -> list[int]:
+        """The FAISS ids of ``new``'s vectors in encoding order (main vectors, then views), with the
+        views recorded in the catalog."""
+        main = [ids[p.digest] for p in new if p.digest]
+        extra: list[int] = []
+        for p in new:
+            if p.views and p.digest:
+                cid = ids[p.digest]
+                views = [View(n, kind) for n, (kind, _) in enumerate(p.views, 1)]
+                self.catalog.insert_views(cid, views)
+                extra += [view_id(cid, v.view) for v in views]
+        return main + extra
+
+    def _moment_vectors(
+        self, content_id: int, moments: list[Moment]
+    ) -> tuple[list[int], npt.NDArray[np.float32]]:
+        """Record a video's moments as its views, and return their FAISS ids and vectors.
+
+        The moment most like the whole video is view 0, the content's main vector (what duplicates
+        and "more like this" of the file compare); the others are views 1, 2, ... in time order.
+        """
+        main = representative(moments)
+        order = [main] + [i for i in range(len(moments)) if i != main]
+        views = [View(n, "moment", moments[i].start, moments[i].end) for n, i in enumerate(order)]
+        self.catalog.insert_views(content_id, views)
+        ids = [view_id(content_id, v.view) for v in views]
+        return ids, np.stack([moments[i].vector for i in order])
+
+    def _encode(self, pixels: list[Any] | npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """Vectors of prepared pixels: uint8 from the numpy transform are normalised here, a batch at once."""
         encoder = self.model.encoder()  # waits for the model if it is still loading
-        batch = np.stack(pixels)
+        batch = np.stack(pixels) if isinstance(pixels, list) else pixels
         if batch.dtype == np.uint8:
             assert encoder.pixel_transform is not None  # the only source of uint8 pixels
             batch = encoder.pixel_transform.normalize(batch)
@@ -287,11 +473,16 @@ class _Committer:
 
     def sweep(self, gone: list[str]) -> None:
         """Forget files that disappeared, and the vectors no file uses any more."""
+        self.folder.check_present()
         with self.catalog.transaction():
-            gen = self.catalog.next_gen()
             self.catalog.delete_files(gone)
-            self.catalog.drop_orphan_contents(gen)
+            self.catalog.drop_orphan_contents()
         self.report.removed = len(gone)
+
+
+def _decoding_work(todo: list[tuple[FileRecord, FileState | None]]) -> int:
+    """Roughly how many pictures' worth of decoding the to-do files hold (a video: one per 256 KB)."""
+    return sum(1 + (record.size >> 18 if is_video_name(record.path) else 0) for record, _ in todo)
 
 
 def encode_threads_beside(workers: int, *, passive_wait: bool) -> int:
@@ -341,6 +532,7 @@ def sync(
     try:
         return _sync(folder, model, roots, options, progress)
     except (sqlite3.Error, OSError) as exc:
+        folder.check_present()  # a deleted index folder: say so, not that anything is intact
         raise IndexAccessError(
             folder.path,
             f"Writing the index at {folder.path} failed: {exc}. Everything committed before is intact; "
@@ -357,34 +549,27 @@ def _sync(
 ) -> SyncReport:
     started = time.monotonic()
     catalog = folder.catalog
-    report = SyncReport(index=str(folder.path))
-    if roots:
-        roots = normalize_roots(roots)
-        missing = [r for r in roots if not os.path.exists(r)]
-        if missing:
-            raise UsageError(f"No such file or folder: {', '.join(missing)}")
-    else:
-        roots = catalog.roots()
-        if not roots:
-            raise NoRootsError(folder.path)
-        report.missing_roots = [r for r in roots if not os.path.exists(r)]
-        roots = [r for r in roots if os.path.exists(r)]  # e.g. an unplugged drive: keep its entries
-    with catalog.transaction():
-        catalog.add_roots(roots)
-    plan = plan_sync(
-        catalog, roots, scan(roots, include_hidden=options.include_hidden, exclude=options.exclude)
+    report = SyncReport(index=str(folder.path), rebuild=folder.rebuilding)
+    settings = _record_roots(folder, _roots_of_run(folder, roots, options, report), options)
+    records = scan(
+        list(settings),
+        rules_for=lambda root: (settings[root].include_hidden, settings[root].exclude),
+        avoid=catalog.roots(),
+        warn=report.warnings.append,
     )
+    plan = plan_sync(catalog, list(settings), records)
     report.unchanged = plan.unchanged
+    limits = tuple(sorted((root, pixel_limit(s)) for root, s in settings.items()))
     committer = _Committer(folder, model, report, options)
     try:
         if plan.todo:  # else nothing to decode or encode, and the model is never loaded
             try:
-                _decode_and_encode(folder, model, plan.todo, committer, options, progress, cached=True)
+                _decode_and_encode(model, plan.todo, committer, options, progress, limits, cached=True)
             except StalePreview:
                 report.added = report.updated = report.reused = report.skipped = 0
                 report.unchanged = plan.unchanged
                 committer = _Committer(folder, model, report, options)
-                _decode_and_encode(folder, model, plan.todo, committer, options, progress, cached=False)
+                _decode_and_encode(model, plan.todo, committer, options, progress, limits, cached=False)
         model.confirm(None)  # a new index made from a preview, with nothing to encode
         committer.sweep(plan.gone)
     except KeyboardInterrupt:
@@ -399,13 +584,88 @@ def _sync(
     return report
 
 
+def _roots_of_run(
+    folder: IndexFolder, roots: list[str] | None, options: SyncOptions, report: SyncReport
+) -> dict[str, RootSettings | None]:
+    """The roots this run syncs, each with its recorded settings (None: a new root).
+
+    A root given inside a recorded root syncs that root. A rebuild syncs the roots given, else
+    every root of the index it replaces (all of them must be there).
+    """
+    recorded: dict[str, RootSettings | None] = dict(folder.catalog.root_settings())
+    previous: dict[str, RootSettings | None] = (
+        dict(live_root_settings(folder.path)) if folder.rebuilding else {}
+    )
+    if roots:
+        chosen = normalize_roots(roots)
+        missing = [r for r in chosen if not os.path.exists(r)]
+        if missing:
+            raise UsageError(f"No such file or folder: {', '.join(missing)}")
+        if folder.rebuilding:
+            return {r: recorded.get(r) or previous.get(r) for r in chosen}
+        out: dict[str, RootSettings | None] = {}
+        for root in chosen:
+            enclosing = next((r for r in recorded if r != root and _inside(root, r)), None)
+            if enclosing is not None and options.sets_settings:
+                raise RootInsideRootError(root, enclosing)
+            out[enclosing or root] = recorded.get(enclosing or root)
+        return out
+    base = (previous or recorded) if folder.rebuilding else recorded
+    if not base:
+        raise NoRootsError(folder.path)
+    missing = [r for r in base if not os.path.exists(r)]
+    if missing and folder.rebuilding:
+        raise MissingRootsError(folder.path, missing)
+    report.missing_roots = missing  # e.g. an unplugged drive: its entries are kept
+    return {r: s for r, s in base.items() if r not in missing}
+
+
+def _record_roots(
+    folder: IndexFolder, run: dict[str, RootSettings | None], options: SyncOptions
+) -> dict[str, RootSettings]:
+    """Record the run's roots with their settings; return the settings each root is synced with.
+
+    Recorded roots inside a root of the run become part of it. A rebuild's roots are exactly the
+    run's: a root an earlier, interrupted run of it indexed is dropped with its files. Files
+    skipped as too large are forgotten (so retried) where a root's pixel limit rises.
+    """
+    catalog = folder.catalog
+    recorded = catalog.root_settings()
+    settings = {root: options.settings_for(old) for root, old in run.items()}
+    if folder.rebuilding:
+        dropped = [r for r in recorded if r not in settings]
+    else:
+        dropped = [r for r in recorded if r not in settings and any(_inside(r, root) for root in settings)]
+    changed = {r: s for r, s in settings.items() if recorded.get(r) != s}
+    if not dropped and not changed:
+        return settings  # nothing to write: a sync with nothing to do leaves the index as it was
+    folder.check_present()
+    with catalog.transaction():
+        for root in dropped:
+            catalog.remove_root(root)
+            if folder.rebuilding:
+                catalog.delete_files_under(root)
+        if folder.rebuilding and dropped:
+            catalog.drop_orphan_contents()
+        for root, new in changed.items():
+            catalog.set_root(root, new)
+            old = recorded.get(root)
+            if old is not None and pixel_limit(new) > pixel_limit(old):
+                catalog.delete_skipped_under(root, "too-large")
+    return settings
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _decode_and_encode(
-    folder: IndexFolder,
     model: SyncModel,
     todo: list[tuple[FileRecord, FileState | None]],
     committer: _Committer,
     options: SyncOptions,
     progress: Progress | None,
+    limits: tuple[tuple[str, int], ...],
     *,
     cached: bool,
 ) -> None:
@@ -425,8 +685,12 @@ def _decode_and_encode(
     else:
         known = facts = model.facts()
         transform = facts.pixel_transform.resize_crop if facts.pixel_transform else facts.preprocess
-    job = DecodeJob(folder.catalog.path, transform, draft_side(known), options.max_pixels)
-    use_processes = options.processes and known.pixel_transform is not None and len(todo) >= PROCESS_THRESHOLD
+    sides = committer.folder.meta.coverage == "sides" and known.pixel_transform is not None
+    views = known.pixel_transform.side_views if sides and known.pixel_transform is not None else None
+    job = DecodeJob(committer.catalog.path, transform, draft_side(known), DEFAULT_MAX_PIXELS, limits, views)
+    use_processes = (
+        options.processes and known.pixel_transform is not None and _decoding_work(todo) >= PROCESS_THRESHOLD
+    )
     if progress:
         progress.start(len(todo))
     pool, work, cleanup = open_decoder(job, options.workers, processes=use_processes)
@@ -437,10 +701,18 @@ def _decode_and_encode(
     try:
         # decoded files wait here while the model loads or a batch encodes: 4 batches of uint8
         # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
+        # (a video's window weighs its most samples: two or three windows are in flight)
         window = max(4 * options.batch_size, 4 * options.workers)
-        for prep, old in bounded_map(pool, work, todo, window):
-            committer.take(prep, old)
-            if progress:
+        stream = OrderedStream(pool, work, todo, window, task_cost)
+        for result in stream:
+            if isinstance(result, WindowResult):
+                done = committer.take_window(result)
+            else:
+                video = committer.take(*result)
+                if video is not None:
+                    stream.follow(video.plan)
+                done = video is None
+            if progress and done:
                 progress.advance()
         committer.commit()
     except KeyboardInterrupt:

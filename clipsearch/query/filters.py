@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from clipsearch.encoders.images import IMAGE_EXTENSIONS
+from clipsearch.encoders.video import VIDEO_EXTENSIONS
 from clipsearch.errors import BadValueError
 from clipsearch.store.catalog import FileFilter
 
 #: File types that name the same format (``--type jpeg`` matches ``.jpg``).
 _SAME_TYPE = (("jpg", "jpeg", "jpe"), ("tif", "tiff"), ("heic", "heif"))
-KNOWN_TYPES = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+KNOWN_TYPES = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Filters:
         after / before: only files dated on/after, before this POSIX time (EXIF date, else mtime).
         types: only these file types (lower case, no dot; a type matches its aliases: jpg, jpeg, jpe).
         min_side: only images whose shorter side has at least this many pixels.
+        available: only files that are on disk now (not those of an unplugged drive, nor files
+            deleted since the last sync).
     """
 
     folder: str | None = None
@@ -31,9 +34,10 @@ class Filters:
     before: float | None = None
     types: tuple[str, ...] = field(default_factory=tuple)
     min_side: int | None = None
+    available: bool = False
 
     def active(self) -> bool:
-        return self.for_catalog().active()
+        return self.available or self.for_catalog().active()
 
     def for_catalog(self) -> FileFilter:
         """The catalog's query for these filters."""
@@ -76,6 +80,7 @@ def parse_filters(
     before: str | None = None,
     types: str | None = None,
     min_side: int | None = None,
+    available: bool = False,
 ) -> Filters:
     """Filters from text as a user typed them (a relative folder is taken from the working folder).
 
@@ -90,4 +95,5 @@ def parse_filters(
         before=parse_date(before, name="before") if before else None,
         types=parse_types(types) if types else (),
         min_side=min_side,
+        available=available,
     )

@@ -5,6 +5,7 @@ Pure parsing, no numpy or torch, so ``clipsearch search --help`` can show the gr
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -27,13 +28,38 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _IMAGE_PREFIXES = ("/", "./", "../", "~/")
 
 
+class WeightError(UsageError):
+    """A term's weight is 0, not a finite number, or larger than :data:`MAX_WEIGHT` either way."""
+
+    def __init__(self, value: str, weight: float) -> None:
+        self.value = value
+        self.weight = weight
+        self.problem = (
+            "a weight of 0 removes the term; leave the term out instead"
+            if weight == 0
+            else f"a weight must be a number between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g} (not {weight:g})"
+        )
+        super().__init__(f"Query term {value!r}: {self.problem}.")
+
+
 @dataclass(frozen=True)
 class Term:
-    """One part of a query: text or an image path, with a signed weight."""
+    """One part of a query: text or an image path, with a signed weight.
+
+    Raises:
+        WeightError: the weight is 0, not finite, or beyond ±:data:`MAX_WEIGHT` (checked here, so
+            terms parsed from a query and terms built in Python are held to the same range).
+    """
 
     kind: str  # "text" or "image"
     value: str
     weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "image"):
+            raise UsageError(f"A query term is 'text' or 'image', not {self.kind!r}.")
+        if not (math.isfinite(self.weight) and 0 < abs(self.weight) <= MAX_WEIGHT):
+            raise WeightError(self.value, self.weight)
 
 
 class EmptyQueryError(UsageError):
@@ -67,10 +93,6 @@ def _split_weight(atom: str, expr: str, position: int) -> tuple[str, float]:
             weight = 1.0
     if not atom:
         raise QuerySyntaxError(expr, position, "a weight needs a term (e.g. dog:0.5)")
-    if weight == 0:
-        raise QuerySyntaxError(expr, position, "a weight of 0 removes the term; leave the term out instead")
-    if not abs(weight) <= MAX_WEIGHT:  # also catches inf and nan
-        raise QuerySyntaxError(expr, position, f"a weight must be between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
     return atom, weight
 
 
@@ -83,7 +105,10 @@ def make_term(
     if quoted and not body.strip():
         raise QuerySyntaxError(expr or atom, position, "empty quotes")
     is_image = body.startswith(_IMAGE_PREFIXES) if image is None else image
-    return Term("image" if is_image else "text", body, sign * weight)
+    try:
+        return Term("image" if is_image else "text", body, sign * weight)
+    except WeightError as exc:
+        raise QuerySyntaxError(expr or atom, position, exc.problem) from None
 
 
 def parse_query(expr: str) -> list[Term]:

@@ -92,3 +92,15 @@ def query_vector(model: QueryEncoder, terms: list[Term]) -> npt.NDArray[np.float
         (t.weight, next(text_vecs) if t.kind == "text" else image_vector(model, t.value)) for t in terms
     ]
     return combine(weighted)
+
+
+def query_vectors(model: QueryEncoder, queries: Sequence[list[Term]]) -> list[npt.NDArray[np.float32]]:
+    """:func:`query_vector` of many queries, with the texts of them all encoded in one batch."""
+    texts = [t.value for terms in queries for t in terms if t.kind == "text"]
+    text_vecs = iter(model.encode_texts(texts)) if texts else iter(())
+    return [
+        combine(
+            [(t.weight, next(text_vecs) if t.kind == "text" else image_vector(model, t.value)) for t in terms]
+        )
+        for terms in queries
+    ]

@@ -3,16 +3,39 @@
 Tables (schema version 1):
 
 - ``meta(key, value)``: model, pretrained, weights_sha256, dim, store_kind, schema_version,
-  ``gen`` (last committed batch) and ``vectors_gen`` (generation of the saved FAISS file).
-- ``roots(path)``: folders the user indexed; a sync without roots re-syncs these.
+  ``gen`` (last batch that changed the vectors), ``vectors_gen`` (generation of the saved FAISS
+  file) and ``rebuild_id`` (set when a rebuild replaced the index; a staged rebuild also records
+  ``rebuild_complete`` once it is ready to replace it).
+- ``roots(path, include_hidden, exclude, max_pixels)``: folders the user indexed, with the settings
+  their syncs use (``exclude``: gitignore lines; ``max_pixels`` NULL: the default). A sync without
+  roots re-syncs these. The settings columns were added after version 0.1.0: a writer adds them
+  to an older catalog in place; a reader of an older catalog sees the defaults.
 - ``contents(id, hash, width, height, taken)``: one row per distinct file content (``taken``: EXIF
   DateTimeOriginal as a POSIX time, if the file has one). ``id`` is the FAISS id;
   AUTOINCREMENT so an id is never reused for other content.
 - ``files(path, size, mtime_ns, content_id, error)``: path (the file system's bytes, so names that
   are not valid UTF-8 survive) -> content. ``content_id`` is NULL and
   ``error`` set for files that were skipped.
-- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint.
-- ``tombstones(content_id, gen)``: contents deleted since the last FAISS checkpoint.
+- ``views(content_id, view, kind, t_start, t_end)``: a content's vectors beyond its main one: the
+  side crops of a wide or tall picture (``kind`` ``left``, ``right``, ``top``, ``bottom``,
+  ``part``), and a video's moments (``kind`` ``moment``, ``t_start``/``t_end`` in seconds from its
+  first frame). Every moment of a video has a row: view 0, whose vector is the content's main one,
+  is the moment most like the whole video; views 1, 2, ... are the others, in time order. Added
+  after 0.1.0 (a writer creates it in place; a reader of an older catalog sees no views).
+- ``pending(content_id, gen, vector)``: vectors committed since the last FAISS checkpoint;
+  ``content_id`` is the vector's FAISS id (see :func:`view_id`).
+- ``tombstones(content_id, gen)``: vectors (FAISS ids) deleted since the last FAISS checkpoint.
+- ``judgements(query, hash, label, time)``: a person's marks: the picture with this content
+  ``hash`` is relevant (``label`` 1) or not (0) to ``query`` (as written, in the query grammar),
+  marked at ``time`` (POSIX). Keyed by the content's hash, not its id, so that marks survive a
+  rename, a re-sync and a rebuild (which hands out new ids), and follow a picture that is removed
+  and added again. Added after 0.2: created in place by the first mark (also by a reader, such as
+  the web server: a mark is a small write of its own, allowed while a sync runs); a catalog
+  without the table has no judgements. A rebuild keeps the table (it replaces the others).
+
+FAISS ids: a content's main vector has the content's id; view ``n`` (1, 2, ...) of content ``c``
+has ``VIEW_FLAG | c << VIEW_BITS | n`` (:func:`view_id`), so ids never collide and
+:func:`content_of` maps any of them back to its content.
 """
 
 from __future__ import annotations
@@ -28,13 +51,19 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.errors import IndexAccessError, IndexCorruptError
+from clipsearch.errors import ClipsearchError, IndexAccessError, IndexCorruptError
+from clipsearch.files import free_space_note
 
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS roots (path BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS roots (
+    path BLOB PRIMARY KEY,
+    include_hidden INTEGER NOT NULL DEFAULT 0,
+    exclude TEXT NOT NULL DEFAULT '',
+    max_pixels INTEGER
+);
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash TEXT NOT NULL UNIQUE,
@@ -56,7 +85,101 @@ CREATE TABLE IF NOT EXISTS pending (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tombstones (content_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS views (
+    content_id INTEGER NOT NULL,
+    view INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    t_start REAL,
+    t_end REAL,
+    PRIMARY KEY (content_id, view)
+) WITHOUT ROWID;
 """
+
+#: The judgements table (see the module docstring); created by the first mark, not with the catalog.
+_JUDGEMENTS_SCHEMA = """CREATE TABLE IF NOT EXISTS judgements (
+    query TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    time REAL NOT NULL,
+    PRIMARY KEY (query, hash)
+) WITHOUT ROWID"""
+
+#: The flag of a view's FAISS id, and the bits of the view number below the content id.
+VIEW_FLAG = 1 << 62
+VIEW_BITS = 16
+MAX_VIEWS = (1 << VIEW_BITS) - 1
+_CONTENT_MASK = (1 << (62 - VIEW_BITS)) - 1
+
+
+def view_id(content_id: int, view: int) -> int:
+    """The FAISS id of view ``view`` (1..MAX_VIEWS) of a content; view 0 is the content's own id."""
+    if view == 0:
+        return int(content_id)
+    if not 0 < view <= MAX_VIEWS or not 0 < content_id <= _CONTENT_MASK:
+        raise ValueError(f"view {view} of content {content_id} has no FAISS id")
+    return VIEW_FLAG | (int(content_id) << VIEW_BITS) | view
+
+
+def content_of(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The content ids of FAISS ids (main or view); -1 stays -1."""
+    ids = np.asarray(ids, dtype=np.int64)
+    is_view = (ids > 0) & ((ids & VIEW_FLAG) != 0)
+    return np.where(is_view, (ids >> VIEW_BITS) & _CONTENT_MASK, ids)
+
+
+def view_of(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The view numbers of FAISS ids (0 for a content's main vector)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return np.where((ids > 0) & ((ids & VIEW_FLAG) != 0), ids & MAX_VIEWS, 0)
+
+
+class View(NamedTuple):
+    """A vector of a content beyond its main one: which part of it (``kind``), and when (video)."""
+
+    view: int
+    kind: str
+    t_start: float | None = None
+    t_end: float | None = None
+
+
+#: Columns added to ``roots`` after 0.1.0, with the definitions ``ALTER TABLE`` adds them with.
+_ROOT_SETTINGS_COLUMNS = (
+    ("include_hidden", "INTEGER NOT NULL DEFAULT 0"),
+    ("exclude", "TEXT NOT NULL DEFAULT ''"),
+    ("max_pixels", "INTEGER"),
+)
+#: Tables a rebuild replaces wholesale, with the columns copied.
+_REPLACED_TABLES = {
+    "roots": "path, include_hidden, exclude, max_pixels",
+    "contents": "id, hash, width, height, taken",
+    "files": "path, size, mtime_ns, content_id, error",
+    "pending": "content_id, gen, vector",
+    "tombstones": "content_id, gen",
+    "views": "content_id, view, kind, t_start, t_end",
+    "meta": "key, value",
+}
+
+
+@dataclass(frozen=True)
+class RootSettings:
+    """How a root is synced, recorded with it.
+
+    Args:
+        include_hidden: also index dot-files and files in dot-folders.
+        exclude: gitignore-style patterns, relative to the root, of files and folders left out.
+        max_pixels: images larger than this are skipped; None: the default of the running version.
+    """
+
+    include_hidden: bool = False
+    exclude: tuple[str, ...] = ()
+    max_pixels: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "include_hidden": self.include_hidden,
+            "exclude": list(self.exclude),
+            "max_pixels": self.max_pixels,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,6 +192,23 @@ class IndexMeta:
     dim: int
     store_kind: str = "flat"
     schema_version: int = SCHEMA_VERSION
+    #: which extra vectors a picture gets: ``none``, or ``sides`` (the side crops of a wide or tall
+    #: picture, for models that crop the centre); indexes made before 0.2 record none
+    coverage: str = "none"
+
+
+class Judgement(NamedTuple):
+    """A stored mark: the content with ``hash`` is relevant to ``query`` or not, marked at ``time``.
+
+    ``content_id``: that content's id in this index now; None when no file of it is indexed now
+    (the mark waits for the picture to come back).
+    """
+
+    query: str
+    hash: str
+    relevant: bool
+    time: float
+    content_id: int | None
 
 
 class Entry(NamedTuple):
@@ -180,8 +320,36 @@ class Catalog:
         Readers never write, so an index on read-only media can still be searched.
         """
         self.path = path
+        self.conn = self._connect_or_raise(path, writer)
         try:
-            self.conn = self._connect(path, writer)
+            self._prepare(writer)
+        except BaseException:
+            self.conn.close()  # no file stays open behind a failed open
+            raise
+
+    def _connect_or_raise(self, path: Path, writer: bool) -> sqlite3.Connection:
+        try:
+            return self._connect(path, writer)
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from exc
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> ClipsearchError:
+        path = self.path
+        if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+            return IndexAccessError(
+                path.parent,
+                f"Cannot open the index catalog {path}: {exc}."
+                + (
+                    free_space_note(path.parent)
+                    or " Check that the folder exists and is readable (and writable, to index)."
+                ),
+            )
+        return IndexCorruptError(path.parent, f"{path} is not a clipsearch catalog ({exc}).")
+
+    def _prepare(self, writer: bool) -> None:
+        """Set up a writer's connection (WAL, tables, upgrades); check the schema version."""
+        path = self.path
+        try:
             if writer:
                 # Pages freed when pending vectors move into the FAISS file go back to the file system
                 # (see reclaim_space); only takes effect on a new, empty database.
@@ -189,16 +357,14 @@ class Catalog:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = FULL")
                 self.conn.executescript(f"BEGIN; {_SCHEMA} COMMIT;")  # one transaction: one fsync, not 7
+                self._add_missing_columns()
+            self._root_columns = self._columns("roots")
+            self._has_views = bool(self._columns("views"))
             version = self.get("schema_version")
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
-                raise IndexAccessError(
-                    path.parent,
-                    f"Cannot open the index catalog {path}: {exc}. Check that the folder exists and "
-                    "is readable (and writable, to index).",
-                ) from exc
-            raise IndexCorruptError(path.parent, f"{path} is not a clipsearch catalog ({exc}).") from exc
+            raise self._open_error(exc) from exc
         if version is not None and int(version) != SCHEMA_VERSION:
+            self.conn.close()
             raise IndexCorruptError(
                 path.parent,
                 f"{path} has catalog schema version {version}; this clipsearch reads version "
@@ -206,11 +372,58 @@ class Catalog:
             )
 
     @staticmethod
+    def create(
+        path: Path, meta: IndexMeta, *, extra: dict[str, object] | None = None, first_id: int = 0
+    ) -> None:
+        """Write a new catalog at ``path``: tables, ``meta`` and ``extra`` meta rows, durably, in one file.
+
+        The database is written in rollback-journal mode, so a successful commit leaves everything in
+        ``path`` itself (a WAL left beside a file that is then renamed would take the tables with it);
+        writers switch it to WAL when they open it. ``first_id``: content ids start after it.
+
+        Raises:
+            sqlite3.Error: it could not be written (a full disk, say); ``path`` is then incomplete.
+        """
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = DELETE")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            rows = {**asdict(meta), **(extra or {})}
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?)", [(k, str(v)) for k, v in rows.items()]
+            )
+            if first_id:
+                conn.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('contents', ?)", (first_id,))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a catalog written by an older version in place (columns only ever get added)."""
+        have = self._columns("roots")
+        missing = [(name, kind) for name, kind in _ROOT_SETTINGS_COLUMNS if name not in have]
+        if missing:
+            with self.transaction():
+                for name, kind in missing:
+                    self.conn.execute(f"ALTER TABLE roots ADD COLUMN {name} {kind}")
+
+    @staticmethod
     def _connect(path: Path, writer: bool) -> sqlite3.Connection:
         def connect(uri: str) -> sqlite3.Connection:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fail here, not later
+            try:
+                conn.execute("PRAGMA busy_timeout = 30000")
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fail here, not later
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         try:
@@ -227,12 +440,19 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception.
+
+        A Ctrl-C can land just after ``BEGIN`` returns: inside the ``try``, so it is rolled back too,
+        and a transaction found open anyway (an interrupt in the window before) is rolled back first.
+        """
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -283,6 +503,49 @@ class Catalog:
             "INSERT OR IGNORE INTO roots(path) VALUES (?)", [(os.fsencode(r),) for r in roots]
         )
 
+    def root_settings(self) -> dict[str, RootSettings]:
+        """Every root with its recorded settings (the defaults in a catalog from before settings)."""
+        if "max_pixels" not in self._root_columns:  # an older catalog opened by a reader
+            return {root: RootSettings() for root in self.roots()}
+        rows = self.conn.execute("SELECT path, include_hidden, exclude, max_pixels FROM roots ORDER BY path")
+        return {
+            os.fsdecode(path): RootSettings(bool(hidden), tuple(filter(None, exclude.split("\n"))), limit)
+            for path, hidden, exclude, limit in rows
+        }
+
+    def set_root(self, root: str, settings: RootSettings) -> None:
+        """Record ``root`` with ``settings`` (replacing what it had)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO roots(path, include_hidden, exclude, max_pixels) VALUES (?, ?, ?, ?)",
+            (
+                os.fsencode(root),
+                int(settings.include_hidden),
+                "\n".join(settings.exclude),
+                settings.max_pixels,
+            ),
+        )
+
+    def remove_root(self, root: str) -> None:
+        self.conn.execute("DELETE FROM roots WHERE path = ?", (os.fsencode(root),))
+
+    def delete_files_under(self, root: str) -> int:
+        """Forget every file at or below ``root``; returns how many rows went."""
+        low, high = under(root)
+        cur = self.conn.execute(
+            "DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)", (os.fsencode(root), low, high)
+        )
+        return cur.rowcount
+
+    def delete_skipped_under(self, root: str, reason: str) -> int:
+        """Forget the files at or below ``root`` skipped for ``reason``, so the next sync retries them."""
+        low, high = under(root)
+        cur = self.conn.execute(
+            "DELETE FROM files WHERE content_id IS NULL AND error LIKE ? "
+            "AND (path = ? OR (path >= ? AND path < ?))",
+            (f"{reason}:%", os.fsencode(root), low, high),
+        )
+        return cur.rowcount
+
     def files_under(self, root: str) -> dict[str, FileState]:
         """Every catalogued file at or below ``root``."""
         low, high = under(root)
@@ -305,11 +568,29 @@ class Catalog:
 
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
+        contents = one("SELECT count(*) FROM contents").fetchone()[0]
+        views = one("SELECT count(*) FROM views WHERE view > 0").fetchone()[0] if self._has_views else 0
         return {
             "files": one("SELECT count(*) FROM files WHERE content_id IS NOT NULL").fetchone()[0],
-            "vectors": one("SELECT count(*) FROM contents").fetchone()[0],
+            "contents": contents,
+            "vectors": contents + views,
             "skipped": one("SELECT count(*) FROM files WHERE content_id IS NULL").fetchone()[0],
         }
+
+    def video_counts(self) -> dict[str, float]:
+        """Video files, distinct videos, their moments and their total length in seconds."""
+        if not self._has_views:
+            return {"videos": 0, "video_contents": 0, "moments": 0, "video_seconds": 0.0}
+        contents, moments, seconds = self.conn.execute(
+            "SELECT count(*), COALESCE(sum(n), 0), COALESCE(sum(length), 0) FROM "
+            "(SELECT count(*) AS n, max(t_end) AS length FROM views WHERE kind = 'moment' "
+            "GROUP BY content_id)"
+        ).fetchone()
+        files = self.conn.execute(
+            "SELECT count(*) FROM files WHERE content_id IN (SELECT content_id FROM views WHERE view = 0 "
+            "AND kind = 'moment')"
+        ).fetchone()[0]
+        return {"videos": files, "video_contents": contents, "moments": moments, "video_seconds": seconds}
 
     def entries_matching(self, where: FileFilter) -> dict[int, list[Entry]]:
         """content id -> its files that pass the filter."""
@@ -325,9 +606,123 @@ class Catalog:
             out.update(_group(self.conn.execute(f"{_ENTRY_SQL} WHERE f.content_id IN ({marks})", chunk)))
         return out
 
+    def has_views(self) -> bool:
+        """Whether any content has vectors beyond its main one."""
+        return self._has_views and self.conn.execute("SELECT 1 FROM views LIMIT 1").fetchone() is not None
+
+    def view_ids_of(self, content_ids: Sequence[int]) -> list[int]:
+        """The FAISS ids of the extra views of these contents."""
+        if not self._has_views:
+            return []
+        out: list[int] = []
+        for start in range(0, len(content_ids), 500):
+            chunk = [int(i) for i in content_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(  # a video's view 0 is its main vector
+                f"SELECT content_id, view FROM views WHERE view > 0 AND content_id IN ({marks})", chunk
+            )
+            out += [view_id(cid, view) for cid, view in rows]
+        return out
+
+    def views_of(self, content_ids: Sequence[int]) -> dict[int, dict[int, View]]:
+        """content id -> view number -> its view, for the ids given (contents without views: absent)."""
+        out: dict[int, dict[int, View]] = {}
+        if not self._has_views:
+            return out
+        for start in range(0, len(content_ids), 500):
+            chunk = [int(i) for i in content_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(
+                f"SELECT content_id, view, kind, t_start, t_end FROM views WHERE content_id IN ({marks})",
+                chunk,
+            )
+            for cid, view, kind, t_start, t_end in rows:
+                out.setdefault(int(cid), {})[int(view)] = View(int(view), kind, t_start, t_end)
+        return out
+
     def skipped(self) -> list[tuple[str, str]]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE content_id IS NULL ORDER BY path")
         return [(os.fsdecode(path), error) for path, error in rows]
+
+    # -- judgements (their own small transactions, also from a reader's connection) -----------
+
+    def has_judgements_table(self) -> bool:
+        """Whether the judgements table exists (another process may have created it since we opened)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'judgements'"
+        ).fetchone()
+        return row is not None
+
+    def mark(self, query: str, marks: Sequence[tuple[int, bool | None]], when: float) -> list[int]:
+        """Mark contents relevant (True) or not (False) to ``query``, replacing earlier marks; None
+        removes a content's mark. One transaction; returns, per mark, whether it changed a row (1, 0).
+
+        Raises:
+            IndexAccessError: the catalog cannot be written (read-only media, permissions).
+        """
+        changed = []
+        try:
+            with self.transaction():
+                self.conn.execute(_JUDGEMENTS_SCHEMA)
+                for cid, relevant in marks:
+                    if relevant is None:
+                        cur = self.conn.execute(
+                            "DELETE FROM judgements WHERE query = ? "
+                            "AND hash = (SELECT hash FROM contents WHERE id = ?)",
+                            (query, int(cid)),
+                        )
+                    else:
+                        cur = self.conn.execute(
+                            "INSERT OR REPLACE INTO judgements(query, hash, label, time) "
+                            "SELECT ?, hash, ?, ? FROM contents WHERE id = ?",
+                            (query, int(relevant), when, int(cid)),
+                        )
+                    changed.append(max(cur.rowcount, 0))
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "read-only" not in str(exc):
+                raise
+            raise IndexAccessError(
+                self.path.parent,
+                f"Cannot record judgements in the index at {self.path.parent}: its catalog is read-only "
+                f"({exc}). Judgements are stored in the index; make its folder writable.",
+            ) from exc
+        return changed
+
+    def judgements(self, query: str | None = None) -> list[Judgement]:
+        """Every stored mark (of ``query`` only, if given), by query then time."""
+        if not self.has_judgements_table():
+            return []
+        sql = (
+            "SELECT j.query, j.hash, j.label, j.time, c.id FROM judgements j "
+            "LEFT JOIN contents c ON c.hash = j.hash"
+        )
+        rows = (
+            self.conn.execute(f"{sql} WHERE j.query = ? ORDER BY j.time, j.hash", (query,))
+            if query is not None
+            else self.conn.execute(f"{sql} ORDER BY j.query, j.time, j.hash")
+        )
+        return [Judgement(q, h, bool(label), float(t), cid) for q, h, label, t, cid in rows]
+
+    def judgements_state(self) -> tuple[int, float]:
+        """(how many marks name a content indexed now, the time of the latest mark): what a result
+        computed from the judgements depends on."""
+        if not self.has_judgements_table():
+            return 0, 0.0
+        count, latest = self.conn.execute(
+            "SELECT count(c.id), coalesce(max(j.time), 0) FROM judgements j "
+            "LEFT JOIN contents c ON c.hash = j.hash"
+        ).fetchone()
+        return int(count), float(latest)
+
+    def contents_with_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        """hash -> content id, for the hashes of contents in this index."""
+        out: dict[str, int] = {}
+        for start in range(0, len(hashes), 500):
+            chunk = list(hashes[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT hash, id FROM contents WHERE hash IN ({marks})", chunk)
+            out.update({h: int(i) for h, i in rows})
+        return out
 
     # -- writes (call inside transaction()) ---------------------------------------------------
 
@@ -335,6 +730,13 @@ class Catalog:
         gen = self.get_int("gen") + 1
         self.set("gen", gen)
         return gen
+
+    def insert_views(self, content_id: int, views: Sequence[View]) -> None:
+        """Record a new content's extra views (their vectors: :meth:`add_pending`, ids :func:`view_id`)."""
+        self.conn.executemany(
+            "INSERT INTO views(content_id, view, kind, t_start, t_end) VALUES (?, ?, ?, ?, ?)",
+            [(int(content_id), v.view, v.kind, v.t_start, v.t_end) for v in views],
+        )
 
     def insert_content(self, digest: str, width: int, height: int, taken: float | None) -> int:
         cur = self.conn.execute(
@@ -358,8 +760,9 @@ class Catalog:
     def delete_files(self, paths: Iterable[str]) -> None:
         self.conn.executemany("DELETE FROM files WHERE path = ?", [(os.fsencode(p),) for p in paths])
 
-    def drop_orphan_contents(self, gen: int) -> int:
-        """Delete contents no file points to; tombstone their ids for the vector store."""
+    def drop_orphan_contents(self) -> int:
+        """Delete contents no file points to and tombstone their ids for the vector store (under a
+        new ``gen``, only if there are any); returns how many."""
         orphans = [
             r[0]
             for r in self.conn.execute(
@@ -367,12 +770,55 @@ class Catalog:
                 " WHERE NOT EXISTS (SELECT 1 FROM files WHERE content_id = contents.id)"
             )
         ]
+        if not orphans:
+            return 0
+        gen = self.next_gen()
+        dead = orphans + self.view_ids_of(orphans)
         self.conn.executemany("DELETE FROM contents WHERE id = ?", [(i,) for i in orphans])
-        self.conn.executemany("DELETE FROM pending WHERE content_id = ?", [(i,) for i in orphans])
+        if self._has_views:
+            self.conn.executemany("DELETE FROM views WHERE content_id = ?", [(i,) for i in orphans])
+        self.conn.executemany("DELETE FROM pending WHERE content_id = ?", [(i,) for i in dead])
         self.conn.executemany(
-            "INSERT OR REPLACE INTO tombstones(content_id, gen) VALUES (?, ?)", [(i, gen) for i in orphans]
+            "INSERT OR REPLACE INTO tombstones(content_id, gen) VALUES (?, ?)", [(i, gen) for i in dead]
         )
         return len(orphans)
+
+    def last_content_id(self) -> int:
+        """The largest content id ever handed out (ids are never reused)."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'contents'").fetchone()
+        return int(row[0]) if row else 0
+
+    def replace_with(self, staged: Path, meta: dict[str, object | None]) -> None:
+        """Replace every row with those of the catalog at ``staged``, then set ``meta`` (None: delete
+        the key): one transaction.
+
+        Readers see the old index or the new one, never a mix. Content ids are copied as they are
+        (the staged catalog's ids start above every id handed out here, so none is reused).
+        """
+        self.conn.execute("ATTACH DATABASE ? AS staged", (str(staged),))
+        try:
+            with self.transaction():
+                last = max(self.last_content_id(), self._staged_last_id())
+                for table, columns in _REPLACED_TABLES.items():
+                    self.conn.execute(f"DELETE FROM main.{table}")
+                    self.conn.execute(
+                        f"INSERT INTO main.{table}({columns}) SELECT {columns} FROM staged.{table}"
+                    )
+                for key, value in meta.items():
+                    if value is None:
+                        self.conn.execute("DELETE FROM main.meta WHERE key = ?", (key,))
+                    else:
+                        self.set(key, value)
+                self.conn.execute("DELETE FROM main.sqlite_sequence WHERE name = 'contents'")
+                self.conn.execute(
+                    "INSERT INTO main.sqlite_sequence(name, seq) VALUES ('contents', ?)", (last,)
+                )
+        finally:
+            self.conn.execute("DETACH DATABASE staged")
+
+    def _staged_last_id(self) -> int:
+        row = self.conn.execute("SELECT seq FROM staged.sqlite_sequence WHERE name = 'contents'").fetchone()
+        return int(row[0]) if row else 0
 
     # -- vector log ---------------------------------------------------------------------------
 

@@ -2,16 +2,16 @@
 
 Readers see the last committed state: the FAISS checkpoint file named in the catalog, plus the
 vectors committed since (``pending``), minus contents deleted since (``tombstones``). The commit
-protocol is described in ``indexes/README.md``. Nothing here knows a model: the folder records
+protocol is described in ``indexes/README.md``; a rebuild is staged beside the index and swapped
+in when complete (:mod:`clipsearch.store.rebuild`). Nothing here knows a model: the folder records
 the model's facts (:class:`IndexMeta`) as the façade gives them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,43 +19,72 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from clipsearch.errors import IndexAccessError, IndexBusyError, IndexCorruptError, IndexNotFoundError
-from clipsearch.files import fsync_path
-from clipsearch.store.catalog import Catalog, IndexMeta
+from clipsearch.errors import (
+    IndexAccessError,
+    IndexCorruptError,
+    IndexGoneError,
+    IndexNotFoundError,
+    NotARootError,
+    UsageError,
+)
+from clipsearch.files import free_space_note
+from clipsearch.store import rebuild as staged
+from clipsearch.store.catalog import Catalog, IndexMeta, view_id
+from clipsearch.store.layout import (
+    CATALOG_FILE,
+    LOCK_FILE,
+    acquire_lock,
+    check_is_folder,
+    check_not_busy,
+    create_catalog,
+    exists,
+    index_root,
+    not_writable,
+    sweep_vector_files,
+    vectors_file,
+)
 from clipsearch.store.vectors import VectorStore, create_store, load_store
 
-CATALOG_FILE = "catalog.sqlite"
-LOCK_FILE = "write.lock"
-_OWN_FILES = (CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm", LOCK_FILE)
-#: Folders older versions exported the text encoder into, inside the index (now in the model cache).
-_LEGACY_GLOBS = ("text-onnx-*", ".text-onnx-tmp-*")
+__all__ = [
+    "CATALOG_FILE",
+    "LOCK_FILE",
+    "IndexFolder",
+    "check_not_busy",
+    "exists",
+    "index_root",
+    "vectors_file",
+]
 
 
-def vectors_file(gen: int) -> str:
-    """Name of the FAISS checkpoint holding every vector committed up to ``gen``."""
-    return f"vectors-{gen:010d}.faiss"
-
-
-def index_root(path: str | Path) -> Path:
-    """The absolute folder of an index, from what a caller gave."""
-    return Path(path).expanduser().absolute()
-
-
-def exists(path: str | Path) -> bool:
-    """Whether an index (its catalog) is at ``path``."""
-    return (index_root(path) / CATALOG_FILE).is_file()
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 class IndexFolder:
     """An index directory: open with :meth:`open` (read) or :meth:`open_for_write` (create/sync)."""
 
-    def __init__(self, path: Path, catalog: Catalog, meta: IndexMeta, *, lock_fd: int | None = None) -> None:
-        self.path = path
+    def __init__(
+        self,
+        path: Path,
+        catalog: Catalog,
+        meta: IndexMeta,
+        *,
+        lock_fd: int | None = None,
+        data: Path | None = None,
+    ) -> None:
+        self.path = path  # the index folder
+        self.data = data or path  # where this catalog and its vectors live: the index, or its staged rebuild
         self.catalog = catalog
         self.meta = meta
         self._lock_fd = lock_fd
         self._store: VectorStore | None = None
         self._store_gen = -1
+        self._rebuild_id = catalog.get(staged.REBUILD_ID)
+        self._identity = _identity(self.data / CATALOG_FILE)
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -68,7 +97,7 @@ class IndexFolder:
             IndexCorruptError: something is there but it is not a clipsearch index.
         """
         root = index_root(path)
-        _check_is_folder(root)
+        check_is_folder(root)
         if not (root / CATALOG_FILE).is_file():
             raise IndexNotFoundError(root)
         catalog = Catalog(root / CATALOG_FILE)
@@ -80,15 +109,26 @@ class IndexFolder:
 
     @classmethod
     def open_for_write(
-        cls, path: str | Path, new_meta: Callable[[], IndexMeta] | None = None, *, rebuild: bool = False
+        cls,
+        path: str | Path,
+        new_meta: Callable[[], IndexMeta] | None = None,
+        *,
+        rebuild: bool = False,
+        resume: Callable[[IndexMeta], bool] | None = None,
     ) -> IndexFolder:
         """Open an index to write, holding the writer lock; create it (from ``new_meta()``) if missing.
 
+        A rebuild of an existing index is staged beside it (readers keep using the index) and
+        replaces it when :meth:`finish_rebuild` is called; a rebuild that was interrupted is resumed
+        if ``resume`` accepts its metadata, else started over. Before anything else, a complete
+        rebuild that a crash kept from replacing the index does so now.
+
         Args:
             path: the index folder.
-            new_meta: the metadata of a new index; called only when one is created. None: the
-                index must exist.
-            rebuild: delete the index's contents first (a new index is created).
+            new_meta: the metadata of a new index (or rebuild); called only when one is created.
+                None: the index must exist.
+            rebuild: build a new index to replace this one.
+            resume: whether an unfinished rebuild with this metadata may be continued (default: yes).
 
         Raises:
             IndexBusyError: another process is writing to this index.
@@ -96,30 +136,48 @@ class IndexFolder:
             IndexNotFoundError: no index there and no ``new_meta``.
         """
         root = index_root(path)
-        _check_is_folder(root)
+        check_is_folder(root)
+        if rebuild and new_meta is None:
+            raise UsageError("A rebuild needs the metadata of the index to build.")
+        created = not root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
-            lock_fd = _acquire_lock(root)
+            lock_fd = acquire_lock(root)
         except OSError as exc:
-            raise IndexAccessError(
-                root, f"Cannot write to the index folder {root}: {exc.strerror or exc}."
-            ) from exc
+            raise not_writable(root, exc) from exc
         try:
-            if rebuild:
-                _remove_index_files(root)
-            if not (root / CATALOG_FILE).exists():
-                if new_meta is None:
-                    raise IndexNotFoundError(root)
-                _create_catalog(root / CATALOG_FILE, new_meta())
-            catalog = Catalog(root / CATALOG_FILE, writer=True)
+            _settle(root)
+            live = root / CATALOG_FILE
+            data = root
+            if rebuild and (live.exists() or staged.staged_info(root) is not None):
+                assert new_meta is not None
+                catalog = staged.open_staging(root, new_meta, resume or (lambda meta: True))
+                data = staged.staging_dir(root)
+            else:
+                if not live.exists():
+                    if new_meta is None:
+                        raise IndexNotFoundError(root)
+                    create_catalog(live, new_meta(), index=root)
+                catalog = Catalog(live, writer=True)
             meta = catalog.meta()
             if meta is None:
                 catalog.close()
-                raise IndexCorruptError(root, f"{root / CATALOG_FILE} holds no index metadata.")
+                raise IndexCorruptError(root, f"{data / CATALOG_FILE} holds no index metadata.")
+        except (sqlite3.Error, OSError) as exc:  # e.g. the disk filled up while the catalog was made
+            os.close(lock_fd)
+            if created:  # a failed creation leaves nothing behind
+                shutil.rmtree(root, ignore_errors=True)
+            raise IndexAccessError(
+                root,
+                f"Cannot write the index at {root}: {exc}."
+                + (free_space_note(root) or " Check the folder's permissions, then run the command again."),
+            ) from exc
         except BaseException:
             os.close(lock_fd)
+            if created:  # a failed creation leaves nothing behind
+                shutil.rmtree(root, ignore_errors=True)
             raise
-        folder = cls(root, catalog, meta, lock_fd=lock_fd)
+        folder = cls(root, catalog, meta, lock_fd=lock_fd, data=data)
         folder._sweep_stale_vector_files()
         return folder
 
@@ -133,11 +191,98 @@ class IndexFolder:
         self.catalog.write_meta(meta)
         self.meta = meta
 
+    @property
+    def rebuilding(self) -> bool:
+        """Whether this is a staged rebuild (see :meth:`finish_rebuild`), not yet the index."""
+        return self.data != self.path
+
+    def finish_rebuild(self) -> None:
+        """Replace the index with this staged rebuild, atomically for readers; the folder is then
+        the index. Nothing to do unless :attr:`rebuilding`.
+
+        Raises:
+            IndexAccessError: the replacement failed (full disk...): the index is as it was, and the
+                complete rebuild replaces it on the next open to write.
+        """
+        if not self.rebuilding:
+            return
+        self.checkpoint()
+        try:
+            staged.mark_complete(self.catalog)
+            self.catalog.close()
+            staged.swap_in(self.path)
+            catalog = Catalog(self.path / CATALOG_FILE, writer=True)
+        except (sqlite3.Error, OSError) as exc:
+            raise IndexAccessError(
+                self.path,
+                f"Replacing the index at {self.path} with its rebuild failed: {exc}. The index is as it "
+                "was and the rebuild is complete beside it; once the cause is fixed (free disk space, "
+                "permissions), the next sync of this index puts the rebuild in its place.",
+            ) from exc
+        self.catalog, self.data = catalog, self.path
+        self._store, self._store_gen = None, -1
+        self._rebuild_id = catalog.get(staged.REBUILD_ID)
+        self._identity = _identity(self.path / CATALOG_FILE)
+
+    def check_present(self) -> None:
+        """Raise :class:`IndexGoneError` if the index folder was deleted (or replaced) since it was opened.
+
+        SQLite goes on writing into a deleted catalog without complaint: a writer checks this before
+        each commit, so that a run stops as soon as its work can no longer be kept.
+        """
+        if _identity(self.data / CATALOG_FILE) != self._identity:
+            raise IndexGoneError(self.path)
+
+    @property
+    def rebuild_id(self) -> str | None:
+        """Names the rebuild that made the index as this folder last read it (None: never rebuilt)."""
+        return self._rebuild_id
+
+    def follow_rebuild(self) -> bool:
+        """For a reader: whether a rebuild has replaced the index since it was last read; if so, the
+        folder takes up the new index (its metadata now, its vectors on next use)."""
+        with self.catalog.snapshot():
+            rebuild_id = self.catalog.get(staged.REBUILD_ID)
+            if rebuild_id == self._rebuild_id:
+                return False
+            meta = self.catalog.meta()
+        if meta is not None:
+            self.meta = meta
+        self._rebuild_id, self._store, self._store_gen = rebuild_id, None, -1
+        return True
+
+    def forget_root(self, root: str) -> int:
+        """Remove a recorded root, its files, and the vectors no file uses any more; returns the
+        number of files removed.
+
+        Raises:
+            NotARootError: ``root`` is not one of the recorded roots.
+        """
+        roots = self.catalog.roots()
+        if root not in roots:
+            raise NotARootError(self.path, root, roots)
+        self.check_present()
+        with self.catalog.transaction():
+            removed = self.catalog.delete_files_under(root)
+            self.catalog.remove_root(root)
+            self.catalog.drop_orphan_contents()
+        self.checkpoint()
+        return removed
+
     def close(self) -> None:
+        empty_rebuild = self.rebuilding and self._lock_fd is not None and self._records_nothing()
         self.catalog.close()
+        if empty_rebuild:  # opened, but nothing recorded (no roots, say): leave nothing behind
+            shutil.rmtree(self.data, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _records_nothing(self) -> bool:
+        try:
+            return not self.catalog.roots() and not self.catalog.counts()["files"]
+        except sqlite3.Error:
+            return False
 
     def __enter__(self) -> IndexFolder:
         return self
@@ -161,30 +306,35 @@ class IndexFolder:
             with self.catalog.snapshot():
                 gen = self.catalog.get_int("gen")
                 vgen = self.catalog.get_int("vectors_gen")
-                incremental = self._store is not None and vgen <= self._store_gen
+                rebuild_id = self.catalog.get(staged.REBUILD_ID)
+                same_index = rebuild_id == self._rebuild_id  # else a rebuild replaced it: load it whole
+                meta = self.meta if same_index else (self.catalog.meta() or self.meta)
+                incremental = self._store is not None and same_index and vgen <= self._store_gen
                 since = self._store_gen if incremental else vgen
-                ids, vectors = self.catalog.pending_after(since, self.meta.dim)
+                ids, vectors = self.catalog.pending_after(since, meta.dim)
                 dead = self.catalog.tombstones_after(since)
             try:
                 store = (
-                    self._store if incremental and self._store is not None else self._load_checkpoint(vgen)
+                    self._store
+                    if incremental and self._store is not None
+                    else self._load_checkpoint(vgen, meta)
                 )
             except FileNotFoundError:
                 continue
             store.remove(dead)
             store.add(ids, vectors)
-            self._store, self._store_gen = store, gen
+            self._store, self._store_gen, self.meta, self._rebuild_id = store, gen, meta, rebuild_id
             return
         raise IndexCorruptError(
-            self.path, f"The vectors file {self.path / vectors_file(vgen)} named by the catalog is missing."
+            self.path, f"The vectors file {self.data / vectors_file(vgen)} named by the catalog is missing."
         )
 
-    def _load_checkpoint(self, vgen: int) -> VectorStore:
+    def _load_checkpoint(self, vgen: int, meta: IndexMeta) -> VectorStore:
         if vgen == 0:
-            return create_store(self.meta.store_kind, self.meta.dim)
-        path = self.path / vectors_file(vgen)
+            return create_store(meta.store_kind, meta.dim)
+        path = self.data / vectors_file(vgen)
         try:
-            return load_store(self.meta.store_kind, path)
+            return load_store(meta.store_kind, path)
         except RuntimeError as exc:  # faiss raises RuntimeError on unreadable files
             if not path.exists():  # replaced by a newer checkpoint since our snapshot: retry
                 raise FileNotFoundError(path) from exc
@@ -198,8 +348,9 @@ class IndexFolder:
         old = self.catalog.get_int("vectors_gen")
         if gen == old:
             return
+        self.check_present()
         store = self.store
-        store.save(self.path / vectors_file(self._store_gen))
+        store.save(self.data / vectors_file(self._store_gen))
         with self.catalog.transaction():
             self.catalog.set("vectors_gen", self._store_gen)
             self.catalog.forget_log_through(self._store_gen)
@@ -207,14 +358,10 @@ class IndexFolder:
         self._sweep_stale_vector_files()
 
     def _sweep_stale_vector_files(self) -> None:
-        keep = vectors_file(self.catalog.get_int("vectors_gen"))
-        for entry in self.path.glob("vectors-*.faiss*"):
-            if entry.name != keep:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        sweep_vector_files(self.data, keep=vectors_file(self.catalog.get_int("vectors_gen")))
 
     def stored_vector(self, path: str) -> npt.NDArray[np.float32] | None:
-        """The indexed vector of ``path`` if the file is indexed and unchanged on disk, else None."""
+        """The indexed (unit) vector of ``path`` if the file is indexed and unchanged on disk, else None."""
         state = self.catalog.file(path)
         if state is None or state.content_id is None:
             return None
@@ -224,12 +371,27 @@ class IndexFolder:
             return None
         if (st.st_size, st.st_mtime_ns) != (state.size, state.mtime_ns):
             return None
-        return self.store.reconstruct(np.array([state.content_id], dtype=np.int64))[0]
+        return self.content_vector(state.content_id)
+
+    def content_vector(self, content_id: int, view: int = 0) -> npt.NDArray[np.float32]:
+        """A content's main vector (or that of its ``view``: a side view, a video moment), of unit
+        length as the model gave it (the store's 8-bit codes give it back within 0.1% of unit
+        length, which would otherwise scale every score of a search with it).
+
+        Raises:
+            RuntimeError: the store does not hold it (FAISS's error for an unknown id).
+        """
+        vector = self.store.reconstruct(np.array([view_id(content_id, view)], dtype=np.int64))[0]
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
 
     def info(self) -> dict[str, Any]:
-        """What is in the index, which model, where it lives."""
+        """What is in the index, which model, where it lives, each root's settings, and an
+        unfinished rebuild if there is one."""
         counts = self.catalog.counts()
+        videos = self.catalog.video_counts()
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        settings = self.catalog.root_settings()
         return {
             "index": str(self.path),
             "model": self.meta.model,
@@ -238,67 +400,27 @@ class IndexFolder:
             "dim": self.meta.dim,
             "store": self.meta.store_kind,
             "schema_version": self.meta.schema_version,
+            "coverage": self.meta.coverage,
             "count": counts["files"],
+            "contents": counts["contents"],
             "vectors": counts["vectors"],
             "skipped": counts["skipped"],
-            "roots": self.catalog.roots(),
+            "videos": videos["videos"],
+            "moments": videos["moments"],
+            "video_seconds": round(float(videos["video_seconds"]), 3),
+            "roots": list(settings),
+            "root_settings": [{"path": root, **s.to_dict()} for root, s in settings.items()],
             "size_bytes": size,
+            "rebuild": None if self.rebuilding else staged.staged_info(self.path),
         }
 
 
-def _check_is_folder(root: Path) -> None:
-    if root.exists() and not root.is_dir():
-        raise IndexCorruptError(root, f"{root} is a file, not an index folder.", rebuildable=False)
-
-
-def _create_catalog(path: Path, meta: IndexMeta) -> None:
-    """Create a catalog with its metadata under a temporary name, then rename it into place.
-
-    A reader therefore never sees a catalog without tables or metadata.
-    """
-    tmp = path.with_name(path.name + ".new")
-    for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-        leftover.unlink(missing_ok=True)
-    catalog = Catalog(tmp, writer=True)
-    catalog.write_meta(meta)
-    catalog.close()
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def check_not_busy(path: str | Path) -> None:
-    """Fail fast (before loading any model) if another process is writing to the index at ``path``."""
-    root = index_root(path)
-    if (root / LOCK_FILE).is_file():
-        os.close(_acquire_lock(root))
-
-
-def _acquire_lock(root: Path) -> int:
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+def _settle(root: Path) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise IndexBusyError(root, holder) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def _remove_index_files(root: Path) -> None:
-    for name in _OWN_FILES[:-1]:
-        with contextlib.suppress(FileNotFoundError):
-            (root / name).unlink()
-    for entry in root.glob("vectors-*.faiss*"):
-        entry.unlink()
-    thumbs = root / "thumbnails"
-    if thumbs.is_dir():
-        shutil.rmtree(thumbs)
-    for pattern in _LEGACY_GLOBS:
-        for entry in root.glob(pattern):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+        staged.settle(root)
+    except (sqlite3.Error, OSError) as exc:
+        raise IndexAccessError(
+            root,
+            f"A complete rebuild of the index at {root} could not replace it yet: {exc}. The index is as "
+            "it was; free some disk space (or fix the folder's permissions) and try again.",
+        ) from exc

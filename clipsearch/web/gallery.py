@@ -10,9 +10,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from clipsearch.encoders.images import open_image
-from clipsearch.errors import ImageError
-from clipsearch.query.rank import Hit
+from clipsearch.encoders.images import DEFAULT_MAX_PIXELS, open_image
+from clipsearch.encoders.video import frame_at
+from clipsearch.errors import ImageError, OutputFileError
+from clipsearch.files import write_atomic
+from clipsearch.query.rank import Hit, moment_span
 
 THUMB_SIDE = 256
 
@@ -27,10 +29,14 @@ figcaption { padding: .5rem; font-size: .8rem; word-break: break-all; }
 """
 
 
-def thumbnail_data_uri(path: str, side: int = THUMB_SIDE) -> str | None:
-    """A JPEG thumbnail of ``path`` (EXIF orientation applied) as a data: URI, or None if unreadable."""
+def thumbnail_data_uri(path: str, side: int = THUMB_SIDE, *, at: float | None = None) -> str | None:
+    """A JPEG thumbnail of ``path`` (EXIF orientation applied; of a video, its frame at ``at`` seconds)
+    as a data: URI, or None if unreadable."""
     try:
-        img = open_image(path, min_side=side)
+        if at is not None:
+            img = frame_at(path, at, max_pixels=DEFAULT_MAX_PIXELS, side=side)
+        else:
+            img = open_image(path, min_side=side)
     except ImageError:
         return None
     img.thumbnail((side, side))
@@ -43,14 +49,16 @@ def render_gallery(query: str, hits: list[Hit]) -> str:
     """The HTML page for ``hits`` of ``query``."""
     cards = []
     for rank_no, hit in enumerate(hits, 1):
-        uri = thumbnail_data_uri(hit.path)
-        link = "file://" + quote(os.fsencode(hit.path))
+        uri = thumbnail_data_uri(hit.path, at=hit.t_start if hit.is_moment else None)
+        link = "file://" + quote(os.fsencode(hit.path)) + (f"#t={hit.t_start:g}" if hit.is_moment else "")
+        when = f" · {moment_span(hit)}" if hit.is_moment else ""
         name = html.escape(hit.path.encode("utf-8", "replace").decode())
         image = f'<img src="{uri}" alt="{name}">' if uri else '<div class="missing">unreadable</div>'
         date = datetime.fromtimestamp(hit.date, timezone.utc).strftime("%Y-%m-%d")
         cards.append(
             f'<figure><a href="{link}">{image}</a><figcaption><span class="score">#{rank_no} · '
-            f"{hit.score:.3f}</span> · {hit.width}×{hit.height} · {date}<br>{name}</figcaption></figure>"
+            f"{hit.score:.3f}</span>{when} · {hit.width}×{hit.height} · {date}<br>{name}"
+            "</figcaption></figure>"
         )
     title = html.escape(query)
     return (
@@ -62,7 +70,14 @@ def render_gallery(query: str, hits: list[Hit]) -> str:
 
 
 def write_gallery(target: Path, query: str, hits: list[Hit]) -> None:
-    """Write the page atomically (temp file, then rename)."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(render_gallery(query, hits), encoding="utf-8")
-    os.replace(tmp, target)
+    """Write the page atomically (a unique temp file beside it, then a rename).
+
+    Raises:
+        OutputFileError: ``target`` cannot be written (its folder is missing, it is a folder, the
+            disk is full...); no temp file is left behind.
+    """
+    page = render_gallery(query, hits).encode("utf-8")
+    try:
+        write_atomic(target, page)
+    except OSError as exc:
+        raise OutputFileError(target, exc.strerror or str(exc)) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -11,6 +12,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from clipsearch.shapes import train, world
 from conftest import announced
@@ -105,21 +107,23 @@ def test_dataloader_workers_yield_the_same_batches_as_inline() -> None:
         assert captions == expected_captions
 
 
-def test_the_strided_tower_reads_twice_the_input_side_into_the_same_feature_grid() -> None:
-    """The shipped tower's stride-2 stem: a 128-px input reaches the stages at the 64-px tower's grid."""
-    import timm
+def test_a_run_can_start_from_a_trained_model_folder(tmp_path: Path) -> None:
+    """--init: the run starts from the folder's weights (with a zero learning rate it ends there too),
+    and the card names the starting weights by their SHA-256."""
+    from clipsearch.shapes import MODEL_DIR
 
-    from clipsearch.shapes import tower
-
-    strided, plain = timm.create_model(tower.STRIDED_TOWER_NAME), timm.create_model(tower.TOWER_NAME)
-    assert train.MODEL_CFG["vision_cfg"]["timm_model_name"] == tower.STRIDED_TOWER_NAME
-    with torch.no_grad():
-        wide = strided.eval().forward_features(torch.zeros(2, 3, 128, 128))
-        narrow = plain.eval().forward_features(torch.zeros(2, 3, 64, 64))
-    assert wide.shape == narrow.shape == (2, 256, 8, 8)
-    assert strided(torch.zeros(2, 3, 128, 128)).shape == (2, 256)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        timm.create_model(tower.STRIDED_TOWER_NAME, pretrained=True)
+    config = train.TrainConfig(steps=1, batch_size=8, workers=0, lr=0.0, warmup_steps=1, init=str(MODEL_DIR))
+    model, _ = train.train(config)
+    train.save_model(model, tmp_path)
+    start = load_file(str(MODEL_DIR / train.WEIGHTS_FILE))
+    end = load_file(str(tmp_path / train.WEIGHTS_FILE))
+    assert start.keys() == end.keys()
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    learnt = [key for key in start if not key.endswith(buffers)]
+    assert len(learnt) > 50 and all(torch.equal(start[key], end[key]) for key in learnt)
+    digest = hashlib.sha256((MODEL_DIR / train.WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert digest in train.init_fingerprint(config)
+    assert train.init_fingerprint(train.TrainConfig()) == "random (seeded)"
 
 
 @pytest.mark.slow

@@ -21,40 +21,26 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-TOWER_NAME = "clipsearch_shapes_cnn"  # the first shapes model's tower (64-px input)
-STRIDED_TOWER_NAME = "clipsearch_shapes_cnn_s2"  # a stride-2 stem first, for a 128-px input
-_STEM_WIDTH = 24
+TOWER_NAME = "clipsearch_shapes_cnn"
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
 
 class ShapesCNN(nn.Module):
     """Conv-BN-ReLU stages (each followed by 2x2 max pooling but the last), then global max pooling.
-
-    With ``stem`` > 0, a stride-2 Conv-BN-ReLU of that width comes first: the stages then work at the
-    resolution of a 64-px input while the stem reads a 128-px one, a learnt (not bicubic) downsampling
-    of the fine detail that tells a small star from a cross.
 
     Implements the part of timm's model interface open_clip's TimmModel uses: ``num_features``,
     ``default_cfg``, ``reset_classifier`` and a forward that returns pooled features (or class logits).
     """
 
     def __init__(
-        self,
-        widths: tuple[int, ...] = (32, 64, 128, 256),
-        num_classes: int = 0,
-        global_pool: str = "max",
-        stem: int = 0,
+        self, widths: tuple[int, ...] = (32, 64, 128, 256), num_classes: int = 0, global_pool: str = "max"
     ) -> None:
         super().__init__()
         stages: list[nn.Module] = []
         cin = 3 + 2  # RGB + (x, y) coordinates
-        if stem:
-            stages.append(_block(cin, stem, stride=2))
-            cin = stem
         for i, width in enumerate(widths):
             stages.append(_block(cin, width))
             if i < len(widths) - 1:
@@ -96,12 +82,3 @@ def clipsearch_shapes_cnn(pretrained: bool = False, **kwargs: Any) -> ShapesCNN:
         raise ValueError(f"{TOWER_NAME} has no pretrained weights")
     allowed = {key: kwargs[key] for key in ("num_classes", "global_pool", "widths") if key in kwargs}
     return ShapesCNN(**allowed)
-
-
-@register_model  # type: ignore[misc]
-def clipsearch_shapes_cnn_s2(pretrained: bool = False, **kwargs: Any) -> ShapesCNN:
-    """timm entry point of the tower with a stride-2 stem; no pretrained weights either."""
-    if pretrained:
-        raise ValueError(f"{STRIDED_TOWER_NAME} has no pretrained weights")
-    allowed = {key: kwargs[key] for key in ("num_classes", "global_pool", "widths") if key in kwargs}
-    return ShapesCNN(**allowed, stem=_STEM_WIDTH)

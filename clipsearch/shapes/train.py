@@ -1,6 +1,7 @@
 """Train the tiny shapes CLIP model from scratch and save it as an open_clip ``local-dir:`` folder.
 
-Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]``
+Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]
+[--lr LR] [--warmup-steps W] [--init FOLDER]`` (``--init``: start from a trained model's weights)
 
 The model is a stock open_clip CLIP built from a config registered with ``open_clip.add_model_config``:
 a transformer text tower and, as image tower, the small max-pooling CNN of `tower` (a timm-registered
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -29,17 +33,17 @@ import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from clipsearch.shapes import evaluate, tower, world
 
 MODEL_NAME = "clipsearch-shapes-cnn"
-IMAGE_SIZE = 128
+IMAGE_SIZE = 64
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {
         "image_size": IMAGE_SIZE,
-        "timm_model_name": tower.STRIDED_TOWER_NAME,
+        "timm_model_name": tower.TOWER_NAME,
         "timm_pool": "max",
         "timm_proj": "linear",
     },
@@ -56,8 +60,8 @@ PREPROCESS_CFG: dict[str, Any] = {
     "fill_color": 0,
 }
 # Training frames' shorter side in pixels: around the input side, so the model's own resize (bicubic,
-# anti-aliased) makes the last step to 128 px as it does for a large photo; larger renders cost time.
-RENDER_SHORT_SIDE = (96, 224)
+# anti-aliased) makes the last step to 64 px as it does for a large photo; larger renders cost time.
+RENDER_SHORT_SIDE = (56, 160)
 # Shapes as other programs draw them: star depth, cross arm width, proportions and shades vary.
 LOOK = world.Look()
 CONFIG_FILE = "open_clip_config.json"
@@ -103,6 +107,9 @@ class TrainConfig:
     free_groups: float = 0.5
     workers: int = 1
     log_every: int = 50
+    # A model folder (this config's architecture) whose weights the run starts from instead of random
+    # ones: fine-tuning a trained model on a new mix of scenes costs a fraction of a run from scratch.
+    init: str | None = None
 
 
 class OpenClipEncoder:
@@ -325,6 +332,21 @@ def build_model(seed: int) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Put the weights of a model folder written by `save_model` (same architecture) into model."""
+    state = load_file(str(folder / WEIGHTS_FILE))
+    own = model.state_dict()
+    model.load_state_dict({key: value.to(own[key].dtype) for key, value in state.items()}, strict=True)
+
+
+def init_fingerprint(config: TrainConfig) -> str:
+    """How the card names the starting weights: none, or the folder's weights file and its SHA-256."""
+    if config.init is None:
+        return "random (seeded)"
+    weights = Path(config.init) / WEIGHTS_FILE
+    return f"`{weights}`, SHA-256 `{hashlib.sha256(weights.read_bytes()).hexdigest()}`"
+
+
 def _loss(
     model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: ClipLoss
 ) -> torch.Tensor:
@@ -340,6 +362,8 @@ def _loss(
 def train(config: TrainConfig) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
     """Train a fresh model; returns it (in eval mode) and the (step, mean loss) curve."""
     model = build_model(config.seed)
+    if config.init is not None:
+        load_weights(model, Path(config.init))
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     loss_fn = ClipLoss()
     optimizer = _optimizer(model, config)
@@ -393,6 +417,8 @@ class Timing:
 
     train_s: float
     eval_s: float
+    cpu_s: float = 0.0  # CPU seconds of training (this process and its rendering workers)
+    load: tuple[float, float] = (0.0, 0.0)  # the machine's 15-minute load average at start and end
 
 
 def model_card(
@@ -415,11 +441,15 @@ trained from scratch on the procedural shapes world of `clipsearch.shapes.world`
 ## Training
 
 - command: `python -m clipsearch.shapes.train --out DIR --steps {config.steps} --batch-size \
-{config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers}`
+{config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers} \
+--lr {config.lr} --warmup-steps {config.warmup_steps}{"" if config.init is None else " --init INIT"}`
+- starting weights (INIT): {init_fingerprint(config)}
 - settings: `{json.dumps(asdict(config))}`
 - parameters: {n_params:,} (weights stored as fp16)
 - wall time: {timing.train_s / 60:.1f} min training + {timing.eval_s / 60:.1f} min evaluation, \
-{config.threads} torch threads and {config.workers} rendering process(es)
+{config.threads} torch threads and {config.workers} rendering process(es); {timing.cpu_s / 60:.1f} CPU-min \
+of training; machine load (15-min average, {os.cpu_count()} CPUs) {timing.load[0]:.1f} at start, \
+{timing.load[1]:.1f} at the end
 - model config: `{json.dumps(MODEL_CFG)}`
 - preprocess config: `{json.dumps(PREPROCESS_CFG)}`
 
@@ -447,10 +477,15 @@ def run(
         eval_files: held-out real image files for the file-path metrics.
     """
     torch.set_num_threads(config.threads)
-    start = time.monotonic()
+    start, load_start = time.monotonic(), os.getloadavg()[2]
     model, curve = train(config)
     save_model(model, out)
     train_s = time.monotonic() - start
+    cpu_s = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+    load = (load_start, os.getloadavg()[2])
     encoder = OpenClipEncoder.from_dir(out)
     with tempfile.TemporaryDirectory() as tmp:
         metrics = evaluate.evaluate(
@@ -461,7 +496,7 @@ def run(
             n_files=eval_files,
             progress=lambda stage: print(f"evaluating: {stage}", file=sys.stderr),
         )
-    timing = Timing(train_s, time.monotonic() - start - train_s)
+    timing = Timing(train_s, time.monotonic() - start - train_s, cpu_s, load)
     n_params = sum(p.numel() for p in model.parameters())
     (out / CARD_FILE).write_text(model_card(config, timing, curve, metrics, n_params))
     return metrics
@@ -480,6 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=TrainConfig.workers, help="processes rendering batches (0: inline)"
     )
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="steps of linear warmup"
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="model folder to start from (same architecture)"
+    )
     parser.add_argument("--eval-copies", type=int, default=6, help="held-out images per attribute combo")
     parser.add_argument("--eval-files", type=int, default=600, help="held-out real files to write and read")
     args = parser.parse_args(argv)
@@ -489,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         workers=args.workers,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        init=None if args.init is None else str(args.init.absolute()),
     )
     metrics = run(args.out, config, eval_copies=args.eval_copies, eval_files=args.eval_files)
     print(metrics.table(), file=sys.stderr)

@@ -120,21 +120,30 @@ def own_held_out(model_dir: Path) -> Scores:
     )
 
 
-def table(columns: dict[str, Scores]) -> str:
-    """Markdown: one row per check, one column per picture source."""
+def table(columns: dict[str, Scores], before: dict[str, Scores] | None = None) -> str:
+    """Markdown: one row per check, one column per picture source; with `before`, "old → new" cells."""
+
+    def cell(source: str, name: str) -> str:
+        new = f"{getattr(columns[source], name):.3f}"
+        if before is None or source not in before:
+            return new
+        return f"{getattr(before[source], name):.3f} → {new}"
+
     head = "| check | " + " | ".join(columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     rows = [
-        f"| {label} | " + " | ".join(f"{getattr(s, name):.3f}" for s in columns.values()) + " |"
-        for name, label in CHECKS.items()
+        f"| {label} | " + " | ".join(cell(c, name) for c in columns) + " |" for name, label in CHECKS.items()
     ]
     return "\n".join([head, rule, *rows])
 
 
 CARD_HEADING = "## Pictures drawn by other programs"
+BEFORE_NOTE = "Each cell: the first shapes model (trained on five positions and two sizes only) → this one."
 
 
-def card_section(columns: dict[str, Scores], n: int, seed: int) -> str:
+def card_section(
+    columns: dict[str, Scores], n: int, seed: int, before: dict[str, Scores] | None = None
+) -> str:
     """The model card's section on the renderers of `benchmarks/foreign_shapes`."""
     return f"""{CARD_HEADING}
 
@@ -144,8 +153,9 @@ pictures per renderer (seed {seed}), one shape each, every colour x shape equall
 frames of 4:3, 1:1, 16:9 and 3:4 at 320-800 px, 10-40% of the short side, each colour's shade drawn
 from a range, supersampled, 30% blurred, JPEG quality 70-92. Indexed and searched as a user would
 (`Index.sync`, `Index.search`) by `python benchmarks/shapes_generalise.py --model DIR --card`.
+{"" if before is None else chr(10) + BEFORE_NOTE}
 
-{table(columns)}
+{table(columns, before)}
 """
 
 
@@ -180,6 +190,9 @@ def main() -> None:
     parser.add_argument("--no-own", action="store_true", help="skip the own held-out set")
     parser.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     parser.add_argument("--card", action="store_true", help="also write the table into the model's card")
+    parser.add_argument(
+        "--before", type=Path, help="JSON (--json output) of an earlier model, shown as 'old → new' cells"
+    )
     args = parser.parse_args()
 
     import clipsearch.shapes.tower  # noqa: F401  (a model folder's image tower, registered with timm)
@@ -198,12 +211,15 @@ def main() -> None:
             scenes = write_pictures(args.folder / name, name, args.n, args.seed)
             say(f"{name}: indexing and searching ...")
             columns[name] = index_and_measure(model, args.folder / name, scenes, Path(tmp) / name, say)
+    before = None
+    if args.before is not None:
+        before = {name: Scores(**s) for name, s in json.loads(args.before.read_text()).items()}
     if args.json:
         print(json.dumps({name: vars(s) for name, s in columns.items()}))
     else:
-        print(table(columns))
+        print(table(columns, before))
     if args.card:
-        write_card_section(model_dir / "MODEL_CARD.md", card_section(columns, args.n, args.seed))
+        write_card_section(model_dir / "MODEL_CARD.md", card_section(columns, args.n, args.seed, before))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Needs the dev dependencies (matplotlib, scikit-image).
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -140,16 +141,31 @@ def renderers() -> dict[str, Renderer]:
 LABELS_FILE = "labels.json"
 
 
+def code_fingerprint() -> str:
+    """SHA-256 (first 16 hex digits) of the renderers' source files: pictures drawn by other code differ."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def write_pictures(folder: Path, renderer: str, n: int, seed: int) -> dict[str, ForeignScene]:
     """Draw n pictures with one renderer into folder as JPEG files; return file name -> scene.
 
-    A folder that already holds this renderer's n pictures of this seed is reused untouched.
+    A folder that already holds this renderer's n pictures of this seed, drawn by the same renderer
+    code (a hash of this package's sources), is reused untouched.
     """
     folder.mkdir(parents=True, exist_ok=True)
     labels_path = folder / LABELS_FILE
+    code = code_fingerprint()
     if labels_path.is_file():
         saved = json.loads(labels_path.read_text())
-        if (saved.get("renderer"), saved.get("n"), saved.get("seed")) == (renderer, n, seed):
+        if (saved.get("renderer"), saved.get("n"), saved.get("seed"), saved.get("code")) == (
+            renderer,
+            n,
+            seed,
+            code,
+        ):
             return {
                 name: ForeignScene(
                     **{**d, "rgb": tuple(d["rgb"]), "bg": tuple(d["bg"]), "bg2": tuple(d["bg2"])}
@@ -164,5 +180,6 @@ def write_pictures(folder: Path, renderer: str, n: int, seed: int) -> dict[str, 
         draw(scene).save(folder / name, format="JPEG", quality=scene.quality)
         scenes[name] = scene
     files = {name: asdict(scene) for name, scene in scenes.items()}
-    labels_path.write_text(json.dumps({"renderer": renderer, "n": n, "seed": seed, "files": files}, indent=1))
+    saved = {"renderer": renderer, "n": n, "seed": seed, "code": code, "files": files}
+    labels_path.write_text(json.dumps(saved, indent=1))
     return scenes

@@ -17,8 +17,20 @@ from safetensors.torch import load_file
 from clipsearch.shapes import train, world
 from conftest import announced
 
+# A short run from scratch on the scenes in cells (no free shapes): with the shipped share of free
+# shapes, whose captions say less, the loss of the first 80 steps falls too little to tell a working
+# loop from noise (measured 4.26 -> 3.97); the free-shape mix is checked by the batch tests above.
 SHORT = train.TrainConfig(
-    steps=80, batch_size=64, warmup_steps=5, lr=2e-3, log_every=10, workers=0, threads=2, seed=3
+    steps=80,
+    batch_size=64,
+    warmup_steps=5,
+    lr=2e-3,
+    log_every=10,
+    workers=0,
+    threads=2,
+    seed=3,
+    free_scenes=0.0,
+    free_groups=0.0,
 )
 
 

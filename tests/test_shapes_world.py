@@ -177,3 +177,68 @@ def test_written_labels_are_checkable(tmp_path: Path) -> None:
             assert spec["size"] in world.SIZES
             assert spec["position"] in world.POSITIONS
         assert labels["background"]["kind"] in world.BACKGROUND_KINDS
+
+
+_PLAIN = world.Background("plain", "grey")
+
+
+def _shape_mask(img: Image.Image) -> np.ndarray:
+    return np.abs(_pixels(img) - np.asarray(world.BACKGROUND_COLORS["grey"])).max(axis=2) > 60
+
+
+def _shape_box(img: Image.Image) -> tuple[int, int, int, int]:
+    """Bounding box (left, top, right, bottom) of the pixels that differ from the grey background."""
+    ys, xs = np.nonzero(_shape_mask(img))
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_free_shapes_go_anywhere_at_any_size_and_stay_whole() -> None:
+    rng = np.random.default_rng(13)
+    scene = world.Scene((world.ShapeSpec("red", "square", world.FREE_SIZE, world.FREE_POSITION),), _PLAIN)
+    quadrants, sizes = set(), []
+    for _ in range(120):
+        img = world.render(scene, rng, (320, 180), augment=False)
+        left, top, right, bottom = _shape_box(img)
+        assert left > 0 and top > 0 and right < 320 and bottom < 180  # never cut by the frame
+        x, y = (left + right) / 2 / 320, (top + bottom) / 2 / 180
+        if min(x, 1 - x) < 0.25 and min(y, 1 - y) < 0.25:  # a corner, where none of the five cells is
+            quadrants.add((x < 0.5, y < 0.5))
+        sizes.append((bottom - top) / 180)
+    assert len(quadrants) == 4
+    assert min(sizes) < 0.16 and max(sizes) > 0.36  # beyond both "small" and "large"
+
+
+def test_free_scenes_are_never_described_by_position_or_size() -> None:
+    rng = np.random.default_rng(14)
+    where = ("left", "right", "top", "bottom", "center", "middle", "small", "large", "any")
+    for _ in range(300):
+        scene = world.sample_free_scene(rng)
+        assert scene.shapes[0].position == world.FREE_POSITION and scene.shapes[0].size == world.FREE_SIZE
+        caption = scene.caption(rng, require=("color", "shape"))
+        assert not _mentioned(caption.split(" on a")[0], where), caption
+        assert scene.shapes[0].color in caption and scene.shapes[0].shape in caption
+    fixed = world.sample_free_scene(rng, color="blue", shape="star", background_kind="noisy")
+    assert fixed.matches(color="blue", shape="star") and fixed.background.kind == "noisy"
+
+
+@pytest.mark.parametrize("shape", ["star", "cross", "triangle"])
+def test_a_look_varies_a_shapes_proportions_and_keeps_its_colour_name(shape: str) -> None:
+    """How much of its bounding box a star or cross fills (star depth, arm width), and a triangle's
+    width to height, vary with a Look far more than the default drawing's rotation makes them vary."""
+
+    def fills(look: world.Look | None) -> list[float]:
+        rng = np.random.default_rng(15)
+        scene = world.Scene((world.ShapeSpec("blue", shape, "large", "center"),), _PLAIN)
+        out = []
+        for _ in range(16):
+            img = world.render(scene, rng, (200, 200), augment=False, look=look)
+            mask = _shape_mask(img)
+            red, green, blue = np.median(_pixels(img)[mask], axis=0)
+            assert blue > max(red, green) + 60  # still blue
+            left, top, right, bottom = _shape_box(img)
+            width, height = right - left, bottom - top
+            out.append(width / height if shape == "triangle" else mask.sum() / (width * height))
+        return out
+
+    plain, varied = fills(None), fills(world.Look())
+    assert np.ptp(varied) > 2 * np.ptp(plain), (np.ptp(varied), np.ptp(plain))

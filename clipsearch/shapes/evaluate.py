@@ -54,6 +54,8 @@ class ShapesMetrics:
     size: float
     files_text_to_image: float
     files_position: float
+    free_text_to_image: float
+    free_image_to_image: float
 
     def failures(self) -> list[str]:
         """Names of the metrics below their threshold."""
@@ -90,6 +92,8 @@ DESCRIPTIONS = {
     "size": 'precision@10 of "a large red circle" queries',
     "files_text_to_image": "text_to_image on real JPEG/PNG files (1-2 shapes, some EXIF-rotated)",
     "files_position": "position on those real files (informational: few relevant files per query)",
+    "free_text_to_image": "text_to_image on free shapes (anywhere, any size) in frames of 240-600 px",
+    "free_image_to_image": "image_to_image on those free shapes",
 }
 
 
@@ -118,6 +122,21 @@ def make_gallery(encoder: Encoder, seed: int, copies: int = 6) -> Gallery:
     rng = np.random.default_rng([seed, 1])
     images = [world.render(scene, rng, world.sample_image_size(rng, (64, 320))) for scene in scenes]
     return Gallery(scenes, encoder.encode_images(images, batch_size=128))
+
+
+def make_free_gallery(encoder: Encoder, seed: int, copies: int = 5) -> Gallery:
+    """Free shapes (anywhere, any size) in large frames, `copies` per colour x shape, drawn with the
+    training's variety of proportions and shades (`world.Look`), and embedded."""
+    rng = np.random.default_rng([seed, 2])
+    scenes = [
+        world.sample_free_scene(rng, color=c, shape=s)
+        for c, s in itertools.product(world.COLORS, world.SHAPES)
+        for _ in range(copies)
+    ]
+    look = world.Look()
+    sizes = [world.sample_image_size(rng, (240, 600)) for _ in scenes]
+    images = [world.render(scene, rng, size, look=look) for scene, size in zip(scenes, sizes, strict=True)]
+    return Gallery(scenes, encoder.encode_images(images, batch_size=64))
 
 
 def _unit(rows: Matrix) -> Matrix:
@@ -267,6 +286,8 @@ def evaluate(
     gallery = make_gallery(encoder, seed, copies)
     say("writing and reading real files")
     files_text, files_position = evaluate_files(encoder, files_dir, seed + 1, n_files)
+    say("rendering and embedding free shapes in large frames")
+    free = make_free_gallery(encoder, seed)
     return ShapesMetrics(
         text_to_image=precision_at_k(encoder, gallery, color_shape_queries()),
         image_to_image=image_to_image(gallery),
@@ -276,4 +297,6 @@ def evaluate(
         size=precision_at_k(encoder, gallery, size_queries()),
         files_text_to_image=files_text,
         files_position=files_position,
+        free_text_to_image=precision_at_k(encoder, free, color_shape_queries()),
+        free_image_to_image=image_to_image(free),
     )

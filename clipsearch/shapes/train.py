@@ -1,6 +1,7 @@
 """Train the tiny shapes CLIP model from scratch and save it as an open_clip ``local-dir:`` folder.
 
-Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]``
+Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]
+[--lr LR] [--warmup-steps W] [--init FOLDER]`` (``--init``: start from a trained model's weights)
 
 The model is a stock open_clip CLIP built from a config registered with ``open_clip.add_model_config``:
 a transformer text tower and, as image tower, the small max-pooling CNN of `tower` (a timm-registered
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -29,7 +33,7 @@ import open_clip
 import torch
 from open_clip.loss import ClipLoss
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from clipsearch.shapes import evaluate, tower, world
 
@@ -55,6 +59,11 @@ PREPROCESS_CFG: dict[str, Any] = {
     "resize_mode": "squash",
     "fill_color": 0,
 }
+# Training frames' shorter side in pixels: around the input side, so the model's own resize (bicubic,
+# anti-aliased) makes the last step to 64 px as it does for a large photo; larger renders cost time.
+RENDER_SHORT_SIDE = (56, 160)
+# Shapes as other programs draw them: star depth, cross arm width, proportions and shades vary.
+LOOK = world.Look()
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
@@ -91,8 +100,16 @@ class TrainConfig:
     # Share of two-shape scenes (outside groups) whose caption names only one of the shapes, as a
     # query for one object in a busy picture does.
     partial_captions: float = 0.4
+    # Share of the scenes outside groups, and of the shape and colour groups, that are free shapes
+    # (anywhere in the frame, any size, captions without position or size): pictures made elsewhere
+    # put shapes anywhere, not in five cells at two sizes.
+    free_scenes: float = 0.4
+    free_groups: float = 0.5
     workers: int = 1
     log_every: int = 50
+    # A model folder (this config's architecture) whose weights the run starts from instead of random
+    # ones: fine-tuning a trained model on a new mix of scenes costs a fraction of a run from scratch.
+    init: str | None = None
 
 
 class OpenClipEncoder:
@@ -168,19 +185,32 @@ def _only(scene: world.Scene, index: int) -> world.Scene:
 _Group = list[tuple[world.Scene, world.Scene, tuple[str, ...]]]
 
 
-def _group_scenes(rng: np.random.Generator, size: int, weights: Sequence[float]) -> _Group:
+def _group_scenes(rng: np.random.Generator, config: TrainConfig) -> _Group:
     """Hard negatives: scenes that differ in one attribute only (or in which colour goes with which shape)."""
-    attribute = str(rng.choice(_GROUP_ATTRIBUTES, p=weights))
+    attribute = str(rng.choice(_GROUP_ATTRIBUTES, p=config.group_weights))
     if attribute == "binding":
         return _binding_scenes(rng)
     options = _VALUES[attribute]
-    values = rng.choice(options, size=min(size, len(options)), replace=False)
+    values = rng.choice(options, size=min(config.group_size, len(options)), replace=False)
+    if attribute in ("shape", "color") and rng.random() < config.free_groups:
+        return _free_group(rng, attribute, [str(value) for value in values])
     base = world.sample_scene(rng, n_shapes=1).shapes[0]
     kind = str(rng.choice(world.BACKGROUND_KINDS))
     fixed = {key: getattr(base, key) for key in _VALUES}
     scenes = [
         world.sample_scene(rng, n_shapes=1, background_kind=kind, **{**fixed, attribute: str(value)})
         for value in values
+    ]
+    return [(scene, scene, (attribute,)) for scene in scenes]
+
+
+def _free_group(rng: np.random.Generator, attribute: str, values: Sequence[str]) -> _Group:
+    """Free shapes of one colour and different shapes (or one shape and different colours)."""
+    other = "color" if attribute == "shape" else "shape"
+    fixed = {other: str(rng.choice(_VALUES[other]))}
+    kind = str(rng.choice(world.BACKGROUND_KINDS))
+    scenes = [
+        world.sample_free_scene(rng, background_kind=kind, **{**fixed, attribute: value}) for value in values
     ]
     return [(scene, scene, (attribute,)) for scene in scenes]
 
@@ -207,7 +237,10 @@ def sample_batch(rng: np.random.Generator, config: TrainConfig) -> tuple[list[wo
     grouped = int(config.batch_size * config.group_fraction)
     while len(scenes) < config.batch_size:
         if len(scenes) < grouped:
-            candidates = _group_scenes(rng, config.group_size, config.group_weights)
+            candidates = _group_scenes(rng, config)
+        elif rng.random() < config.free_scenes:
+            scene = world.sample_free_scene(rng)
+            candidates = [(scene, scene, ())]
         else:
             scene = world.sample_scene(rng)
             described = scene
@@ -244,8 +277,8 @@ def make_batch(config: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]
     """The images (preprocessed) and captions of one training step; a pure function of seed and step."""
     rng = np.random.default_rng([config.seed, step])
     scenes, captions = sample_batch(rng, config)
-    # Rendered smaller than real files: the model sees 64 px anyway, and small renders are fast.
-    images = [world.render(scene, rng, world.sample_image_size(rng, (56, 160))) for scene in scenes]
+    sizes = (world.sample_image_size(rng, RENDER_SHORT_SIDE) for _ in scenes)
+    images = [world.render(scene, rng, size, look=LOOK) for scene, size in zip(scenes, sizes, strict=True)]
     return torch.stack([inference_transform()(img) for img in images]), captions
 
 
@@ -299,6 +332,21 @@ def build_model(seed: int) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Put the weights of a model folder written by `save_model` (same architecture) into model."""
+    state = load_file(str(folder / WEIGHTS_FILE))
+    own = model.state_dict()
+    model.load_state_dict({key: value.to(own[key].dtype) for key, value in state.items()}, strict=True)
+
+
+def init_fingerprint(config: TrainConfig) -> str:
+    """How the card names the starting weights: none, or the folder's weights file and its SHA-256."""
+    if config.init is None:
+        return "random (seeded)"
+    weights = Path(config.init) / WEIGHTS_FILE
+    return f"`{weights}`, SHA-256 `{hashlib.sha256(weights.read_bytes()).hexdigest()}`"
+
+
 def _loss(
     model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: ClipLoss
 ) -> torch.Tensor:
@@ -314,6 +362,8 @@ def _loss(
 def train(config: TrainConfig) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
     """Train a fresh model; returns it (in eval mode) and the (step, mean loss) curve."""
     model = build_model(config.seed)
+    if config.init is not None:
+        load_weights(model, Path(config.init))
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     loss_fn = ClipLoss()
     optimizer = _optimizer(model, config)
@@ -367,6 +417,8 @@ class Timing:
 
     train_s: float
     eval_s: float
+    cpu_s: float = 0.0  # CPU seconds of training (this process and its rendering workers)
+    load: tuple[float, float] = (0.0, 0.0)  # the machine's 15-minute load average at start and end
 
 
 def model_card(
@@ -389,11 +441,15 @@ trained from scratch on the procedural shapes world of `clipsearch.shapes.world`
 ## Training
 
 - command: `python -m clipsearch.shapes.train --out DIR --steps {config.steps} --batch-size \
-{config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers}`
+{config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers} \
+--lr {config.lr} --warmup-steps {config.warmup_steps}{"" if config.init is None else " --init INIT"}`
+- starting weights (INIT): {init_fingerprint(config)}
 - settings: `{json.dumps(asdict(config))}`
 - parameters: {n_params:,} (weights stored as fp16)
 - wall time: {timing.train_s / 60:.1f} min training + {timing.eval_s / 60:.1f} min evaluation, \
-{config.threads} torch threads and {config.workers} rendering process(es)
+{config.threads} torch threads and {config.workers} rendering process(es); {timing.cpu_s / 60:.1f} CPU-min \
+of training; machine load (15-min average, {os.cpu_count()} CPUs) {timing.load[0]:.1f} at start, \
+{timing.load[1]:.1f} at the end
 - model config: `{json.dumps(MODEL_CFG)}`
 - preprocess config: `{json.dumps(PREPROCESS_CFG)}`
 
@@ -421,10 +477,15 @@ def run(
         eval_files: held-out real image files for the file-path metrics.
     """
     torch.set_num_threads(config.threads)
-    start = time.monotonic()
+    start, load_start = time.monotonic(), os.getloadavg()[2]
     model, curve = train(config)
     save_model(model, out)
     train_s = time.monotonic() - start
+    cpu_s = sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+    load = (load_start, os.getloadavg()[2])
     encoder = OpenClipEncoder.from_dir(out)
     with tempfile.TemporaryDirectory() as tmp:
         metrics = evaluate.evaluate(
@@ -435,7 +496,7 @@ def run(
             n_files=eval_files,
             progress=lambda stage: print(f"evaluating: {stage}", file=sys.stderr),
         )
-    timing = Timing(train_s, time.monotonic() - start - train_s)
+    timing = Timing(train_s, time.monotonic() - start - train_s, cpu_s, load)
     n_params = sum(p.numel() for p in model.parameters())
     (out / CARD_FILE).write_text(model_card(config, timing, curve, metrics, n_params))
     return metrics
@@ -454,6 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=TrainConfig.workers, help="processes rendering batches (0: inline)"
     )
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=TrainConfig.warmup_steps, help="steps of linear warmup"
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="model folder to start from (same architecture)"
+    )
     parser.add_argument("--eval-copies", type=int, default=6, help="held-out images per attribute combo")
     parser.add_argument("--eval-files", type=int, default=600, help="held-out real files to write and read")
     args = parser.parse_args(argv)
@@ -463,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         workers=args.workers,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        init=None if args.init is None else str(args.init.absolute()),
     )
     metrics = run(args.out, config, eval_copies=args.eval_copies, eval_files=args.eval_files)
     print(metrics.table(), file=sys.stderr)

@@ -8,6 +8,7 @@ writes a folder of real JPEG/PNG files, some stored EXIF-rotated, and returns th
 
 from __future__ import annotations
 
+import colorsys
 import io
 import math
 from collections.abc import Collection
@@ -50,6 +51,10 @@ BACKGROUND_COLORS: dict[str, RGB] = {
 _MIN_BACKGROUND_DISTANCE = 115.0
 # Shape diameter as a fraction of the image's shorter side; the gap keeps "small" and "large" unambiguous.
 _SIZE_FRACTION = {"small": (0.17, 0.22), "large": (0.30, 0.35)}
+# A free shape ("anywhere", size "any") sits anywhere in the frame, at any size in this range; its
+# captions never name a size or a position. Pictures made elsewhere place and size shapes freely.
+FREE_SIZE, FREE_POSITION = "any", "anywhere"
+_FREE_SIZE_FRACTION = (0.10, 0.42)
 # Position cells are the plus-shaped five cells of a 3x3 grid.
 _CELL_CENTRES = {
     "left": (1 / 6, 1 / 2),
@@ -73,6 +78,22 @@ _EXIF_STORE_TRANSPOSE = {
     6: Image.Transpose.ROTATE_90,
     8: Image.Transpose.ROTATE_270,
 }
+
+
+@dataclass(frozen=True)
+class Look:
+    """How differently from the default drawing a shape may look: other programs' proportions and shades.
+
+    Each range is sampled per shape; `render(..., look=None)` draws exactly as before (the held-out
+    sets and the demo keep their pixels). Fields are (low, high) ranges unless said otherwise.
+    """
+
+    star_depth: tuple[float, float] = (0.36, 0.56)  # inner / outer radius of the star (default 0.45)
+    cross_arm: tuple[float, float] = (0.2, 0.45)  # half the arm's width / the radius (default 0.3)
+    triangle_width: tuple[float, float] = (0.85, 1.15)  # width scale of the triangle (default 1)
+    hue: float = 8.0  # most degrees the colour's hue turns
+    saturation: float = 0.15  # most relative change of saturation and of value
+    value: float = 0.15
 
 
 @dataclass(frozen=True)
@@ -168,7 +189,8 @@ def _describe(
     """
     use_color = "color" in require or rng.random() < 0.85
     use_shape = "shape" in require or not use_color or rng.random() < 0.9
-    words = [spec.size] if "size" in require or rng.random() < 0.45 else []
+    sized = spec.size != FREE_SIZE and ("size" in require or rng.random() < 0.45)
+    words = [spec.size] if sized else []
     if use_color:
         words.append(spec.color)
     article = str(rng.choice(["a", "one", ""], p=[0.75, 0.05, 0.2]))
@@ -177,7 +199,7 @@ def _describe(
     phrase = " ".join(word for word in (*words, noun) if word)
     if article:
         phrase = f"{_article(phrase) if article == 'a' else article} {phrase}"
-    if "position" not in require and rng.random() >= 0.5:
+    if spec.position == FREE_POSITION or ("position" not in require and rng.random() >= 0.5):
         return phrase, False
     where = str(rng.choice(_POSITION_PHRASES[spec.position]))
     if may_lead and rng.random() < 0.1:
@@ -248,6 +270,20 @@ def sample_scene(
     return Scene(tuple(shapes), background)
 
 
+def sample_free_scene(
+    rng: np.random.Generator,
+    *,
+    color: str | None = None,
+    shape: str | None = None,
+    background_kind: str | None = None,
+) -> Scene:
+    """One free shape (any size, anywhere in the frame) on a background; given attributes are fixed."""
+    spec = ShapeSpec(
+        color or str(rng.choice(tuple(COLORS))), shape or str(rng.choice(SHAPES)), FREE_SIZE, FREE_POSITION
+    )
+    return Scene((spec,), sample_background(rng, [spec.color], background_kind))
+
+
 def _sample_spec(rng: np.random.Generator, **fixed: str | None) -> ShapeSpec:
     choices = {"color": tuple(COLORS), "shape": SHAPES, "size": SIZES, "position": POSITIONS}
     values = {key: fixed.get(key) or str(rng.choice(options)) for key, options in choices.items()}
@@ -304,34 +340,81 @@ def _pattern(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray) -> np.nda
     return (np.hypot(xs % period - period / 2, ys % period - period / 2) < period / 4).astype(np.float32)
 
 
-def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+@dataclass(frozen=True)
+class _Geometry:
+    """A shape's proportions (see `Look`); the defaults are the generator's own drawing."""
+
+    star_depth: float = 0.45
+    cross_arm: float = 0.3
+    triangle_width: float = 1.0
+
+    @classmethod
+    def sample(cls, look: Look, rng: np.random.Generator) -> _Geometry:
+        ranges = (look.star_depth, look.cross_arm, look.triangle_width)
+        return cls(*(float(rng.uniform(*bounds)) for bounds in ranges))
+
+
+def _outline(
+    shape: str, cx: float, cy: float, r: float, angle: float, geometry: _Geometry = _Geometry()
+) -> list[tuple[float, float]]:
     """Polygon vertices of a shape of radius r centred at (cx, cy), rotated by angle radians."""
+    stretch = 1.0
     if shape == "square":
         unit = [(math.sqrt(2) * 0.85, math.pi / 4 + k * math.pi / 2) for k in range(4)]
     elif shape == "triangle":
         unit = [(1.05, -math.pi / 2 + k * 2 * math.pi / 3) for k in range(3)]
+        stretch = geometry.triangle_width
     elif shape == "star":
-        unit = [(1.0 if k % 2 == 0 else 0.45, -math.pi / 2 + k * math.pi / 5) for k in range(10)]
-    else:  # cross: a plus sign with arms 0.3 r wide
-        corners = [(1.0, 0.3), (0.3, 0.3), (0.3, 1.0)]
+        unit = [
+            (1.0 if k % 2 == 0 else geometry.star_depth, -math.pi / 2 + k * math.pi / 5) for k in range(10)
+        ]
+    else:  # cross: a plus sign with arms 2 * cross_arm * r wide
+        arm = geometry.cross_arm
+        corners = [(1.0, arm), (arm, arm), (arm, 1.0)]
         points = []
         for quarter in range(4):
             points += [(math.hypot(x, y), math.atan2(y, x) + quarter * math.pi / 2) for x, y in corners]
         unit = points
-    return [
-        (cx + r * rho * math.cos(theta + angle), cy + r * rho * math.sin(theta + angle))
-        for rho, theta in unit
-    ]
+    flat = [(rho * math.cos(theta) * stretch, rho * math.sin(theta)) for rho, theta in unit]
+    cos, sin = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * cos - y * sin), cy + r * (x * sin + y * cos)) for x, y in flat]
 
 
-def _draw_shape(img: Image.Image, spec: ShapeSpec, rng: np.random.Generator, supersample: int) -> None:
-    """Paint one shape onto img in place, anti-aliased by drawing its mask supersampled."""
-    w, h = img.size
-    radius = 0.5 * rng.uniform(*_SIZE_FRACTION[spec.size]) * min(w, h)
+def _shade(rgb: RGB, rng: np.random.Generator, look: Look) -> RGB:
+    """Another shade of the same colour name: hue turned, saturation and value scaled (see `Look`)."""
+    h, s, v = colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+    h = (h + rng.uniform(-look.hue, look.hue) / 360) % 1.0
+    s = min(1.0, s * rng.uniform(1 - look.saturation, 1 + look.saturation))
+    v = min(1.0, v * rng.uniform(1 - look.value, 1 + look.value))
+    r, g, b = colorsys.hsv_to_rgb(h, s, v)
+    return _jitter((round(r * 255), round(g * 255), round(b * 255)), rng, 8)
+
+
+def _place(spec: ShapeSpec, rng: np.random.Generator, w: int, h: int) -> tuple[float, float, float]:
+    """Centre (x, y) and radius of a shape in a w x h frame, whole inside it."""
+    if spec.size == FREE_SIZE:
+        radius = 0.5 * rng.uniform(*_FREE_SIZE_FRACTION) * min(w, h)
+    else:
+        radius = 0.5 * rng.uniform(*_SIZE_FRACTION[spec.size]) * min(w, h)
+    if spec.position == FREE_POSITION:
+        return (
+            float(rng.uniform(radius + 1, w - radius - 1)),
+            float(rng.uniform(radius + 1, h - radius - 1)),
+            radius,
+        )
     fx, fy = _CELL_CENTRES[spec.position]
     jitter = rng.uniform(-_POSITION_JITTER, _POSITION_JITTER, 2)
     cx = float(np.clip((fx + jitter[0]) * w, radius + 1, w - radius - 1))
     cy = float(np.clip((fy + jitter[1]) * h, radius + 1, h - radius - 1))
+    return cx, cy, radius
+
+
+def _draw_shape(
+    img: Image.Image, spec: ShapeSpec, rng: np.random.Generator, supersample: int, look: Look | None
+) -> None:
+    """Paint one shape onto img in place, anti-aliased by drawing its mask supersampled."""
+    w, h = img.size
+    cx, cy, radius = _place(spec, rng, w, h)
     box = (
         max(int(cx - radius) - 2, 0),
         max(int(cy - radius) - 2, 0),
@@ -345,10 +428,13 @@ def _draw_shape(img: Image.Image, spec: ShapeSpec, rng: np.random.Generator, sup
     if spec.shape == "circle":
         draw.ellipse((lx - radius * s, ly - radius * s, lx + radius * s, ly + radius * s), fill=255)
     else:
-        draw.polygon(_outline(spec.shape, lx, ly, radius * s, math.radians(rng.uniform(-15, 15))), fill=255)
+        angle = math.radians(rng.uniform(-15, 15))
+        geometry = _Geometry() if look is None else _Geometry.sample(look, rng)
+        draw.polygon(_outline(spec.shape, lx, ly, radius * s, angle, geometry), fill=255)
     if s > 1:
         mask = mask.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.BOX)
-    img.paste(_jitter(COLORS[spec.color], rng, 18), box, mask)
+    color = _jitter(COLORS[spec.color], rng, 18) if look is None else _shade(COLORS[spec.color], rng, look)
+    img.paste(color, box, mask)
 
 
 def _augment(img: Image.Image, rng: np.random.Generator, fill: RGB) -> Image.Image:
@@ -375,7 +461,12 @@ def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
 
 
 def render(
-    scene: Scene, rng: np.random.Generator, size: tuple[int, int] = (128, 128), *, augment: bool = True
+    scene: Scene,
+    rng: np.random.Generator,
+    size: tuple[int, int] = (128, 128),
+    *,
+    augment: bool = True,
+    look: Look | None = None,
 ) -> Image.Image:
     """Draw a scene as an RGB image.
 
@@ -385,12 +476,14 @@ def render(
         size: (width, height) of the image; any aspect ratio works.
         augment: when True, vary anti-aliasing and add rotation, blur, noise and JPEG artifacts at
             random; when False, draw a clean anti-aliased image.
+        look: vary the shapes' proportions and shades as other programs draw them (training);
+            None draws the generator's own shapes (held-out sets, the demo).
     """
     w, h = size
     img = _background(scene.background, rng, w, h)
     supersample = int(rng.choice([1, 2, 4])) if augment else 4
     for spec in scene.shapes:
-        _draw_shape(img, spec, rng, supersample)
+        _draw_shape(img, spec, rng, supersample, look)
     if augment:
         img = _augment(img, rng, BACKGROUND_COLORS[scene.background.color])
     return img

@@ -297,12 +297,19 @@ def warm_clipsearch(env: dict[str, str], work: Path, precision: str) -> None:
 
 
 def bench_clipsearch(
-    photos: Path, index: Path, env: dict[str, str], queries: int, precision: str, coverage: str = "sides"
+    photos: Path,
+    index: Path,
+    env: dict[str, str],
+    queries: int,
+    precision: str,
+    coverage: str | None = "sides",
 ) -> dict[str, Any]:
+    """One clipsearch engine's figures; ``coverage`` None: the tree's own default (an older tree, a
+    ``--baseline``, may not know the option)."""
     exe = clipsearch_exe()
     shutil.rmtree(index, ignore_errors=True)
     model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
-    model += ["--coverage", coverage]
+    model += ["--coverage", coverage] if coverage is not None else []
     command = [exe, "index", str(photos), "--index", str(index), *model, "--quiet", "--json"]
     first = run_measured(command, env=env)
     check(first, "clipsearch index")
@@ -722,6 +729,7 @@ def main(argv: list[str] | None = None) -> None:
                     baseline_env,
                     args.queries,
                     args.precision,
+                    None,  # the baseline tree's own default coverage
                 )
                 made.append(work / f"index-{key}-baseline")
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in benches}

@@ -2,9 +2,10 @@
 
 An index written before the rooms were built (clipsearch 0.1.0 at 1f3fcc9) opens, searches and syncs.
 
-``tests/data/index-0.1.0`` was made by that commit with
+``tests/data/index-0.1.0`` was made by that commit's code with
 ``clipsearch index PHOTOS --model shapes`` over ``write_dataset(PHOTOS, 12, seed=11)`` in
-``/tmp/fixture/photos``.
+``/tmp/fixture/photos`` (the pictures and the shapes model weights of today's tree: the fixture was
+remade when the shapes model was retrained, since an index cannot be synced with other weights).
 """
 
 from __future__ import annotations

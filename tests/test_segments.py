@@ -462,3 +462,30 @@ def test_a_segment_whose_vectors_are_all_deleted_is_dropped(tmp_path) -> None:
     assert len(folder.store) == 1000
     assert_tidy(tmp_path / "idx")
     folder.close()
+
+
+def test_a_filters_ids_are_kept_until_the_catalog_changes(tmp_path) -> None:
+    """A reader asked again with the same filter answers from memory (millions of rows otherwise),
+    until a commit, of another connection or its own, changes the catalog."""
+    writer = new_folder(tmp_path / "idx", "sq8")
+    add(writer, clustered(40, seed=8), 0)
+    reader = IndexFolder.open(tmp_path / "idx")
+    where = parse_filters(folder="/photos").for_catalog()
+    first = reader.catalog.vector_ids_matching(where)
+    assert len(first) == 40 and reader.catalog.vector_ids_matching(where) is first  # kept
+    assert not first.flags.writeable
+    other = parse_filters(types="png").for_catalog()
+    assert len(reader.catalog.vector_ids_matching(other)) == 0
+    delete(writer, [3])  # another connection commits
+    after = reader.catalog.vector_ids_matching(where)
+    assert len(after) == 39 and after is not first
+    with writer.catalog.transaction():  # the writer's own commit
+        writer.catalog.delete_files(["/photos/4.jpg"])
+    assert len(writer.catalog.vector_ids_matching(where)) == 38  # kept by the writer now
+    with writer.catalog.transaction():
+        writer.catalog.delete_files(["/photos/5.jpg"])
+    assert (
+        len(writer.catalog.vector_ids_matching(where)) == 37 == len(reader.catalog.vector_ids_matching(where))
+    )
+    reader.close()
+    writer.close()

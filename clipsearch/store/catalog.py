@@ -335,6 +335,10 @@ def under(root: str) -> tuple[bytes, bytes]:
     return prefix, prefix[:-1] + b"0"  # '0' sorts right after '/'
 
 
+#: A filter's WHERE clause and parameters (what :meth:`Catalog.vector_ids_matching` keeps answers by).
+_FilterKey = tuple[str, tuple[object, ...]]
+
+
 class Catalog:
     """One SQLite connection in WAL mode; every write goes through :meth:`transaction`."""
 
@@ -345,6 +349,8 @@ class Catalog:
         """
         self.path = path
         self.conn = self._connect_or_raise(path, writer)
+        self._commits = 0  # transactions this connection committed (other connections': data_version)
+        self._allowed: dict[_FilterKey, tuple[tuple[int, int], npt.NDArray[np.int64]]] = {}
         try:
             self._prepare(writer)
         except BaseException:
@@ -479,6 +485,7 @@ class Catalog:
                 self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        self._commits += 1
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -666,13 +673,35 @@ class Catalog:
 
     def vector_ids_matching(self, where: FileFilter) -> npt.NDArray[np.int64]:
         """The FAISS ids (contents and their views) of the contents with a file that passes ``where``:
-        one pass over the matching rows, no record per file (a filter may keep millions)."""
+        one pass over the matching rows, no record per file (a filter may keep millions).
+
+        The last few answers are kept until the catalog changes (a commit of this connection or of
+        another process): a server, or a person paging through results, asks again with the same
+        filter, and at millions of files the pass over the rows costs seconds. Read-only: callers
+        must not change the array.
+        """
         clause, params = where.sql()
+        key = (clause, tuple(params))
+        if self.conn.in_transaction:  # uncommitted changes of our own: no cache
+            return self._vector_ids_matching(clause, params)
+        state = (int(self.conn.execute("PRAGMA data_version").fetchone()[0]), self._commits)
+        cached = self._allowed.get(key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        ids = self._vector_ids_matching(clause, params)
+        ids.flags.writeable = False
+        if len(self._allowed) >= 4:
+            self._allowed.pop(next(iter(self._allowed)))
+        self._allowed[key] = (state, ids)
+        return ids
+
+    def _vector_ids_matching(self, clause: str, params: list[object]) -> npt.NDArray[np.int64]:
         joined = (
             "JOIN contents c ON c.id = f.content_id " if re.search(r"\bc\.", clause) else ""
         )  # dates, sizes
         matching = f"SELECT f.content_id FROM files f {joined}WHERE {clause}"
-        contents = np.unique(np.fromiter((r[0] for r in self.conn.execute(matching, params)), np.int64))
+        rows = self.conn.execute(matching, params).fetchall()
+        contents = np.unique(np.array(rows, dtype=np.int64).reshape(-1))
         if not self._has_views or not len(contents):
             return contents
         rows = self.conn.execute(

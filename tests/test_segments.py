@@ -489,3 +489,30 @@ def test_a_filters_ids_are_kept_until_the_catalog_changes(tmp_path) -> None:
     )
     reader.close()
     writer.close()
+
+
+def test_tuning_skips_searches_that_cannot_win_and_chooses_as_a_full_sweep() -> None:
+    """The tuning's choice is the cheapest (nprobe, rerank) reaching the target, as a sweep of every
+    setting finds it; settings that would cost more than the best found are never searched."""
+    from clipsearch.store import ivf
+
+    shape = ivf.IvfParams(nlist=2048, m=64)
+    count, dim = 10_000_000, 512
+    truth = np.arange(10, dtype=np.int64)[None, :]
+
+    def recall_of(p: ivf.IvfParams) -> float:  # deeper re-ranking and more cells: more found
+        return min(1.0, 0.5 + 0.08 * np.log2(p.nprobe) + 0.06 * np.log2(p.rerank / 20))
+
+    searched: list[tuple[int, int]] = []
+
+    def search(queries, k, params, allowed):  # type: ignore[no-untyped-def]
+        searched.append((params.nprobe, params.rerank))
+        found = round(10 * recall_of(params))
+        return np.concatenate([truth[0, :found], np.full(10 - found, -1)])[None, :]
+
+    chosen, recall = ivf.tune(shape, count, dim, search, np.zeros((1, dim), np.float32), truth, target=0.9)
+    cost = lambda p: p.nprobe * count / shape.nlist * shape.m + p.candidates(10) * dim * 4  # noqa: E731
+    grid = [ivf.IvfParams(shape.nlist, shape.m, 2**e, r) for r in ivf.RERANK_CHOICES for e in range(12)]
+    best = min((p for p in grid if round(10 * recall_of(p)) / 10 >= 0.9), key=cost)
+    assert (chosen.nprobe, chosen.rerank) == (best.nprobe, best.rerank) and recall >= 0.9
+    assert len(searched) < 20 and max(n for n, _ in searched) < 64  # no search of many cells

@@ -322,6 +322,11 @@ def fsencode(path: str) -> bytes:
     return path.encode(_FS_ENCODING, _FS_ERRORS)
 
 
+def fsdecode(path: bytes) -> str:
+    """``os.fsdecode`` of a ``bytes`` path, without its checks."""
+    return path.decode(_FS_ENCODING, _FS_ERRORS)
+
+
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
@@ -579,13 +584,19 @@ class Catalog:
 
     def files_under(self, root: str) -> dict[str, FileState]:
         """Every catalogued file at or below ``root``."""
+        return {fsdecode(path): FileState(*state) for path, state in self.file_rows_under(root).items()}
+
+    def file_rows_under(self, root: str) -> dict[bytes, tuple[int, int, int | None, str | None]]:
+        """Every catalogued file at or below ``root``: its path's bytes -> (size, mtime_ns,
+        content_id, error), as stored (a no-op sync of millions of files compares these, and makes a
+        :class:`FileState` only of the files that changed)."""
         low, high = under(root)
         rows = self.conn.execute(
             "SELECT path, size, mtime_ns, content_id, error FROM files "
             "WHERE path = ? OR (path >= ? AND path < ?)",
             (os.fsencode(root), low, high),
         )
-        return {os.fsdecode(r[0]): FileState(r[1], r[2], r[3], r[4]) for r in rows}
+        return {path: (size, mtime, cid, error) for path, size, mtime, cid, error in rows}
 
     def holds_files_under(self, root: str) -> bool:
         """Whether any file at or below ``root`` is catalogued (without reading them all)."""

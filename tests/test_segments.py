@@ -493,26 +493,37 @@ def test_a_filters_ids_are_kept_until_the_catalog_changes(tmp_path) -> None:
 
 def test_tuning_skips_searches_that_cannot_win_and_chooses_as_a_full_sweep() -> None:
     """The tuning's choice is the cheapest (nprobe, rerank) reaching the target, as a sweep of every
-    setting finds it; settings that would cost more than the best found are never searched."""
+    setting finds it; settings that would cost more than the best found, or that re-rank fewer
+    candidates than one that missed the target with as many cells, are never searched; and when no
+    setting reaches the target, it stops where more cells find nothing more."""
     from clipsearch.store import ivf
 
     shape = ivf.IvfParams(nlist=2048, m=64)
     count, dim = 10_000_000, 512
-    truth = np.arange(10, dtype=np.int64)[None, :]
+    truth = np.tile(np.arange(10, dtype=np.int64), (100, 1))
 
-    def recall_of(p: ivf.IvfParams) -> float:  # deeper re-ranking and more cells: more found
-        return min(1.0, 0.5 + 0.08 * np.log2(p.nprobe) + 0.06 * np.log2(p.rerank / 20))
+    def recall_of(p: ivf.IvfParams) -> float:  # deeper re-ranking and more cells: more found, up to a cap
+        return round(min(0.97, 0.5 + 0.06 * np.log2(p.nprobe) + 0.05 * np.log2(p.rerank / 20)), 2)
 
     searched: list[tuple[int, int]] = []
 
     def search(queries, k, params, allowed):  # type: ignore[no-untyped-def]
         searched.append((params.nprobe, params.rerank))
-        found = round(10 * recall_of(params))
-        return np.concatenate([truth[0, :found], np.full(10 - found, -1)])[None, :]
+        hits = round(100 * recall_of(params))  # that many queries find their 10, the others none
+        return np.where(np.arange(100)[:, None] < hits, truth, -1)
 
-    chosen, recall = ivf.tune(shape, count, dim, search, np.zeros((1, dim), np.float32), truth, target=0.9)
-    cost = lambda p: p.nprobe * count / shape.nlist * shape.m + p.candidates(10) * dim * 4  # noqa: E731
+    def tune(target: float) -> tuple[ivf.IvfParams, float]:
+        searched.clear()
+        return ivf.tune(shape, count, dim, search, np.zeros((100, dim), np.float32), truth, target=target)
+
+    def cost(p: ivf.IvfParams) -> float:
+        return p.nprobe * count / shape.nlist * shape.m + p.candidates(10) * dim * 4
+
     grid = [ivf.IvfParams(shape.nlist, shape.m, 2**e, r) for r in ivf.RERANK_CHOICES for e in range(12)]
-    best = min((p for p in grid if round(10 * recall_of(p)) / 10 >= 0.9), key=cost)
+    best = min((p for p in grid if recall_of(p) >= 0.9), key=cost)
+    chosen, recall = tune(0.9)
     assert (chosen.nprobe, chosen.rerank) == (best.nprobe, best.rerank) and recall >= 0.9
     assert len(searched) < 20 and max(n for n, _ in searched) < 64  # no search of many cells
+    unreachable, recall = tune(0.99)  # the cap is 0.97
+    assert recall == 0.97 and unreachable.rerank == 1280 and recall_of(unreachable) == 0.97
+    assert len(searched) <= 8 and max(n for n, _ in searched) <= 64  # not every cell, not every depth

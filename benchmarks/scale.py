@@ -30,8 +30,9 @@ searched one at a time through ``Index.search_vectors`` (k = 10); exact answers 
 the vectors are generated (float32 brute force over all of them).
 
 Memory: vectors are generated, imported and scored a batch at a time (``--batch``); nothing holds
-all of them. Time on 2 loaded cores: 100k about 1 minute, 1M about 10 minutes, 10M about 2 hours
-(the 10M estimate scales from the 1M run; see the README's "Large collections").
+all of them. Time on 2 cores shared with other jobs (load 6-13): 100k about 1 minute, 1M about 15
+minutes, 10M 76 minutes, most of it the rewrite into ``ivfpq`` at the end (see the README's "Large
+collections").
 """
 
 from __future__ import annotations

@@ -133,3 +133,17 @@ def test_a_link_into_or_above_a_root_is_not_followed(tmp_path: Path) -> None:
     os.symlink(photos / "2019", tmp_path / "elsewhere" / "back")  # into another root of the index
     records = scan([str(tmp_path / "elsewhere")], avoid=[str(photos)])
     assert [r.path for r in records] == [str(tmp_path / "elsewhere" / "c.jpg")]
+
+
+def test_indexed_names_are_those_whose_splitext_extension_is_indexed() -> None:
+    """is_indexed_name (asked of every file a scan meets, without os.path's calls) agrees with
+    ``os.path.splitext`` on names and paths: leading dots, several dots, case, folders."""
+    import itertools
+
+    from clipsearch.ingest.scan import INDEXED_EXTENSIONS, is_indexed_name
+
+    parts = ["", ".", "..", "a", "b.c", "jpg", ".jpg", "JPG", ".JpEg", ".mp4", "x/", "/", ".png.", "é"]
+    for k in (1, 2, 3):
+        for combo in itertools.product(parts, repeat=k):
+            name = "".join(combo)
+            assert is_indexed_name(name) == (os.path.splitext(name)[1].lower() in INDEXED_EXTENSIONS), name

@@ -488,3 +488,68 @@ def test_an_approximate_store_searched_exactly_for_a_measurement(built) -> None:
         assert np.array_equal(coarse, exact) == (kind != "ivfpq")
     finally:
         store.params = saved
+
+
+def test_a_filters_ids_are_kept_until_the_catalog_changes(tmp_path) -> None:
+    """A reader asked again with the same filter answers from memory (millions of rows otherwise),
+    until a commit, of another connection or its own, changes the catalog."""
+    writer = new_folder(tmp_path / "idx", "sq8")
+    add(writer, clustered(40, seed=8), 0)
+    reader = IndexFolder.open(tmp_path / "idx")
+    where = parse_filters(folder="/photos").for_catalog()
+    first = reader.catalog.vector_ids_matching(where)
+    assert len(first) == 40 and reader.catalog.vector_ids_matching(where) is first  # kept
+    assert not first.flags.writeable
+    other = parse_filters(types="png").for_catalog()
+    assert len(reader.catalog.vector_ids_matching(other)) == 0
+    delete(writer, [3])  # another connection commits
+    after = reader.catalog.vector_ids_matching(where)
+    assert len(after) == 39 and after is not first
+    with writer.catalog.transaction():  # the writer's own commit
+        writer.catalog.delete_files(["/photos/4.jpg"])
+    assert len(writer.catalog.vector_ids_matching(where)) == 38  # kept by the writer now
+    with writer.catalog.transaction():
+        writer.catalog.delete_files(["/photos/5.jpg"])
+    assert (
+        len(writer.catalog.vector_ids_matching(where)) == 37 == len(reader.catalog.vector_ids_matching(where))
+    )
+    reader.close()
+    writer.close()
+
+
+def test_tuning_skips_searches_that_cannot_win_and_chooses_as_a_full_sweep() -> None:
+    """The tuning's choice is the cheapest (nprobe, rerank) reaching the target, as a sweep of every
+    setting finds it; settings that would cost more than the best found, or that re-rank fewer
+    candidates than one that missed the target with as many cells, are never searched; and when no
+    setting reaches the target, it stops where more cells find nothing more."""
+    from clipsearch.store import ivf
+
+    shape = ivf.IvfParams(nlist=2048, m=64)
+    count, dim = 10_000_000, 512
+    truth = np.tile(np.arange(10, dtype=np.int64), (100, 1))
+
+    def recall_of(p: ivf.IvfParams) -> float:  # deeper re-ranking and more cells: more found, up to a cap
+        return round(min(0.97, 0.5 + 0.06 * np.log2(p.nprobe) + 0.05 * np.log2(p.rerank / 20)), 2)
+
+    searched: list[tuple[int, int]] = []
+
+    def search(queries, k, params, allowed):  # type: ignore[no-untyped-def]
+        searched.append((params.nprobe, params.rerank))
+        hits = round(100 * recall_of(params))  # that many queries find their 10, the others none
+        return np.where(np.arange(100)[:, None] < hits, truth, -1)
+
+    def tune(target: float) -> tuple[ivf.IvfParams, float]:
+        searched.clear()
+        return ivf.tune(shape, count, dim, search, np.zeros((100, dim), np.float32), truth, target=target)
+
+    def cost(p: ivf.IvfParams) -> float:
+        return p.nprobe * count / shape.nlist * shape.m + p.candidates(10) * dim * 4
+
+    grid = [ivf.IvfParams(shape.nlist, shape.m, 2**e, r) for r in ivf.RERANK_CHOICES for e in range(12)]
+    best = min((p for p in grid if recall_of(p) >= 0.9), key=cost)
+    chosen, recall = tune(0.9)
+    assert (chosen.nprobe, chosen.rerank) == (best.nprobe, best.rerank) and recall >= 0.9
+    assert len(searched) < 20 and max(n for n, _ in searched) < 64  # no search of many cells
+    unreachable, recall = tune(0.99)  # the cap is 0.97
+    assert recall == 0.97 and unreachable.rerank == 1280 and recall_of(unreachable) == 0.97
+    assert len(searched) <= 8 and max(n for n, _ in searched) <= 64  # not every cell, not every depth

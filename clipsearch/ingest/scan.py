@@ -8,6 +8,7 @@ or an ignore file that is not a regular file of reasonable size, is a warning an
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import stat
@@ -46,8 +47,14 @@ def is_image_name(name: str) -> bool:
 
 
 def is_indexed_name(name: str) -> bool:
-    """True if the file name has one of the extensions indexed (an image's or a video's)."""
-    return os.path.splitext(name)[1].lower() in INDEXED_EXTENSIONS
+    """True if the file name has one of the extensions indexed (an image's or a video's).
+
+    As ``os.path.splitext(name)[1].lower() in INDEXED_EXTENSIONS`` (leading dots start no
+    extension), without its calls: a scan asks it of every file.
+    """
+    base = name[name.rfind("/") + 1 :]
+    dot = base.rfind(".")
+    return dot > 0 and base[dot:].lower() in INDEXED_EXTENSIONS and base[:dot].strip(".") != ""
 
 
 def _compile(lines: Iterable[str]) -> Any:
@@ -195,6 +202,9 @@ def _overlaps_a_root(link: str, real_roots: tuple[str, ...]) -> bool:
     return any(_inside(target, root) or _inside(root, target) for root in real_roots)
 
 
+_NAME = operator.attrgetter("name")
+
+
 def _walk(
     top: str,
     top_rules: _Rules,
@@ -217,7 +227,7 @@ def _walk(
         rules = rules.entering(directory, warn)
         try:
             with os.scandir(directory) as entries:
-                children = sorted(entries, key=lambda e: e.name)
+                children = sorted(entries, key=_NAME)
         except OSError:
             continue
         subdirs = []

@@ -44,7 +44,7 @@ from clipsearch.ingest.decode import (
 from clipsearch.ingest.moments import MAX_MOMENTS, MOMENT_SIMILARITY, Moment, representative
 from clipsearch.ingest.scan import FileRecord, exclude_spec, scan
 from clipsearch.ingest.video import VIDEO_WINDOW, VideoInProgress, WindowResult
-from clipsearch.store.catalog import Catalog, FileState, RootSettings, View
+from clipsearch.store.catalog import Catalog, FileState, RootSettings, View, fsdecode, fsencode
 from clipsearch.store.folder import IndexFolder
 from clipsearch.store.rebuild import live_root_settings
 
@@ -303,18 +303,19 @@ class Plan:
 
 def plan_sync(catalog: Catalog, roots: list[str], records: Iterable[FileRecord]) -> Plan:
     """Split scanned files into to-do (new or changed) and unchanged; list catalogued files gone."""
-    known: dict[str, FileState] = {}
+    known: dict[bytes, tuple[int, int, int | None, str | None]] = {}
     for root in roots:
-        known.update(catalog.files_under(root))
+        known.update(catalog.file_rows_under(root))  # rows as stored: millions, most unchanged
     todo: list[tuple[FileRecord, FileState | None]] = []
     unchanged = 0
+    pop = known.pop
     for record in records:
-        state = known.pop(record.path, None)
-        if state is not None and (state.size, state.mtime_ns) == (record.size, record.mtime_ns):
+        row = pop(fsencode(record.path), None)
+        if row is not None and row[0] == record.size and row[1] == record.mtime_ns:
             unchanged += 1
         else:
-            todo.append((record, state))
-    return Plan(todo, unchanged, sorted(known))
+            todo.append((record, None if row is None else FileState(*row)))
+    return Plan(todo, unchanged, sorted(fsdecode(path) for path in known))
 
 
 class _Committer:

@@ -326,6 +326,11 @@ def fsencode(path: str) -> bytes:
     return path.encode(_FS_ENCODING, _FS_ERRORS)
 
 
+def fsdecode(path: bytes) -> str:
+    """``os.fsdecode`` of a ``bytes`` path, without its checks."""
+    return path.decode(_FS_ENCODING, _FS_ERRORS)
+
+
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
@@ -339,6 +344,10 @@ def under(root: str) -> tuple[bytes, bytes]:
     return prefix, prefix[:-1] + b"0"  # '0' sorts right after '/'
 
 
+#: A filter's WHERE clause and parameters (what :meth:`Catalog.vector_ids_matching` keeps answers by).
+_FilterKey = tuple[str, tuple[object, ...]]
+
+
 class Catalog:
     """One SQLite connection in WAL mode; every write goes through :meth:`transaction`."""
 
@@ -349,6 +358,8 @@ class Catalog:
         """
         self.path = path
         self.conn = self._connect_or_raise(path, writer)
+        self._commits = 0  # transactions this connection committed (other connections': data_version)
+        self._allowed: dict[_FilterKey, tuple[tuple[int, int], npt.NDArray[np.int64]]] = {}
         try:
             self._prepare(writer)
         except BaseException:
@@ -483,6 +494,7 @@ class Catalog:
                 self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+        self._commits += 1
 
     @contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -581,13 +593,19 @@ class Catalog:
 
     def files_under(self, root: str) -> dict[str, FileState]:
         """Every catalogued file at or below ``root``."""
+        return {fsdecode(path): FileState(*state) for path, state in self.file_rows_under(root).items()}
+
+    def file_rows_under(self, root: str) -> dict[bytes, tuple[int, int, int | None, str | None]]:
+        """Every catalogued file at or below ``root``: its path's bytes -> (size, mtime_ns,
+        content_id, error), as stored (a no-op sync of millions of files compares these, and makes a
+        :class:`FileState` only of the files that changed)."""
         low, high = under(root)
         rows = self.conn.execute(
             "SELECT path, size, mtime_ns, content_id, error FROM files "
             "WHERE path = ? OR (path >= ? AND path < ?)",
             (os.fsencode(root), low, high),
         )
-        return {os.fsdecode(r[0]): FileState(r[1], r[2], r[3], r[4]) for r in rows}
+        return {path: (size, mtime, cid, error) for path, size, mtime, cid, error in rows}
 
     def holds_files_under(self, root: str) -> bool:
         """Whether any file at or below ``root`` is catalogued (without reading them all)."""
@@ -680,13 +698,35 @@ class Catalog:
 
     def vector_ids_matching(self, where: FileFilter) -> npt.NDArray[np.int64]:
         """The FAISS ids (contents and their views) of the contents with a file that passes ``where``:
-        one pass over the matching rows, no record per file (a filter may keep millions)."""
+        one pass over the matching rows, no record per file (a filter may keep millions).
+
+        The last few answers are kept until the catalog changes (a commit of this connection or of
+        another process): a server, or a person paging through results, asks again with the same
+        filter, and at millions of files the pass over the rows costs seconds. Read-only: callers
+        must not change the array.
+        """
         clause, params = where.sql()
+        key = (clause, tuple(params))
+        if self.conn.in_transaction:  # uncommitted changes of our own: no cache
+            return self._vector_ids_matching(clause, params)
+        state = (int(self.conn.execute("PRAGMA data_version").fetchone()[0]), self._commits)
+        cached = self._allowed.get(key)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        ids = self._vector_ids_matching(clause, params)
+        ids.flags.writeable = False
+        if len(self._allowed) >= 4:
+            self._allowed.pop(next(iter(self._allowed)))
+        self._allowed[key] = (state, ids)
+        return ids
+
+    def _vector_ids_matching(self, clause: str, params: list[object]) -> npt.NDArray[np.int64]:
         joined = (
             "JOIN contents c ON c.id = f.content_id " if re.search(r"\bc\.", clause) else ""
         )  # dates, sizes
         matching = f"SELECT f.content_id FROM files f {joined}WHERE {clause}"
-        contents = np.unique(np.fromiter((r[0] for r in self.conn.execute(matching, params)), np.int64))
+        rows = self.conn.execute(matching, params).fetchall()
+        contents = np.unique(np.array(rows, dtype=np.int64).reshape(-1))
         if not self._has_views or not len(contents):
             return contents
         rows = self.conn.execute(

@@ -258,6 +258,7 @@ def test_a_new_index_on_a_nearly_full_disk_is_whole_or_not_there(small_disk: Pat
     assert "refused" in outcomes and "created" in outcomes, outcomes
 
 
+@pytest.mark.slow  # 8-23 s: the fast tier leaves it to the full suite
 def test_index_on_a_nearly_full_disk_says_so_and_the_next_run_completes(
     tmp_path: Path, small_disk: Path, tiny_model: str
 ) -> None:

@@ -284,6 +284,7 @@ print(sorted(r.path.rsplit("/", 1)[1] for r in scan([{str(tmp_path)!r}])))
     assert result.stdout.strip() == "['also.jpg', 'keep.jpg']", result.stderr
 
 
+@pytest.mark.slow  # 8-23 s: the fast tier leaves it to the full suite
 def test_search_by_a_fifo_or_device_is_a_usage_error(tmp_path, tiny_encoder) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -143,6 +143,7 @@ def _staged_count(index_dir: Path) -> int:
     return -1 if info is None else info["count"]
 
 
+@pytest.mark.slow  # 8-23 s: the fast tier leaves it to the full suite
 def test_kill_9_during_a_rebuild_leaves_a_complete_index_and_rerunning_resumes(
     tmp_path, tiny_model, other_model
 ) -> None:

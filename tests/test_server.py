@@ -812,6 +812,7 @@ with TestClient(create_app(index), base_url="http://127.0.0.1") as client:
 """
 
 
+@pytest.mark.slow  # 8-23 s: the fast tier leaves it to the full suite
 def test_concurrent_uploads_are_decoded_within_the_indexing_memory_bound(
     tmp_path: Path, tiny_encoder
 ) -> None:

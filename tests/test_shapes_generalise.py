@@ -28,6 +28,8 @@ from clipsearch.encoders.spec import ModelSpec
 from clipsearch.ingest.sync import SyncOptions
 from clipsearch.query.grammar import Term
 
+pytestmark = pytest.mark.slow  # ~26 s of set-up: renders 80 pictures and indexes them
+
 # Measured on these 80 pictures (text P@2 / image top-1 / algebra top-1): the first shapes model
 # (trained on the generator's five positions and two sizes only) 0.863 / 0.575 / 0.731, the shipped
 # one 0.963 / 0.788 / 0.838. The floors sit a little below the shipped model's figures.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -141,13 +142,21 @@ def rss_bytes(pid: int) -> int:
 
 @dataclass(frozen=True)
 class Measured:
-    """One command run: wall time from process start to exit, peak summed RSS of its process tree."""
+    """One command run: wall time from process start to exit, peak summed RSS of its process tree, and
+    the CPU time (user + system) of the process and the children it waited for."""
 
     seconds: float
     peak_rss: int
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_measured(
@@ -160,6 +169,7 @@ def run_measured(
 ) -> Measured:
     """Run ``args``, sampling the RSS of it and all its descendants every ``interval`` seconds."""
     pipe = subprocess.PIPE if capture else None
+    cpu_before = children_cpu()
     started = time.perf_counter()
     proc = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=pipe, stderr=pipe, text=True)
     peak = 0
@@ -177,4 +187,4 @@ def run_measured(
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    return Measured(seconds, peak, proc.returncode, stdout or "", stderr or "")
+    return Measured(seconds, peak, proc.returncode, stdout or "", stderr or "", children_cpu() - cpu_before)

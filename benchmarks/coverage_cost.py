@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -31,17 +30,10 @@ from _common import add_random_vit_b_32, ensure_photos, jpeg_files, run_measured
 MODEL = ["--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k"]
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def index_once(exe: str, photos: Path, index: Path, coverage: str, env: dict[str, str]) -> dict[str, Any]:
     shutil.rmtree(index, ignore_errors=True)
     command = [exe, "index", str(photos), "--index", str(index), *MODEL, "--coverage", coverage]
-    before = children_cpu()
     run = run_measured([*command, "--quiet", "--json"], env=env)
-    cpu = children_cpu() - before
     if run.returncode != 0:
         sys.exit(f"clipsearch index failed (exit {run.returncode}):\n{run.stderr[-2000:]}")
     report = json.loads(run.stdout.splitlines()[-1])
@@ -51,7 +43,7 @@ def index_once(exe: str, photos: Path, index: Path, coverage: str, env: dict[str
         "images": images,
         "wall_s": run.seconds,
         "sync_s": float(report["seconds"]),
-        "cpu_s": cpu,
+        "cpu_s": run.cpu_seconds,
         "bytes_per_image": size / max(images, 1),
     }
 

@@ -57,11 +57,33 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
 
 
 @pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads or writes the user's real data folders."""
+def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """No test reads or writes the user's real data folders.
+
+    A test of the tiny model finds its text tower already exported in its (own, empty) cache, as a
+    user's second index of a model does: the export costs 2 s, and ~40 tests would pay it. Tests of the
+    export itself are marked ``fresh_model_cache`` and start with nothing."""
     monkeypatch.setenv("CLIPSEARCH_INDEX", str(tmp_path / "default-index"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    uses_tiny = {"tiny_model", "tiny_encoder"} & set(request.fixturenames)
+    if uses_tiny and request.node.get_closest_marker("fresh_model_cache") is None:
+        from clipsearch.encoders.cache import ModelCache
+
+        exported: Path = request.getfixturevalue("tiny_text_onnx")
+        shutil.copytree(exported, ModelCache.default().text_onnx / exported.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_onnx(tiny_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The tiny model's text tower exported once for the session (see ``_isolated_dirs``)."""
+    from clipsearch.encoders.cache import ModelCache
+    from clipsearch.encoders.onnx_export import export_text_encoder
+
+    cache = ModelCache(tmp_path_factory.mktemp("model-cache"))
+    outcome = export_text_encoder(cache, tiny_encoder.weights_sha256, tiny_encoder.dim, lambda: tiny_encoder)
+    assert outcome.path is not None, outcome.reason
+    return outcome.path
 
 
 @pytest.fixture(scope="session")

@@ -115,6 +115,7 @@ def test_unchanged_files_are_not_opened(index_dir, photos, tiny_encoder) -> None
     assert (report.unchanged, report.skipped) == (len(photos), 0)
 
 
+@pytest.mark.fresh_model_cache
 def test_model_is_loaded_only_when_a_file_needs_encoding(index_dir, photos, tiny_encoder) -> None:
     with Index.open_for_write(index_dir, tiny_encoder) as idx:  # exports the text tower once
         assert idx.sync([str(photos["coffee"].parent)]).text_export == "exported"

@@ -31,6 +31,8 @@ from clipsearch.encoders.onnx_text import (
 from clipsearch.ingest.sync import SyncOptions
 from clipsearch.store.catalog import IndexMeta
 
+pytestmark = pytest.mark.fresh_model_cache  # these test the export itself
+
 
 def _cache() -> ModelCache:
     return ModelCache.default()  # the tests' user cache (conftest points XDG_CACHE_HOME at tmp)

@@ -60,22 +60,39 @@ def check_exact(index_dir: Path, folder: Path, encoder) -> None:
     assert_tidy(index_dir)
 
 
+def rewrite_some(folder: Path, rng: random.Random, count: int) -> None:
+    """New pixels in ``count`` of the folder's images (names and formats kept): work for the next run."""
+    for path in rng.sample(sorted(p for p in folder.iterdir() if p.is_file()), count):
+        pixels = np.random.default_rng(rng.randrange(1 << 30)).integers(
+            0, 255, size=(56, 64, 3), dtype=np.uint8
+        )
+        Image.fromarray(pixels).save(path, format="JPEG" if path.suffix == ".jpg" else "PNG")
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume(tmp_path, tiny_model, tiny_encoder) -> None:
+    """kill -9 at random moments of runs that add, change and remove files; then one run resumes.
+
+    Each kill falls at a random share of how long the last run that was let finish took, so kills
+    land inside runs however fast the machine is; every run finds files changed since the last."""
     folder, index_dir = tmp_path / "photos", tmp_path / "idx"
     write_corpus(folder, 300, seed=1)
     rng = random.Random(KILL_SEED)
-    kills = 0
-    for attempt in range(40):
+    kills, duration = 0, 8.0
+    for attempt in range(60):
         if kills >= 10:
             break
+        started = time.monotonic()
         proc = subprocess.Popen(index_cmd(folder, index_dir, tiny_model, "--batch-size", "8"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        time.sleep(rng.uniform(1.0, 5.0))
-        if proc.poll() is None:
+        try:
+            proc.wait(timeout=rng.uniform(0.15, 0.95) * duration)
+            duration = time.monotonic() - started  # it finished first: kill sooner next time
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.communicate()
+        rewrite_some(folder, rng, 40)
         if attempt % 4 == 3:  # now and then add and remove files between crashes
             write_corpus(folder / "more", 10, seed=attempt)
             for extra in sorted((folder / "more").iterdir())[: rng.randint(0, 5)]:

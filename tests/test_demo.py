@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from statistics import mean
 
 import pytest
 from typer.testing import CliRunner
@@ -87,20 +88,33 @@ def test_colour_and_shape_queries_find_that_shape_first(shapes_index) -> None:
 def test_algebra_and_subtraction_through_the_query_language(shapes_index) -> None:
     images, index, data = shapes_index
     labels = data["labels"]
-    red_circles = sorted(
-        name
+    singles = {
+        name: (lab["shapes"][0]["color"], lab["shapes"][0]["shape"])
         for name, lab in labels.items()  # type: ignore[union-attr]
         if len(lab["shapes"]) == 1
-        and lab["shapes"][0]["color"] == "red"
-        and lab["shapes"][0]["shape"] == "circle"
-    )
+    }
+    colors = sorted({color for color, _ in singles.values()})
     with Index.open(index) as idx:
-        # image of a red circle - "red" + "blue": blue circles first
-        query = f"{images / red_circles[0]} - red + blue"
-        hits = [h for h in idx.search(query, k=6) if Path(h.path).name != red_circles[0]]
-        blue_circles = [matches(labels, h.path, color="blue", shape="circle") for h in hits[:5]]  # type: ignore[arg-type]
-        assert blue_circles[0] and sum(blue_circles) >= 3, [Path(h.path).name for h in hits]
-        assert all(matches(labels, h.path, color="blue") for h in hits[:5])  # type: ignore[arg-type]
+        # image of a red circle - "red" + "blue": blue circles first; for every one-shape picture of
+        # the folder and every other colour (one picture's answer may put a blue cross beside a red
+        # circle first). Measured (924 queries): first hit right 0.92, top 5 right 0.81, of the colour
+        # asked 0.93; the model before this one: 0.72, 0.59.
+        firsts, right, colored = [], [], []
+        for name, (color, shape) in sorted(singles.items()):
+            for other in colors:
+                if other == color:
+                    continue
+                query = f"{images / name} - {color} + {other}"
+                hits = [h for h in idx.search(query, k=6) if Path(h.path).name != name][:5]
+                ok = [matches(labels, h.path, color=other, shape=shape) for h in hits]  # type: ignore[arg-type]
+                firsts.append(ok[0])
+                right += ok
+                colored += [matches(labels, h.path, color=other) for h in hits]  # type: ignore[arg-type]
+        assert mean(firsts) >= 0.85 and mean(right) >= 0.75 and mean(colored) >= 0.9, (
+            mean(firsts),
+            mean(right),
+            mean(colored),
+        )
         # "circle" - "red": circles, and no red shape at all
         no_red = idx.search("circle - red", k=10)
         assert not any(matches(labels, h.path, color="red") for h in no_red)  # type: ignore[arg-type]

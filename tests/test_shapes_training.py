@@ -31,6 +31,7 @@ SHORT = train.TrainConfig(
     seed=3,
     free_scenes=0.0,
     free_groups=0.0,
+    twins=0,
 )
 
 
@@ -43,13 +44,44 @@ def trained(pytestconfig: pytest.Config) -> tuple[torch.nn.Module, list[tuple[in
 
 
 def test_batches_are_a_pure_function_of_seed_and_step() -> None:
-    images, captions = train.make_batch(SHORT, 4)
-    again, captions_again = train.make_batch(SHORT, 4)
-    other, _ = train.make_batch(SHORT, 5)
+    images, captions, labels = train.make_batch(SHORT, 4)
+    again, captions_again, labels_again = train.make_batch(SHORT, 4)
+    other, _, _ = train.make_batch(SHORT, 5)
     assert images.shape == (SHORT.batch_size, 3, train.IMAGE_SIZE, train.IMAGE_SIZE)
-    assert torch.equal(images, again)
+    assert torch.equal(images, again) and torch.equal(labels, labels_again)
     assert captions == captions_again
     assert not torch.equal(images, other)
+
+
+def test_twins_are_two_pictures_of_one_colour_and_shape_the_first_captioned() -> None:
+    config = train.TrainConfig(batch_size=64, twins=16)
+    images, captions, labels = train.make_batch(config, 7)
+    assert len(captions) == len(set(captions)) == 64
+    twins = len(images) - len(captions)
+    assert 14 <= twins <= 16  # a twin whose caption was taken already is dropped
+    firsts, seconds = labels[64 - twins : 64], labels[64:]
+    assert torch.equal(firsts, seconds) and len(set(firsts.tolist())) == twins and (firsts >= 0).all()
+    for label, caption in zip(firsts.tolist(), captions[64 - twins :], strict=True):
+        color, shape = list(world.COLORS)[label // len(world.SHAPES)], world.SHAPES[label % len(world.SHAPES)]
+        assert color in caption and shape in caption
+    assert not any(torch.equal(images[i], images[i + twins]) for i in range(64 - twins, 64))  # drawn afresh
+    assert set(labels[: 64 - twins].tolist()) >= {-1}  # two-shape scenes have no label
+
+
+def test_same_kind_loss_pulls_pictures_of_one_label_together() -> None:
+    labels = torch.tensor([0, 0, 1, 1, -1, -1])
+    rng = torch.Generator().manual_seed(0)
+    apart = torch.nn.functional.normalize(torch.randn(6, 16, generator=rng), dim=-1)
+    together = apart.clone()
+    together[1], together[3] = together[0], together[2]
+    assert train.same_kind_loss(together, labels, 0.1) < train.same_kind_loss(apart, labels, 0.1)
+    # unlabelled pictures are only negatives: moving them onto an anchor's positive raises the loss
+    crowded = together.clone()
+    crowded[4] = crowded[0]
+    assert train.same_kind_loss(crowded, labels, 0.1) > train.same_kind_loss(together, labels, 0.1)
+    alone = torch.tensor([0, 1, -1, -1, 2, 3])
+    loss = train.same_kind_loss(apart.requires_grad_(), alone, 0.1)
+    assert loss.item() == 0.0 and loss.requires_grad  # no positives: nothing to learn, still a graph
 
 
 def test_captions_in_a_batch_are_unique_and_groups_name_what_differs() -> None:
@@ -114,8 +146,10 @@ def test_shape_and_colour_groups_are_free_shapes_at_the_configured_rate() -> Non
 def test_dataloader_workers_yield_the_same_batches_as_inline() -> None:
     config = train.TrainConfig(steps=3, batch_size=8, workers=1)
     inline = list(train.batches(train.TrainConfig(steps=3, batch_size=8, workers=0)))
-    for (images, captions), (expected, expected_captions) in zip(train.batches(config), inline, strict=True):
-        assert torch.equal(images, expected)
+    for (images, captions, labels), (expected, expected_captions, expected_labels) in zip(
+        train.batches(config), inline, strict=True
+    ):
+        assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
         assert captions == expected_captions
 
 

@@ -1,13 +1,16 @@
 """Train the tiny shapes CLIP model from scratch and save it as an open_clip ``local-dir:`` folder.
 
 Usage: ``python -m clipsearch.shapes.train --out DIR [--steps N] [--batch-size B] [--seed S] [--threads T]
-[--lr LR] [--warmup-steps W] [--init FOLDER]`` (``--init``: start from a trained model's weights)
+[--lr LR] [--warmup-steps W] [--twins N] [--twin-weight W] [--init FOLDER]`` (``--init``: start from a
+trained model's weights)
 
 The model is a stock open_clip CLIP built from a config registered with ``open_clip.add_model_config``:
 a transformer text tower and, as image tower, the small max-pooling CNN of `tower` (a timm-registered
 model that open_clip wraps like any timm tower); it learns from fresh `world` scenes every step with
-open_clip's tokenizer and ``ClipLoss``. DIR receives ``open_clip_config.json`` (model and preprocess
-config), ``open_clip_model.safetensors`` (fp16) and ``MODEL_CARD.md`` with the held-out metrics.
+open_clip's tokenizer and ``ClipLoss``, plus an image-to-image term over "twins" (two pictures of one
+colour and shape drawn apart: see ``TrainConfig.twins``). DIR receives ``open_clip_config.json``
+(model and preprocess config), ``open_clip_model.safetensors`` (fp16) and ``MODEL_CARD.md`` with the
+held-out metrics.
 """
 
 from __future__ import annotations
@@ -107,6 +110,18 @@ class TrainConfig:
     free_groups: float = 0.5
     workers: int = 1
     log_every: int = 50
+    # Twins: this many single free shapes per step (each of another colour and shape) get a second
+    # picture of the same colour and shape drawn afresh (size, place, background, frame), and every
+    # picture of one shape is pulled towards the others of its colour and shape by an image-to-image
+    # contrastive term of weight ``twin_weight``: text alone never tells the model that a small red
+    # circle in a corner and a large one on a gradient are the same thing to look for.
+    # Measured (200-step fine-tunes, pictures of two other programs): weight 0.2 at temperature 0.1
+    # lifts image -> image top-5 from 0.80/0.84 to 0.89/0.90 and keeps the algebra (0.83/0.86);
+    # weight 0.5 or temperature 0.3 pull pictures of a kind so close that img - "red" + "blue" no
+    # longer leaves the red cluster (algebra 0.60-0.80).
+    twins: int = 32
+    twin_weight: float = 0.2
+    twin_temperature: float = 0.1
     # A model folder (this config's architecture) whose weights the run starts from instead of random
     # ones: fine-tuning a trained model on a new mix of scenes costs a fraction of a run from scratch.
     init: str | None = None
@@ -229,6 +244,20 @@ def _binding_scenes(rng: np.random.Generator) -> _Group:
     return [(scene, _only(scene, focus), require), (swapped, _only(swapped, focus), require)]
 
 
+def sample_twins(rng: np.random.Generator, count: int) -> list[tuple[world.Scene, world.Scene]]:
+    """``count`` pairs of single free shapes, one pair per colour x shape (none repeated), the two
+    pictures of a pair alike in colour and shape only."""
+    kinds = [(color, shape) for color in world.COLORS for shape in world.SHAPES]
+    chosen = rng.choice(len(kinds), size=min(count, len(kinds)), replace=False)
+    return [
+        (
+            world.sample_free_scene(rng, color=kinds[k][0], shape=kinds[k][1]),
+            world.sample_free_scene(rng, color=kinds[k][0], shape=kinds[k][1]),
+        )
+        for k in chosen
+    ]
+
+
 def sample_batch(rng: np.random.Generator, config: TrainConfig) -> tuple[list[world.Scene], list[str]]:
     """Scenes and unique captions for one step: hard-negative groups first, then random scenes."""
     scenes: list[world.Scene] = []
@@ -273,16 +302,41 @@ def inference_transform() -> Callable[[Image.Image], torch.Tensor]:
     )
 
 
-def make_batch(config: TrainConfig, step: int) -> tuple[torch.Tensor, list[str]]:
-    """The images (preprocessed) and captions of one training step; a pure function of seed and step."""
+#: A training step: the pictures (the captioned ones first, then the twins' second pictures), the
+#: captions of the first ones, and per picture the colour x shape label of a single shape (-1 otherwise).
+Batch = tuple[torch.Tensor, list[str], torch.Tensor]
+
+
+def _label(scene: world.Scene) -> int:
+    if len(scene.shapes) != 1:
+        return -1
+    spec = scene.shapes[0]
+    return tuple(world.COLORS).index(spec.color) * len(world.SHAPES) + world.SHAPES.index(spec.shape)
+
+
+def make_batch(config: TrainConfig, step: int) -> Batch:
+    """The images (preprocessed), captions and labels of one step; a pure function of seed and step."""
     rng = np.random.default_rng([config.seed, step])
-    scenes, captions = sample_batch(rng, config)
+    # twins (at most a quarter of the batch) take their place in it: batch_size captions, plus one
+    # uncaptioned picture per twin
+    twins = min(config.twins, config.batch_size // 4)
+    scenes, captions = sample_batch(rng, replace(config, batch_size=config.batch_size - twins))
+    seconds = []
+    seen = set(captions)
+    for first, second in sample_twins(rng, twins) if twins else ():
+        caption = _unique_caption(first, rng, ("color", "shape"), seen)
+        if caption is not None:
+            scenes.append(first)
+            captions.append(caption)
+            seconds.append(second)
+    scenes += seconds
     sizes = (world.sample_image_size(rng, RENDER_SHORT_SIDE) for _ in scenes)
     images = [world.render(scene, rng, size, look=LOOK) for scene, size in zip(scenes, sizes, strict=True)]
-    return torch.stack([inference_transform()(img) for img in images]), captions
+    labels = torch.tensor([_label(scene) for scene in scenes], dtype=torch.long)
+    return torch.stack([inference_transform()(img) for img in images]), captions, labels
 
 
-class _Batches(torch.utils.data.Dataset[tuple[torch.Tensor, list[str]]]):
+class _Batches(torch.utils.data.Dataset[Batch]):
     """Step i's batch is item i, so a DataLoader renders upcoming steps in worker processes."""
 
     def __init__(self, config: TrainConfig) -> None:
@@ -291,11 +345,11 @@ class _Batches(torch.utils.data.Dataset[tuple[torch.Tensor, list[str]]]):
     def __len__(self) -> int:
         return self.config.steps
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, list[str]]:
+    def __getitem__(self, step: int) -> Batch:
         return make_batch(self.config, step)
 
 
-def batches(config: TrainConfig) -> Iterator[tuple[torch.Tensor, list[str]]]:
+def batches(config: TrainConfig) -> Iterator[Batch]:
     """Yield the training batches in step order, rendered by `config.workers` processes ahead of use."""
     if config.workers == 0:
         return (make_batch(config, step) for step in range(config.steps))
@@ -348,15 +402,40 @@ def init_fingerprint(config: TrainConfig) -> str:
 
 
 def _loss(
-    model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor, loss_fn: ClipLoss
+    model: torch.nn.Module,
+    batch: Batch,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    loss_fn: ClipLoss,
+    twin_weight: float,
+    twin_temperature: float,
 ) -> torch.Tensor:
-    """CLIP loss of one batch; the towers run in bfloat16 autocast (fast on CPUs with AMX/AVX-512)."""
+    """CLIP loss of one batch (plus the twins' term); the towers run in bfloat16 autocast (fast on CPUs
+    with AMX/AVX-512)."""
+    images, captions, labels = batch
     with torch.autocast("cpu", dtype=torch.bfloat16):
         image_features = model.encode_image(images.contiguous(memory_format=torch.channels_last))
-        text_features = model.encode_text(tokens)
+        text_features = model.encode_text(tokenizer(captions))
     image_features = torch.nn.functional.normalize(image_features.float(), dim=-1)
     text_features = torch.nn.functional.normalize(text_features.float(), dim=-1)
-    return loss_fn(image_features, text_features, model.logit_scale.exp())
+    loss = loss_fn(image_features[: len(captions)], text_features, model.logit_scale.exp())
+    if twin_weight and len(images) > len(captions):
+        loss = loss + twin_weight * same_kind_loss(image_features, labels, twin_temperature)
+    return loss
+
+
+def same_kind_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss over pictures: each labelled picture's others of its label are its
+    positives, every other picture a negative (Khosla et al. 2020, the "out" form)."""
+    similarity = features @ features.T / temperature
+    own = torch.eye(len(labels), dtype=torch.bool)
+    similarity = similarity.masked_fill(own, float("-inf"))
+    log_prob = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0) & ~own
+    anchors = positive.any(dim=1)
+    if not anchors.any():
+        return features.sum() * 0.0
+    per_anchor = log_prob.masked_fill(~positive, 0.0).sum(dim=1) / positive.sum(dim=1).clamp(min=1)
+    return -per_anchor[anchors].mean()
 
 
 def train(config: TrainConfig) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
@@ -371,10 +450,11 @@ def train(config: TrainConfig) -> tuple[torch.nn.Module, list[tuple[int, float]]
     window: list[float] = []
     start = time.monotonic()
     model.train()
-    for step, (images, captions) in enumerate(batches(config)):
+    for step, batch in enumerate(batches(config)):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        loss = _loss(model, images, tokenizer(captions), loss_fn)
+        weight = config.twin_weight if config.twins else 0.0
+        loss = _loss(model, batch, tokenizer, loss_fn, weight, config.twin_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -442,7 +522,8 @@ trained from scratch on the procedural shapes world of `clipsearch.shapes.world`
 
 - command: `python -m clipsearch.shapes.train --out DIR --steps {config.steps} --batch-size \
 {config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers} \
---lr {config.lr} --warmup-steps {config.warmup_steps}{"" if config.init is None else " --init INIT"}`
+--lr {config.lr} --warmup-steps {config.warmup_steps} --twins {config.twins} \
+--twin-weight {config.twin_weight}{"" if config.init is None else " --init INIT"}`
 - starting weights (INIT): {init_fingerprint(config)}
 - settings: `{json.dumps(asdict(config))}`
 - parameters: {n_params:,} (weights stored as fp16)
@@ -522,6 +603,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--init", type=Path, default=None, help="model folder to start from (same architecture)"
     )
+    parser.add_argument(
+        "--twins",
+        type=int,
+        default=TrainConfig.twins,
+        help="pairs of one colour and shape per step (0: none)",
+    )
+    parser.add_argument(
+        "--twin-weight", type=float, default=TrainConfig.twin_weight, help="weight of the twins' image term"
+    )
+    parser.add_argument(
+        "--twin-temperature",
+        type=float,
+        default=TrainConfig.twin_temperature,
+        help="temperature of the twins' image term",
+    )
     parser.add_argument("--eval-copies", type=int, default=6, help="held-out images per attribute combo")
     parser.add_argument("--eval-files", type=int, default=600, help="held-out real files to write and read")
     args = parser.parse_args(argv)
@@ -533,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
+        twins=args.twins,
+        twin_weight=args.twin_weight,
+        twin_temperature=args.twin_temperature,
         init=None if args.init is None else str(args.init.absolute()),
     )
     metrics = run(args.out, config, eval_copies=args.eval_copies, eval_files=args.eval_files)

@@ -646,6 +646,7 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -
         assert _stop(shared)[0] == 0
 
 
+@pytest.mark.slow  # two server processes, 4 s each
 @pytest.mark.parametrize("cli", [False, True])
 def test_serve_stops_cleanly_on_sigterm(served: Served, cli: bool) -> None:
     proc, url, _ = _start_serving(served.index_dir, "127.0.0.1", cli=cli)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import children_cpu
 
 # Each stage in the order the CLI goes through it, timed in a fresh interpreter.
 STAGES = r"""
@@ -68,12 +69,11 @@ print(json.dumps([(b[0], b[1] - a[1], b[2] - a[2]) for a, b in zip(marks, marks[
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall time and CPU time (user + system, all threads) of one run of ``cmd``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = children_cpu()
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, children_cpu() - cpu_before
 
 
 def show(name: str, runs: list[tuple[float, float]]) -> None:

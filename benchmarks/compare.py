@@ -219,26 +219,18 @@ def bench_limit(
 def fixed_cpu(work: Path, env: dict[str, str], precision: str, photo: Path) -> float:
     """CPU seconds (all processes) of ``clipsearch index`` making a new index of one photo: what every
     run spends besides its images (imports, model load, commit)."""
-    import resource
-
     folder, index = work / "fixed-photo", work / "fixed-index"
     shutil.rmtree(index, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(photo, folder / photo.name)
     model = ["--model", NAIVE_MODEL, "--pretrained", NAIVE_PRETRAINED, "--precision", precision]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = subprocess.run(
-        [clipsearch_exe(), "index", str(folder), "--index", str(index), *model, "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command = [clipsearch_exe(), "index", str(folder), "--index", str(index), *model, "--quiet"]
+    run = run_measured(command, env=env)
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(index, ignore_errors=True)
     if run.returncode != 0:
         raise RuntimeError(f"clipsearch index of one photo failed: {run.stderr.strip()[-400:]}")
-    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return run.cpu_seconds
 
 
 # ---------------------------------------------------------------- rclip

@@ -335,15 +335,18 @@ def clipsearch(
 def measure_cold(index_dir: Path, env: dict[str, str]) -> tuple[float, float]:
     """Median wall and CPU time (user + system, all threads) of ``clipsearch search TEXT`` in a new
     process (page cache warm: a new process, not a cold disk); the first run is not counted."""
+    sys.path.insert(0, str(ROOT_DIR / "benchmarks"))
+    from _common import children_cpu
+
     seconds, cpus = [], []
     for text in TEXTS:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before = children_cpu()
         elapsed, done = clipsearch("search", text, "--index", str(index_dir), env=env)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = children_cpu() - cpu_before
         if done.returncode != 0:
             raise RuntimeError(f"clipsearch search failed: {done.stderr}")
         seconds.append(elapsed)
-        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        cpus.append(cpu)
     return round(statistics.median(seconds[1:]), 3), round(statistics.median(cpus[1:]), 3)
 
 

@@ -589,7 +589,8 @@ def test_one_round_of_feedback_raises_precision_of_two_shape_queries(world: Worl
     gain = after["p@10"] - before["p@10"]
     print(f"two-shape queries, p@10 {before['p@10']:.3f} -> {after['p@10']:.3f}; new p@10 "
           f"{before['new p@10']:.3f} -> {after['new p@10']:.3f}")  # fmt: skip
-    assert before["p@10"] < 0.5 and gain >= 0.1, (before, after)
+    # measured: 0.49 -> 0.63 with the shipped model (0.37 -> 0.51 with the one before it)
+    assert before["p@10"] < 0.6 and gain >= 0.1, (before, after)
     assert after["ndcg@10"] > before["ndcg@10"]
 
 

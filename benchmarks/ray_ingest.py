@@ -24,12 +24,9 @@ folder's ``ray`` folder and is stopped by process group, never with ``ray stop``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -41,6 +38,9 @@ from typing import Any
 
 import numpy as np
 from _common import ROOT, Measured, add_random_vit_b_32, ensure_photos, run_measured
+
+sys.path.insert(0, str(ROOT / "tests"))
+from raycluster import Cluster, committed, ray_env
 
 MODELS = {"vit-b-32": ("ViT-B-32", "laion2b_s34b_b79k"), "tiny": ("hf-hub:clipsearch-test/tiny-clip", None)}
 
@@ -67,7 +67,6 @@ def index_command(photos: Path, index: Path, args: argparse.Namespace, *extra: s
 def environment(work: Path, args: argparse.Namespace) -> dict[str, str]:
     hf = work / "hf"
     if not (hf / ".ready").exists():
-        sys.path.insert(0, str(ROOT / "tests"))
         from hfcache import add_tiny_model
 
         log("writing random model weights into a Hugging Face cache ...")
@@ -75,18 +74,12 @@ def environment(work: Path, args: argparse.Namespace) -> dict[str, str]:
         (hf / ".ready").write_text("")
     ray_tmp = work / "ray"
     ray_tmp.mkdir(exist_ok=True)
-    return dict(
-        os.environ,
+    return ray_env(
+        ray_tmp,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
         HF_HUB_CACHE=str(hf),
         HF_HUB_OFFLINE="1",
         CLIPSEARCH_CACHE=str(work / "clipsearch-cache"),
-        RAY_TMPDIR=str(ray_tmp),
-        RAY_AUTH_MODE="disabled",
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_health_check_period_ms="1000",
-        RAY_health_check_timeout_ms="1000",
-        RAY_health_check_failure_threshold="3",
     )
 
 
@@ -124,54 +117,6 @@ def compare_local(photos: Path, work: Path, env: dict[str, str], args: argparse.
 # -- a two-node cluster on this machine ---------------------------------------------------------
 
 
-class Cluster:
-    """``ray start`` nodes of 1 CPU, each in its own process group, in the work folder's ray folder."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.folder = Path(env["RAY_TMPDIR"])
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.address = f"127.0.0.1:{s.getsockname()[1]}"
-        self.groups: dict[str, int] = {}
-
-    def start(self, name: str, *, head: bool = False) -> None:
-        ray = str(Path(sys.executable).with_name("ray"))
-        args = [ray, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-        if head:
-            args += ["--head", "--port", self.address.split(":")[1], "--temp-dir", str(self.folder),
-                     "--include-dashboard", "false"]  # fmt: skip
-        else:
-            args += ["--address", self.address]
-        proc = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True, text=True)  # fmt: skip
-        self.groups[name] = proc.pid
-        _, err = proc.communicate(timeout=300)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ray start ({name}) failed:\n{err[-2000:]}")
-
-    def kill(self, name: str) -> None:
-        os.killpg(self.groups.pop(name), signal.SIGKILL)
-
-    def stop(self) -> None:
-        for group in self.groups.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-        self.groups.clear()
-        for entry in Path("/proc").iterdir():  # what changed its process group, by its temp folder
-            with contextlib.suppress(OSError, ValueError):
-                if entry.name.isdigit() and str(self.folder).encode() in (entry / "cmdline").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
-
-
-def committed(index: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{index / 'catalog.sqlite'}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM files").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 def exactly_once(index: Path, photos: Path) -> bool:
     """Every photo has one row with a content, and the vector set holds each content's vectors once."""
     with sqlite3.connect(f"file:{index / 'catalog.sqlite'}?mode=ro", uri=True) as conn:
@@ -185,7 +130,7 @@ def exactly_once(index: Path, photos: Path) -> bool:
 def two_nodes(photos: Path, work: Path, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kill in (False, True):
-        cluster = Cluster(env)
+        cluster = Cluster(Path(env["RAY_TMPDIR"]), env)
         try:
             cluster.start("head", head=True)
             cluster.start("second")

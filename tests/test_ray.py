@@ -9,13 +9,10 @@ off (``RAY_AUTH_MODE=disabled``): it would write a token into the home folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from raycluster import Cluster, committed, kill_ray, ray_env, wait_gone
 from test_crash import check_exact
 from test_odd_files import write_corpus as write_odd_corpus
 
@@ -40,40 +38,7 @@ from clipsearch.ingest.sync import SyncOptions
 from clipsearch.store.codes import TRAIN_MIN
 from videos import scene, write_video
 
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
 # -- helpers: Ray's processes, clusters, runs ------------------------------------------------
-
-
-def ray_pids(folder: Path) -> list[int]:
-    """Processes whose command line names ``folder`` (the Ray sessions kept there)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(folder).encode() in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def kill_ray(folder: Path) -> None:
-    for pid in ray_pids(folder):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def wait_gone(folder: Path, seconds: float) -> list[int]:
-    """Wait up to ``seconds`` for the Ray processes of ``folder`` to end; those still running."""
-    deadline = time.monotonic() + seconds
-    while ray_pids(folder) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return ray_pids(folder)
 
 
 @pytest.fixture
@@ -88,65 +53,9 @@ def ray_tmp() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def ray_env(folder: Path, **extra: str) -> dict[str, str]:
-    return dict(
-        os.environ,
-        RAY_TMPDIR=str(folder),
-        RAY_AUTH_MODE="disabled",
-        RAY_USAGE_STATS_ENABLED="0",
-        # a lost node is noticed in ~4 s instead of ~15
-        RAY_health_check_period_ms="1000",
-        RAY_health_check_timeout_ms="1000",
-        RAY_health_check_failure_threshold="3",
-        **extra,
-    )
-
-
 def index_cmd(folder: Path, index: Path, model: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "clipsearch", "index", str(folder), "--index", str(index),
             "--model", model, "--precision", "fp32", "--json", *extra]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Cluster:
-    """A Ray cluster on this machine: a head and worker nodes (1 CPU each), each its own raylet
-    in its own process group."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.groups: dict[str, int] = {}
-
-    def start(self, name: str, *, head: bool = False, wrap: list[str] | None = None) -> None:
-        args = [RAY, "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-        if head:
-            args += ["--head", "--port", str(self.port), "--temp-dir", str(self.folder),
-                     "--include-dashboard", "false"]  # fmt: skip
-        else:
-            args += ["--address", self.address]
-        log = (self.folder / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [*(wrap or []), *args], env=ray_env(self.folder), stdout=log, stderr=log, start_new_session=True
-        )
-        self.groups[name] = proc.pid  # the session leader's pid is the group's id
-        assert proc.wait(timeout=240) == 0, (self.folder / f"{name}.log").read_text()[-3000:]
-
-    def kill(self, name: str) -> None:
-        """SIGKILL a node's process group: its raylet and every worker it started."""
-        os.killpg(self.groups.pop(name), signal.SIGKILL)
-
-    def stop(self) -> None:
-        for group in self.groups.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-        self.groups.clear()
-        kill_ray(self.folder)
 
 
 @pytest.fixture
@@ -156,15 +65,6 @@ def cluster(ray_tmp: Path) -> Iterator[Cluster]:
         yield made
     finally:
         made.stop()
-
-
-def committed(index: Path) -> int:
-    """Files the index has committed so far (0 before its catalog exists)."""
-    try:
-        with sqlite3.connect(f"file:{index / 'catalog.sqlite'}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT count(*) FROM files").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def noise_corpus(folder: Path, count: int, size: int, seed: int) -> None:

@@ -418,7 +418,7 @@ def _loss(
     image_features = torch.nn.functional.normalize(image_features.float(), dim=-1)
     text_features = torch.nn.functional.normalize(text_features.float(), dim=-1)
     loss = loss_fn(image_features[: len(captions)], text_features, model.logit_scale.exp())
-    if twin_weight and len(images) > len(captions):
+    if twin_weight and len(images) > len(captions):  # twins' second pictures follow the captioned ones
         loss = loss + twin_weight * same_kind_loss(image_features, labels, twin_temperature)
     return loss
 
@@ -453,8 +453,7 @@ def train(config: TrainConfig) -> tuple[torch.nn.Module, list[tuple[int, float]]
     for step, batch in enumerate(batches(config)):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        weight = config.twin_weight if config.twins else 0.0
-        loss = _loss(model, batch, tokenizer, loss_fn, weight, config.twin_temperature)
+        loss = _loss(model, batch, tokenizer, loss_fn, config.twin_weight, config.twin_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

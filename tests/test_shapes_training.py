@@ -221,3 +221,12 @@ def test_command_writes_a_complete_model_folder(tmp_path: Path) -> None:
     for metric in ("text_to_image", "image_to_image", "algebra", "subtraction", "position", "size"):
         assert f"| {metric} |" in card
     assert "| 3 |" in card  # the loss table
+
+
+@pytest.mark.parametrize("bad", [["--twins", "-1"], ["--twin-weight", "-0.5"], ["--twin-temperature", "0"]])
+def test_command_refuses_bad_twin_settings(tmp_path: Path, bad: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--out", str(tmp_path / "model"), *bad])
+    assert exit_info.value.code == 2
+    assert "--twin-temperature above 0" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()

@@ -620,6 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-copies", type=int, default=6, help="held-out images per attribute combo")
     parser.add_argument("--eval-files", type=int, default=600, help="held-out real files to write and read")
     args = parser.parse_args(argv)
+    if args.twins < 0 or args.twin_weight < 0 or args.twin_temperature <= 0:
+        parser.error("--twins and --twin-weight must be 0 or more, --twin-temperature above 0")
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,

@@ -115,6 +115,7 @@ def assert_same_as_torch(index_dir: Path, encoder: object, min_cosine: float = 0
         assert fast._encoder is None  # the torch model was never needed
 
 
+@pytest.mark.slow  # 3-5 s; the fast tier exports the tiny model once anyway (conftest), with the check
 def test_tiny_model_onnx_matches_torch(tmp_path: Path, tiny_encoder) -> None:
     folder = tmp_path / "photos"
     write_many_photos(folder)

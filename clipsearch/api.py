@@ -483,7 +483,7 @@ class Index:
     @property
     def image_size(self) -> tuple[int, int]:
         self.follow_rebuild()
-        return self.encoder.image_size
+        return self.image_encoder.image_size
 
     @property
     def decode_side(self) -> int:
@@ -497,8 +497,10 @@ class Index:
         return self.text_encoder.encode_texts(texts)
 
     def encode_images(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        """Image queries: the model if loaded, else its image tower alone (as a sync encodes), so a
+        server answering text through the exported text encoder never holds the text tower twice."""
         self.follow_rebuild()
-        return self.encoder.encode_images(images)
+        return self.image_encoder.encode_images(images)
 
     # -- syncing and searching ----------------------------------------------------------------
 

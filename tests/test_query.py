@@ -293,7 +293,16 @@ def test_cli_in_a_folder_that_is_not_indexed_is_a_usage_error(library, tmp_path)
     assert f"--in {root / 'aa'}: no such folder, and no indexed file lies under it" in typo.stderr
     (root / "empty").mkdir()
     empty = _search(index_dir, "a photo", "--in", str(root / "empty"))  # a real folder, nothing in it yet
-    assert empty.exit_code == 0 and "No results" in empty.stderr
+    assert empty.exit_code == 0 and "No results match the filters or the threshold." in empty.stderr
+
+
+def test_cli_says_when_the_index_itself_is_empty(tmp_path, tiny_encoder) -> None:
+    (tmp_path / "nothing").mkdir()
+    with Index.open_for_write(tmp_path / "index", tiny_encoder) as idx:
+        idx.sync([str(tmp_path / "nothing")])
+    result = _search(tmp_path / "index", "a photo")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "is empty. Add photos with: clipsearch index FOLDER" in result.stderr
 
 
 def test_cli_marks_files_not_on_disk_and_available_leaves_them_out(tmp_path, photos, tiny_encoder) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
 import re
@@ -644,6 +645,45 @@ def test_serve_answers_on_loopback_and_stops_cleanly_on_ctrl_c(served: Served) -
         code, rest = _stop(local)
         assert code == 0 and f"Stopped serving {served.index_dir}." in rest, rest
         assert _stop(shared)[0] == 0
+
+
+def _has_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps")
+def test_serve_answers_text_without_torch_and_loads_the_image_tower_at_the_first_image_query(
+    served: Served,
+) -> None:
+    proc, url, lines = _start_serving(served.index_dir, "127.0.0.1", cli=True)
+    try:
+        assert any("Text queries use the exported text encoder" in line for line in lines), lines
+        with urllib.request.urlopen(url + "api/search?q=cat&k=3", timeout=30) as response:
+            text_hits = json.loads(response.read())["results"]
+        assert len(text_hits) == 3 and not _has_torch(proc.pid)  # about 0.75 GB not in the server
+        body, boundary = _multipart(served.photos["coffee"].read_bytes(), "coffee.jpg")
+        request = urllib.request.Request(
+            url + "api/search/image?k=1",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            image_hits = json.loads(response.read())["results"]
+        assert image_hits[0]["path"] == str(served.photos["coffee"]) and _has_torch(proc.pid)
+        with urllib.request.urlopen(url + "api/search?q=cat&k=3", timeout=30) as response:
+            assert json.loads(response.read())["results"] == text_hits  # the same encoder still
+    finally:
+        assert _stop(proc)[0] == 0
+
+
+def _multipart(data: bytes, name: str) -> tuple[bytes, str]:
+    boundary = "clipsearch-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), boundary
 
 
 @pytest.mark.slow  # two server processes, 4 s each

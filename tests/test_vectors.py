@@ -151,3 +151,23 @@ def test_sq8_ranges_learnt_from_similar_vectors_widen_for_different_ones(tmp_pat
     )
     _, hits = store.search(base[::97], 1)
     np.testing.assert_array_equal(hits[:, 0], np.arange(len(base))[::97])
+
+
+@pytest.mark.parametrize("kind", ["sq8", "fp16", "fp32"])
+def test_rows_read_one_by_one_equal_the_mapped_rows(tmp_path: Path, kind: str, monkeypatch) -> None:
+    from clipsearch.store import codes
+
+    vectors = unit_vectors(300, 24, seed=5)
+    codec = codes.learn(kind, 24, vectors)
+    path = tmp_path / "seg.codes.faiss"
+    codes.write_codes(path, codec, [codec.encode(vectors[:100]), codec.encode(vectors[100:])], 300)
+    stored = codes.CodesFile(path)
+    positions = np.array([299, 0, 17, 17, 150, 1])
+    read = stored.rows(positions)  # pread, row by row
+    monkeypatch.setattr(codes, "PREAD_ROWS", 0)
+    assert np.array_equal(read, stored.rows(positions))  # through the memory map
+    assert np.allclose(read, vectors[positions], atol=0.02 if kind == "sq8" else 1e-3)
+    monkeypatch.undo()
+    assert stored.rows(np.array([], np.int64)).shape == (0, 24)
+    with pytest.raises(IndexError):
+        stored.rows(np.array([300]))

@@ -655,6 +655,10 @@ class Catalog:
         row = self.conn.execute("SELECT id FROM contents WHERE hash = ?", (digest,)).fetchone()
         return None if row is None else int(row[0])
 
+    def is_empty(self) -> bool:
+        """No content catalogued (cheap: no count of a large table)."""
+        return self.conn.execute("SELECT 1 FROM contents LIMIT 1").fetchone() is None
+
     def counts(self) -> dict[str, int]:
         one = self.conn.execute
         contents = one("SELECT count(*) FROM contents").fetchone()[0]

@@ -957,10 +957,6 @@ class _SyncModel:
     def in_memory(self) -> bool:
         return self.index.encoder_loaded or self.index.model_loading
 
-    @property
-    def loaded(self) -> bool:
-        return self.index.encoder_loaded
-
     def start(self) -> None:
         self.index.start_loading()
 

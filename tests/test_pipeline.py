@@ -45,26 +45,3 @@ def test_sync_report_splits_encoding_from_waiting_for_decoders(tmp_path: Path, t
     assert 0 < report.encode_seconds <= report.seconds
     assert 0 <= report.decode_wait_seconds <= report.seconds
     assert {"encode_seconds", "decode_wait_seconds"} <= set(report.to_dict())
-
-
-def test_a_lowered_look_ahead_submits_nothing_until_the_backlog_is_under_it() -> None:
-    """Decoding runs further ahead while the model loads; the budget then drops back, and the stream
-    submits no more work until what is in flight is under the new budget (memory stays bounded)."""
-    submitted: list[int] = []
-
-    def decode(item: int) -> int:
-        submitted.append(item)
-        return item
-
-    with ThreadPoolExecutor(2) as pool:
-        stream = OrderedStream(pool, decode, range(40), budget=16)
-        results = []
-        for item in stream:
-            if item == 0:
-                time.sleep(0.1)  # the workers finish what was submitted meanwhile
-                assert len(submitted) == 17  # 16, and one more when item 0 left the look-ahead
-                stream.budget = 4
-            elif item <= 12:
-                assert len(submitted) == 17  # 16 in flight after item 0, 4 after item 12: nothing new
-            results.append(item)
-        assert results == list(range(40)) and len(submitted) == 40

@@ -54,12 +54,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Decoded pixels the workers may hold ahead of the encoder while the model loads (imports and
-#: weights: ~3 s of one core). With the usual look-ahead of 4 batches they finished those and one
-#: core idled; with this much they decode on (~440 one-view pictures of a 224-px model), and the
-#: look-ahead shrinks back once the model encodes.
-LOADING_AHEAD_BYTES = 64 << 20
-
 
 @dataclass(frozen=True)
 class SyncOptions:
@@ -229,10 +223,6 @@ class SyncModel(Protocol):
     def in_memory(self) -> bool:
         """Whether the model is loaded or loading already (no status line needed)."""
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the model is loaded (an encode would not wait for it)."""
-
     def start(self) -> None:
         """Start loading the image tower in the background, unless it is in memory."""
 
@@ -345,7 +335,6 @@ class _Committer:
         self.since_checkpoint = 0
         self.reasons: Counter[str] = Counter()
         self.threads: int | None = None  # torch threads per encode; set while workers decode
-        self.model_ready = False  # the model has been handed over (it has loaded)
         self.unverified: ModelPreview | None = None  # the cached preview the files were decoded with
         # new videos whose windows are being decoded (digest -> video, and its file as first prepared)
         self.videos: dict[str, tuple[VideoInProgress, Prepared, str]] = {}
@@ -501,7 +490,6 @@ class _Committer:
         started = time.monotonic()
         try:
             encoder = self.model.encoder()  # waits for the model if it is still loading
-            self.model_ready = True
             batch = np.stack(pixels) if isinstance(pixels, list) else pixels
             if batch.dtype == np.uint8 and encoder.device != "cpu":  # normalised on the GPU
                 return encoder.encode_uint8(batch)
@@ -774,16 +762,9 @@ def _decode_and_encode(work: Work, committer: _Committer, *, cached: bool) -> No
     # pixels (150 KB per ViT-B-32 image) keep the workers busy and the memory flat
     # (a video's window weighs its most samples: two or three windows are in flight)
     window = max(4 * options.batch_size, 4 * options.workers)
-    ahead = window
-    if not model.loaded:  # more while the model loads (LOADING_AHEAD_BYTES), back to ``window`` after
-        views = 3 if job.views is not None else 1  # a 4:3 or 16:9 photo's centre crop and end squares
-        height, width = known.image_size
-        ahead = max(window, LOADING_AHEAD_BYTES // (views * height * width * 3))
-    stream = OrderedStream(pool, decode, todo, ahead, task_cost)
+    stream = OrderedStream(pool, decode, todo, window, task_cost)
     try:
         for result in stream:
-            if stream.budget > window and committer.model_ready:
-                stream.budget = window  # no new work until the look-ahead is back under it
             if isinstance(result, WindowResult):
                 done = committer.take_window(result)
             else:

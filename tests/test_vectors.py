@@ -169,5 +169,6 @@ def test_rows_read_one_by_one_equal_the_mapped_rows(tmp_path: Path, kind: str, m
     assert np.allclose(read, vectors[positions], atol=0.02 if kind == "sq8" else 1e-3)
     monkeypatch.undo()
     assert stored.rows(np.array([], np.int64)).shape == (0, 24)
-    with pytest.raises(IndexError):
-        stored.rows(np.array([300]))
+    for outside in (300, -301):
+        with pytest.raises(IndexError, match=f"row {outside} of 300"):
+            stored.rows(np.array([5, outside]))

@@ -230,8 +230,9 @@ class CodesFile:
         positions = np.asarray(positions, dtype=np.int64).reshape(-1)
         if not len(positions) or len(positions) > PREAD_ROWS or not hasattr(os, "preadv"):  # not on Windows
             return self.codec.decode(self.codes[positions])
-        if positions.min() < -self.count or positions.max() >= self.count:
-            raise IndexError(f"row {positions.max()} of {self.count} in {self.path}")
+        outside = positions[(positions < -self.count) | (positions >= self.count)]
+        if len(outside):
+            raise IndexError(f"row {outside[0]} of {self.count} in {self.path}")
         size = self.codec.code_size
         out = np.empty((len(positions), size), np.uint8)
         view = memoryview(out).cast("B")

@@ -106,7 +106,7 @@ def main() -> None:
             per_image = {c: 1000 * max(0.0, m["cpu_s"] - fixed[c]) / count for c, m in med.items()}
             record = {
                 "size": f"{width}x{height}",
-                "count": len(jpeg_files(photos)),
+                "count": count,
                 "load_avg_1m": os.getloadavg()[0],
                 **{f"{c}_{k}": v for c, m in med.items() for k, v in m.items()},
                 "wall_ratio": med["sides"]["wall_s"] / med["none"]["wall_s"],

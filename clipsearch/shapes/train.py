@@ -522,7 +522,8 @@ trained from scratch on the procedural shapes world of `clipsearch.shapes.world`
 - command: `python -m clipsearch.shapes.train --out DIR --steps {config.steps} --batch-size \
 {config.batch_size} --seed {config.seed} --threads {config.threads} --workers {config.workers} \
 --lr {config.lr} --warmup-steps {config.warmup_steps} --twins {config.twins} \
---twin-weight {config.twin_weight}{"" if config.init is None else " --init INIT"}`
+--twin-weight {config.twin_weight} --twin-temperature {config.twin_temperature}\
+{"" if config.init is None else " --init INIT"}`
 - starting weights (INIT): {init_fingerprint(config)}
 - settings: `{json.dumps(asdict(config))}`
 - parameters: {n_params:,} (weights stored as fp16)

@@ -236,7 +236,7 @@ class CodesFile:
         size = self.codec.code_size
         out = np.empty((len(positions), size), np.uint8)
         view = memoryview(out).cast("B")
-        for i, row in enumerate((positions % max(1, self.count)).tolist()):
+        for i, row in enumerate((positions % self.count).tolist()):  # count > 0: every row is in range
             got = os.preadv(self._fd, [view[i * size : (i + 1) * size]], self._offset + row * size)
             if got != size:
                 raise OSError(f"short read of row {row} in {self.path}: {got} of {size} bytes")

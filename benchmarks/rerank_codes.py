@@ -14,6 +14,9 @@ scoring of the decoded vectors (the best any candidate list could do with those 
   once settled; ``clipsearch.store.codes``), 512 bytes at 512-d;
 - ``sq8 residual``: the same of each vector's residual to its k-means cell (``--nlist`` cells), 512 bytes;
 - ``sq8 + 2-bit``: ``sq8`` plus 2 bits per dimension of what ``sq8`` rounded off, 640 bytes;
+- clipsearch's own ``sq8`` codes and fine bits (:mod:`clipsearch.store.codes`), 640 bytes, and how deep
+  in the order of the 8-bit codes alone the true top 10 lie (re-ranking takes the best 40 of that
+  order and orders them with the fine bits);
 - ``fp16``: 1,024 bytes.
 
 Part 2, candidates (``--skip-pq`` leaves it out): FAISS IVF-PQ indexes (PQ64, PQ128, OPQ64 + PQ64)
@@ -76,6 +79,28 @@ def main() -> None:
     print("\nre-ranking codes: recall@10 of an exhaustive search of the decoded vectors")
     rounded = sq8(vectors)
     print(f"  sq8            512 B   {exhaustive(rounded):.4f}", flush=True)
+    from clipsearch.store import codes
+
+    codec = codes.spanning(vectors.shape[1], vectors.min(axis=0), vectors.max(axis=0), len(vectors))
+    stored = codec.encode(vectors)
+    coarse = codec.decode(stored)
+    fine = codec.decode_fine(stored, codec.refine(vectors, stored))
+    print(f"  clipsearch sq8 + fine bits (10-bit)  640 B   {exhaustive(fine):.4f}", flush=True)
+    coarse_scores = queries @ coarse.T
+    order = np.argsort(-coarse_scores, axis=1)
+    ranks = np.argsort(order, axis=1)  # each vector's place in its query's 8-bit order
+    deepest = np.take_along_axis(ranks, truth, axis=1)
+    print(
+        f"  where the true top 10 lie in the 8-bit order: deepest {int(deepest.max()) + 1}, "
+        f"below 40: {int((deepest >= 40).sum())} of {deepest.size}",
+        flush=True,
+    )
+    for depth in (20, 40, 80):
+        best = order[:, :depth]
+        rescored = np.einsum("qd,qkd->qk", queries, fine[best])
+        top = np.take_along_axis(best, np.argsort(-rescored, axis=1)[:, :10], axis=1)
+        print(f"  8-bit top {depth}, ordered by the fine bits: recall@10 {recall(top):.4f}", flush=True)
+    del coarse, fine, coarse_scores, order, ranks
     remainder = vectors - rounded
     low, high = remainder.min(axis=0), remainder.max(axis=0)
     refined = rounded + low + np.round((remainder - low) / (high - low) * 3) / 3 * (high - low)

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from clipsearch.api import Index
 from clipsearch.encoders.facts import draft_side
@@ -129,3 +130,70 @@ def test_an_index_of_the_one_file_format_with_a_pending_log_upgrades_in_place(tm
     with Index.open_for_write(index_dir) as idx:  # and syncs (the same pictures, elsewhere)
         report = idx.sync([str(photos)], options=SyncOptions(export_text=False, processes=False))
         assert (report.added, report.reused) == (0, 87)
+
+
+SEGMENTS_FIXTURE = Path(__file__).parent / "data" / "index-0.3-segments"
+
+
+def _segments_fixture_vectors() -> np.ndarray:
+    rng = np.random.default_rng(31)
+    centres = rng.standard_normal((8, 64)).astype(np.float32)
+    x = centres[rng.integers(0, 8, 460)] + 0.3 * rng.standard_normal((460, 64)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_an_index_of_segments_without_fine_bits_searches_syncs_and_keeps_its_precision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tests/data/index-0.3-segments`` was made by clipsearch main at 6a017db (segments, before fine
+    bits): 460 of these 64-d vectors committed as ``/photos/<n>.jpg`` through ``commit_batch`` into an
+    ``IndexFolder`` (meta: model "synthetic", sq8), 400 then checkpointed, 60 then checkpointed (a big
+    and a small segment), then ``/photos/3.jpg`` and ``/photos/450.jpg`` deleted (two tombstones)."""
+    from clipsearch.ingest.commit import FileRow, NewContent, commit_batch
+    from clipsearch.ingest.scan import FileRecord
+    from clipsearch.store import maintain
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(SEGMENTS_FIXTURE, index_dir)
+    x = _segments_fixture_vectors()
+    with IndexFolder.open(index_dir) as folder:
+        store = folder.store
+        assert len(store) == 458 and not any(s.codes.refined for s in store.segments)
+        ids = np.sort(store.ids())
+        stored = store.reconstruct(ids)
+        codec = store.segments[0].codes.codec
+        assert np.array_equal(stored, codec.decode(codec.encode(stored)))  # the 8-bit values, as they were
+        _, got = store.search(x[[0, 10, 455]], 1)
+        assert got[:, 0].tolist() == ids[[0, 9, 453]].tolist()  # each finds itself (3 was deleted)
+
+    def commit(folder: IndexFolder, first: int, vectors: np.ndarray) -> None:
+        numbers = range(first, first + len(vectors))
+        digests = [f"{i:032x}" for i in numbers]
+        rows = [
+            FileRow(FileRecord(f"/photos/{i}.jpg", 1, 1), d, None)
+            for i, d in zip(numbers, digests, strict=True)
+        ]
+        commit_batch(folder, [NewContent(d, 640, 480, None) for d in digests], vectors, rows)
+
+    with IndexFolder.open_for_write(index_dir) as folder:
+        # vectors inside the old ranges, folded into the big segment: its 8-bit codes are copied as
+        # they are, so the new segment has no fine bits (the old rows have none to give)
+        near = x[:20] + 0.01 * np.random.default_rng(1).standard_normal((20, 64)).astype(np.float32)
+        commit(folder, 460, near / np.linalg.norm(near, axis=1, keepdims=True))
+        monkeypatch.setattr(maintain, "FOLD_SHARE", 0.01)
+        folder.checkpoint()
+        monkeypatch.undo()
+        (segment,) = folder.store.segments
+        assert not segment.codes.refined and segment.codes.codec == codec and len(folder.store) == 478
+        assert not list(index_dir.glob("*.fine.npy"))
+        more = -x[:150]  # elsewhere in the space
+        commit(folder, 480, more)
+        folder.checkpoint()
+        # the 150 folded into the big segment (more than a quarter of it); they widened the ranges, so
+        # every row was encoded again, the old ones from their 8-bit values (all they have)
+        (segment,) = folder.store.segments
+        assert segment.codes.refined and segment.codes.codec != codec and len(folder.store) == 628
+        np.testing.assert_allclose(folder.store.reconstruct(ids), stored, atol=0.02)  # the old ones kept
+        _, got = folder.store.search(more[:3], 1)
+        assert len(set(got[:, 0].tolist())) == 3 and (got[:, 0] > ids.max()).all()
+    assert_tidy(index_dir)

@@ -251,13 +251,13 @@ path, step, action = sys.argv[1:4]
 die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
 if step == "writing":  # in the middle of the new codes file
     real = codes.write_codes
-    def write_codes(path, codec, chunks, count):
+    def write_codes(path, codec, chunks, count, **kw):
         def first_then_die():
             for n, chunk in enumerate(chunks):
                 if n:
                     die()
                 yield chunk
-        real(path, codec, first_then_die(), count)
+        real(path, codec, first_then_die(), count, **kw)
     codes.write_codes = write_codes
     import clipsearch.store.segments as segments
     segments.write_codes = write_codes
@@ -337,7 +337,8 @@ def test_info_reports_the_kind_its_parameters_bytes_and_measured_recall(tmp_path
     assert info["recall_at_10"] >= 0.95 and info["filtered_recall_at_10"] >= 0.9
     assert info["recall_measured_at"] == 2400
     per, total = info["bytes_per_vector"], info["bytes"]
-    assert DIM <= per["codes"] < DIM + 2  # 8-bit codes kept on disk for re-ranking
+    # 8-bit codes and their 2 fine bits per dimension, kept on disk for re-ranking
+    assert DIM + DIM / 4 <= per["codes"] < DIM + DIM / 4 + 2
     # 32-byte PQ codes and 8-byte ids searched, plus the quantizer and PQ tables (64 KB here)
     assert 40 < per["search"] < 40 + 100_000 / 3000 and 8 <= per["ids"] < 9
     segment_files = [p for p in (tmp_path / "idx").iterdir() if p.name.startswith("seg-")]
@@ -553,3 +554,49 @@ def test_tuning_skips_searches_that_cannot_win_and_chooses_as_a_full_sweep() -> 
     unreachable, recall = tune(0.99)  # the cap is 0.97
     assert recall == 0.97 and unreachable.rerank == 1280 and recall_of(unreachable) == 0.97
     assert len(searched) <= 8 and max(n for n, _ in searched) <= 64  # not every cell, not every depth
+
+
+# -- fine bits: re-ranking as the float vectors would ----------------------------------------------
+
+
+def _recall_vs_floats(got: np.ndarray, x: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> float:
+    return recall(got, ids[np.argsort(-(queries @ x.T), axis=1)[:, :10]])
+
+
+def test_fine_bits_rank_as_the_floats_do_and_survive_merges_widening_and_rebuilds(tmp_path) -> None:
+    x = clustered(7000, seed=1)  # crowded: the 8-bit codes alone lose some of each top 10
+    queries = clustered(100, seed=2)
+    folder = new_folder(tmp_path / "idx", "sq8")
+    ids = np.array(add(folder, x[:5000], 0))
+    folder.checkpoint()
+    (segment,) = folder.store.segments
+    assert segment.codes.refined
+    _, positions = segment.codes.index.search(queries, 10)  # the 8-bit codes alone
+    coarse = _recall_vs_floats(np.asarray(segment.ids)[positions], x[:5000], ids, queries)
+    fine = _recall_vs_floats(folder.store.search(queries, 10)[1], x[:5000], ids, queries)
+    assert fine >= 0.97 and fine >= coarse + 0.02, (fine, coarse)
+
+    # vectors outside the learnt ranges: the next segment widens them, and a merge re-encodes the
+    # first one's rows from their 10-bit values (not from the 8-bit ones)
+    far = l2_normalize(x[5000:] * np.where(np.arange(DIM) < 8, 3.0, 1.0).astype(np.float32))
+    ids = np.concatenate([ids, add(folder, far, 5000)])
+    folder.checkpoint()
+    store = folder.store
+    assert len(store.segments) == 1 and store.segments[0].codes.refined
+    everything = np.concatenate([x[:5000], far])
+    codec = store.segments[0].codes.codec
+    low, high = codec._bounds()
+    error = np.abs(store.reconstruct(ids) - everything) / ((high - low) / 255)
+    # at most an eighth of a step off, plus the eighth of the old step the first rows' 10-bit values
+    # were off (from their 8-bit codes, up to five eighths)
+    assert error[5000:].max() <= 0.125 + 1e-3 and error[:5000].max() <= 0.25 + 1e-3, error.max()
+    assert _recall_vs_floats(store.search(queries, 10)[1], everything, ids, queries) >= 0.97
+
+    folder.set_store_settings("ivfpq")  # a rebuild keeps them too
+    folder.optimize()
+    store = folder.store
+    assert store.kind == "ivfpq" and store.segments[0].codes.refined
+    assert _recall_vs_floats(store.search(queries, 10)[1], everything, ids, queries) >= 0.95
+    assert all((tmp_path / "idx" / f"{s.name}.fine.npy").exists() for s in store.segments)
+    folder.close()
+    assert_tidy(tmp_path / "idx")

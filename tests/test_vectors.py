@@ -160,7 +160,8 @@ def test_rows_read_one_by_one_equal_the_mapped_rows(tmp_path: Path, kind: str, m
     vectors = unit_vectors(300, 24, seed=5)
     codec = codes.learn(kind, 24, vectors)
     path = tmp_path / "seg.codes.faiss"
-    codes.write_codes(path, codec, [codec.encode(vectors[:100]), codec.encode(vectors[100:])], 300)
+    chunks = [(codec.encode(vectors[:100]), None), (codec.encode(vectors[100:]), None)]
+    codes.write_codes(path, codec, chunks, 300)
     stored = codes.CodesFile(path)
     positions = np.array([299, 0, 17, 17, 150, 1])
     read = stored.rows(positions)  # pread, row by row
@@ -172,3 +173,44 @@ def test_rows_read_one_by_one_equal_the_mapped_rows(tmp_path: Path, kind: str, m
     for outside in (300, -301):
         with pytest.raises(IndexError, match=f"row {outside} of 300"):
             stored.rows(np.array([5, outside]))
+
+
+def test_fine_bits_quarter_the_error_of_8_bit_codes_and_round_trip_through_files(tmp_path: Path) -> None:
+    from clipsearch.store import codes
+
+    dim = 50  # 4 dimensions to a byte of fine bits: 13 bytes, the last one half padding
+    vectors = unit_vectors(2000, dim, seed=9)
+    codec = codes.learn("sq8", dim, vectors)
+    assert codec.refines and codec.fine_size == 13 and not codes.Codec("fp16", dim).refines
+    coded = codec.encode(vectors)
+    fine = codec.refine(vectors, coded)
+    assert fine.shape == (2000, 13) and fine.dtype == np.uint8
+    low, high = codec._bounds()
+    step = (high - low) / 255
+    coarse_error = np.abs(codec.decode(coded) - vectors) / step
+    fine_error = np.abs(codec.decode_fine(coded, fine) - vectors) / step
+    assert coarse_error.max() <= 0.5 + 1e-3 and fine_error.max() <= 0.125 + 1e-3  # half a step, an eighth
+    assert fine_error.mean() < coarse_error.mean() / 3.5
+    assert np.array_equal(codec.decode_fine(coded, None), codec.decode(coded))
+    # every quarter is used, in every byte position (the packing is not lossy)
+    for value in range(4):
+        assert ((fine >> (2 * np.arange(4)[:, None, None])) & 3 == value).any(axis=(1, 2)).all()
+
+    path, fine_path = tmp_path / "s.codes.faiss", tmp_path / "s.fine.npy"
+    chunks = [(coded[:700], fine[:700]), (coded[700:], fine[700:])]
+    codes.write_codes(path, codec, chunks, 2000, fine_path=fine_path)
+    assert fine_path.stat().st_size < 2000 * 13 + 200 and not list(tmp_path.glob("*.tmp"))
+    stored = codes.CodesFile(path, fine_path)
+    positions = np.array([1999, 0, 5, 5, 1234])
+    assert stored.refined
+    assert np.array_equal(stored.rows(positions), codec.decode_fine(coded, fine)[positions])
+    assert np.array_equal(stored.rows(positions, fine=False), codec.decode(coded)[positions])
+    assert np.array_equal(np.concatenate([v for _, v in stored.chunks()]), codec.decode_fine(coded, fine))
+    assert not codes.CodesFile(path).refined  # a segment from before fine bits: its 8-bit codes alone
+    assert np.array_equal(codes.CodesFile(path).rows(positions), codec.decode(coded)[positions])
+    with pytest.raises(ValueError, match="without fine bits"):  # rows cannot lack them half-way
+        codes.write_codes(path, codec, [(coded, None)], 2000, fine_path=fine_path)
+    assert codes.CodesFile(path, fine_path).refined and not list(tmp_path.glob("*.tmp"))
+    np.save(fine_path, fine[:10])  # a fine file that does not match its codes is refused
+    with pytest.raises(ValueError, match="fine bits for 2000 rows"):
+        codes.CodesFile(path, fine_path)

@@ -165,7 +165,8 @@ def vector_files(folder: Path, catalog: Catalog, vectors: int) -> dict[str, obje
     """What the vector files of an index take on disk, by role, in all and per vector.
 
     ``search``: what a search reads (the IVF lists; for an exhaustive kind, the codes themselves);
-    ``codes``: the codes kept for re-ranking and rebuilds (approximate kinds); ``ids``: the
+    ``codes``: the codes kept for re-ranking and rebuilds (approximate kinds), and the fine bits of
+    ``sq8`` codes (every kind: read for the best few candidates only); ``ids``: the
     segments' id lists; ``catalog``: the SQLite catalog (files, contents, log).
     """
     sizes = {"search": 0, "codes": 0, "ids": 0, "catalog": 0}
@@ -186,6 +187,8 @@ def vector_files(folder: Path, catalog: Catalog, vectors: int) -> dict[str, obje
                 sizes["search"] += size
             elif entry.name.endswith(".codes.faiss"):
                 sizes["codes" if approximate else "search"] += size
+            elif entry.name.endswith(".fine.npy"):
+                sizes["codes"] += size  # read for the best few candidates only
             elif entry.name.endswith(".ids.npy"):
                 sizes["ids"] += size
     per = {key: round(value / vectors, 1) if vectors else 0.0 for key, value in sizes.items()}

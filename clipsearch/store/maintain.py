@@ -37,7 +37,7 @@ from clipsearch.errors import BadValueError
 from clipsearch.store import codes as codes_mod
 from clipsearch.store import ivf as ivf_kind
 from clipsearch.store import segments as seg
-from clipsearch.store.codes import CHUNK, Codec, Codes
+from clipsearch.store.codes import CHUNK, Codec, Rows
 from clipsearch.store.ivf import IvfParams
 from clipsearch.store.segmented import SegmentedStore
 from clipsearch.store.segments import Segment, SegmentInfo
@@ -146,12 +146,13 @@ def write_vectors(folder: Path, store: SegmentedStore, ids: Ids, vectors: Vector
     codec = codec_for(store, vectors)
     name = seg.new_name()
     codes = codec.encode(vectors)
+    fine = codec.refine(vectors, codes) if codec.refines else None
     sa = None
     if store.approximate:
         big = next(s for s in store.segments if s.info.big and s.ivf is not None)
-        sa = ivf_kind.sa_encode(big.ivf, codec.decode(codes))
+        sa = ivf_kind.sa_encode(big.ivf, codec.decode_fine(codes, fine))
     is_big = not any(s.info.big for s in store.segments)
-    seg.write(folder, name, ids, codec, [codes], sa=sa)
+    seg.write(folder, name, ids, codec, [(codes, fine)], fine=fine is not None, sa=sa)
     return SegmentInfo(name, len(ids), is_big)
 
 
@@ -209,18 +210,29 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def codes(self, inputs: list[Segment], codec: Codec, start: int, stop: int) -> Codes:
-        """Rows ``start:stop`` in ``codec``: copied where the input has that codec, else re-encoded."""
+    def codes(self, inputs: list[Segment], codec: Codec, start: int, stop: int, fine: bool) -> Rows:
+        """Rows ``start:stop`` in ``codec`` (with their fine bits if ``fine``): copied where the input
+        has that codec, else decoded (with its fine bits) and encoded again."""
         out = np.empty((stop - start, codec.code_size), np.uint8)
+        out_fine = np.empty((stop - start, codec.fine_size), np.uint8) if fine else None
         source, position = self.source[start:stop], self.position[start:stop]
         for i in np.unique(source):
             mask = source == i
             wanted = position[mask]
-            rows = inputs[i].codes.codes[wanted]
-            inputs[i].codes.let_go(int(wanted.min()), int(wanted.max()))
-            codes_in = inputs[i].codes.codec
-            out[mask] = rows if codes_in == codec else codec.encode(codes_in.decode(rows))
-        return out
+            stored = inputs[i].codes
+            rows, rows_fine = stored.mapped(wanted)
+            stored.let_go(int(wanted.min()), int(wanted.max()))
+            if stored.codec == codec:
+                out[mask] = rows
+                if out_fine is not None:
+                    assert rows_fine is not None, "fine bits copied from a segment without them"
+                    out_fine[mask] = rows_fine
+                continue
+            vectors = stored.codec.decode_fine(rows, rows_fine)
+            out[mask] = codec.encode(vectors)
+            if out_fine is not None:
+                out_fine[mask] = codec.refine(vectors, out[mask])
+        return out, out_fine
 
     def sa(
         self, inputs: list[Segment], start: int, stop: int, exported: dict[int, npt.NDArray[np.uint8]]
@@ -265,8 +277,9 @@ def merge(folder: Path, store: SegmentedStore, inputs: list[Segment], big: bool)
         return None
     codec = _output_codec(store, inputs, store.kind, rows)
     name = seg.new_name()
+    fine = _keeps_fine(inputs, codec)
     chunks = (
-        rows.codes(inputs, codec, start, min(start + CHUNK, len(rows)))
+        rows.codes(inputs, codec, start, min(start + CHUNK, len(rows)), fine)
         for start in range(0, len(rows), CHUNK)
     )
     ivf_index = sa = None
@@ -278,8 +291,15 @@ def merge(folder: Path, store: SegmentedStore, inputs: list[Segment], big: bool)
             ivf_index = ivf_kind.with_codes(codec_ivf, all_sa)
         else:
             sa = all_sa
-    seg.write(folder, name, rows.ids, codec, chunks, ivf=ivf_index, sa=sa)
+    seg.write(folder, name, rows.ids, codec, chunks, fine=fine, ivf=ivf_index, sa=sa)
     return SegmentInfo(name, len(rows), big)
+
+
+def _keeps_fine(inputs: list[Segment], codec: Codec) -> bool:
+    """Whether a segment written from ``inputs`` in ``codec`` has fine bits: when the codec has them
+    and no input whose codes would be copied lacks them (an index written before fine bits keeps
+    its precision; its vectors cannot be had back finer than its codes)."""
+    return codec.refines and all(s.codes.refined for s in inputs if s.codes.codec == codec)
 
 
 def _exported(segment: Segment) -> npt.NDArray[np.uint8]:
@@ -301,8 +321,8 @@ def from_legacy(folder: Path, legacy: object) -> SegmentInfo | None:
     stored = faiss.rev_swig_ptr(inner.codes.data(), count * codec.code_size).reshape(count, codec.code_size)
     order = np.argsort(ids, kind="stable")
     name = seg.new_name()
-    chunks = (stored[order[start : start + CHUNK]] for start in range(0, count, CHUNK))
-    seg.write(folder, name, ids[order], codec, chunks)
+    chunks = ((stored[order[start : start + CHUNK]], None) for start in range(0, count, CHUNK))
+    seg.write(folder, name, ids[order], codec, chunks, fine=False)
     return SegmentInfo(name, count, True)
 
 
@@ -341,8 +361,9 @@ def rebuild(folder: Path, store: SegmentedStore, kind: str, budget: int, note: N
         params = {"nlist": int(trained.nlist), "m": m, "trained_count": count}  # type: ignore[attr-defined]
         if note:
             note(f"Encoding {count:,} vectors ...")
-    chunks = _encoding_chunks(rows, inputs, codec, ivf_index)
-    seg.write(folder, name, rows.ids, codec, chunks, ivf=ivf_index)
+    fine = _keeps_fine(inputs, codec)
+    chunks = _encoding_chunks(rows, inputs, codec, ivf_index, fine)
+    seg.write(folder, name, rows.ids, codec, chunks, fine=fine, ivf=ivf_index)
     info = SegmentInfo(name, count, True)
     if kind == ivf_kind.KIND and count:
         if note:
@@ -365,14 +386,14 @@ def _decoded(rows: _Rows, inputs: list[Segment], codec: Codec, picks: Ids) -> Ve
 
 
 def _encoding_chunks(
-    rows: _Rows, inputs: list[Segment], codec: Codec, ivf_index: object | None
-) -> Iterator[Codes]:
+    rows: _Rows, inputs: list[Segment], codec: Codec, ivf_index: object | None, fine: bool
+) -> Iterator[Rows]:
     """The new segment's codes, chunk by chunk, added to ``ivf_index``'s lists on the way."""
     for start in range(0, len(rows), CHUNK):
         stop = min(start + CHUNK, len(rows))
-        chunk = rows.codes(inputs, codec, start, stop)
+        chunk = rows.codes(inputs, codec, start, stop, fine)
         if ivf_index is not None:
-            sa = ivf_kind.sa_encode(ivf_index, codec.decode(chunk))
+            sa = ivf_kind.sa_encode(ivf_index, codec.decode_fine(*chunk))
             ivf_index.add_sa_codes(sa, np.arange(start, stop, dtype=np.int64))  # type: ignore[attr-defined]
         yield chunk
 

@@ -4,6 +4,8 @@ A segment ``seg-<hex>`` holds its vectors sorted by FAISS id; a vector's *positi
 
 - ``seg-<hex>.ids.npy``: the ids (int64, ascending), so an id's position is a binary search;
 - ``seg-<hex>.codes.faiss``: the vectors' codes (:mod:`clipsearch.store.codes`), row by row;
+- ``seg-<hex>.fine.npy``: the fine bits of ``sq8`` codes, row by row (absent in segments of other
+  codes, and in those written before there were fine bits or from such a segment's codes);
 - for the approximate kind (:mod:`clipsearch.store.ivf`): ``seg-<hex>.ivf.faiss``, the inverted lists
   labelled by position (the big segment, with the trained quantizer), or ``seg-<hex>.sa.npy``, the
   standalone codes (a small segment; its lists are rebuilt in memory with the big one's quantizer).
@@ -28,12 +30,12 @@ import numpy.typing as npt
 
 from clipsearch.files import fsync_path
 from clipsearch.store import ivf as ivf_kind
-from clipsearch.store.codes import Codec, Codes, CodesFile, write_codes
+from clipsearch.store.codes import Codec, CodesFile, Rows, write_codes
 
 Ids = npt.NDArray[np.int64]
 
 PREFIX = "seg-"
-SUFFIXES = (".ids.npy", ".codes.faiss", ".ivf.faiss", ".sa.npy")
+SUFFIXES = (".ids.npy", ".codes.faiss", ".fine.npy", ".ivf.faiss", ".sa.npy")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Segment:
         self.info = info
         self.name = info.name
         self.ids: Ids = np.load(folder / f"{info.name}.ids.npy", mmap_mode="r")
-        self.codes = CodesFile(folder / f"{info.name}.codes.faiss")
+        self.codes = CodesFile(folder / f"{info.name}.codes.faiss", folder / f"{info.name}.fine.npy")
         self.ivf: object | None = None
         if (folder / f"{info.name}.ivf.faiss").exists():
             self.ivf = ivf_kind.read(folder / f"{info.name}.ivf.faiss")
@@ -105,21 +107,24 @@ def write(
     name: str,
     ids: Ids,
     codec: Codec,
-    codes: Iterable[Codes],
+    codes: Iterable[Rows],
     *,
+    fine: bool,
     ivf: object | None = None,
     sa: npt.NDArray[np.uint8] | None = None,
 ) -> None:
     """Write a segment's files (``ids`` ascending; ``codes`` row by row, in chunks); durable when it returns.
 
-    ``ivf``: the big segment's IVF index (lists labelled by position); ``sa``: a small segment's
-    standalone IVF codes, row by row.
+    ``fine``: whether the chunks carry fine bits (written as ``.fine.npy``); ``ivf``: the big
+    segment's IVF index (lists labelled by position); ``sa``: a small segment's standalone IVF
+    codes, row by row.
     """
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if len(ids) > 1 and not (np.diff(ids) > 0).all():
         raise ValueError("segment ids must be unique and ascending")
     _save_npy(folder / f"{name}.ids.npy", ids)
-    write_codes(folder / f"{name}.codes.faiss", codec, codes, len(ids))
+    fine_path = folder / f"{name}.fine.npy" if fine else None
+    write_codes(folder / f"{name}.codes.faiss", codec, codes, len(ids), fine_path=fine_path)
     if ivf is not None:
         ivf_kind.write(ivf, folder / f"{name}.ivf.faiss")
     if sa is not None:

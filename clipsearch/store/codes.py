@@ -292,8 +292,14 @@ class _Mapped:
             self._map.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def read(self, positions: npt.NDArray[np.int64]) -> Codes:
-        if not len(positions) or len(positions) > PREAD_ROWS or not hasattr(os, "preadv"):  # not on Windows
+        if not len(positions):
             return self.array[positions]
+        if len(positions) > PREAD_ROWS or not hasattr(os, "preadv"):  # many (or Windows): through the map
+            out = self.array[positions]
+            low, high = int(positions.min()), int(positions.max())
+            if low >= 0 and high < self.count:  # (negative rows count from the end: left mapped)
+                self.let_go(low, high)  # the pages touched would stay counted in the process
+            return out
         outside = positions[(positions < -self.count) | (positions >= self.count)]
         if len(outside):
             raise IndexError(f"row {outside[0]} of {self.count} in {self.path}")

@@ -355,8 +355,7 @@ def rebuild(folder: Path, store: SegmentedStore, kind: str, budget: int, note: N
             note(f"Training the approximate index ({nlist} cells, {m}-byte codes) on {count:,} vectors")
         rng = np.random.default_rng(count)
         picks = np.sort(rng.choice(count, size=min(count, nlist * ivf_kind.TRAIN_PER_LIST), replace=False))
-        sample = _decoded(rows, inputs, codec, picks)
-        trained = ivf_kind.train(sample, nlist, m)
+        trained = ivf_kind.train(_decoded(rows, inputs, codec, picks), nlist, m)  # the sample let go after
         ivf_index = ivf_kind.empty_like(trained)
         params = {"nlist": int(trained.nlist), "m": m, "trained_count": count}  # type: ignore[attr-defined]
         if note:
@@ -364,6 +363,7 @@ def rebuild(folder: Path, store: SegmentedStore, kind: str, budget: int, note: N
     fine = _keeps_fine(inputs, codec)
     chunks = _encoding_chunks(rows, inputs, codec, ivf_index, fine)
     seg.write(folder, name, rows.ids, codec, chunks, fine=fine, ivf=ivf_index)
+    del chunks, ivf_index, rows  # the lists in memory (72 bytes a vector): tuning reads the file
     info = SegmentInfo(name, count, True)
     if kind == ivf_kind.KIND and count:
         if note:

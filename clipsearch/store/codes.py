@@ -112,7 +112,8 @@ class Codec:
         in its range, decoded as the middle of the step)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         low, high = self._bounds()
-        place = (vectors - low) / (high - low) * 255.0 - codes
+        span = np.where(high > low, high - low, np.float32(1.0))  # (a dimension that never varied)
+        place = (vectors - low) / span * 255.0 - codes
         quarters = np.clip(np.floor(place * FINE_STEPS), 0, FINE_STEPS - 1).astype(np.uint8)
         return _pack(quarters, self.fine_size)
 

@@ -353,21 +353,17 @@ class CodesFile:
         if self._fine is not None:
             self._fine.let_go(first, last)
 
-    def stored(self, positions: npt.NDArray[np.int64], *, fine: bool = True) -> Rows:
-        """The codes (and fine bits, with ``fine`` where there are any) at ``positions``; a few are
-        read with ``pread`` (``PREAD_ROWS``)."""
-        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
-        codes = self._codes.read(positions)
-        return codes, (self._fine.read(positions) if fine and self._fine is not None else None)
-
     def mapped(self, positions: npt.NDArray[np.int64]) -> Rows:
         """The codes and fine bits (None without) at ``positions``, through the map (a pass over many
         rows: :meth:`let_go` of them after)."""
         return self.codes[positions], (self._fine.array[positions] if self._fine is not None else None)
 
     def rows(self, positions: npt.NDArray[np.int64], *, fine: bool = True) -> Vectors:
-        """The stored vectors at ``positions`` (decoded, with their fine bits unless ``fine`` is False)."""
-        return self.codec.decode_fine(*self.stored(positions, fine=fine))
+        """The stored vectors at ``positions`` (decoded, with their fine bits unless ``fine`` is
+        False); a few are read with ``pread`` (``PREAD_ROWS``)."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        bits = self._fine.read(positions) if fine and self._fine is not None else None
+        return self.codec.decode_fine(self._codes.read(positions), bits)
 
     def chunks(self, positions: npt.NDArray[np.int64] | None = None) -> Iterable[tuple[int, Vectors]]:
         """(start, vectors) of every row (or of ``positions``), ``CHUNK`` rows at a time."""

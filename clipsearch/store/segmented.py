@@ -234,10 +234,7 @@ class SegmentedStore:
         depth = min(refine_depth(k) if segment.codes.refined else k, len(segment))
         scores, positions = segment.codes.index.search(queries, depth, params=params)  # type: ignore[attr-defined]
         if segment.codes.refined:  # the best by their 8-bit codes, ordered by their fine bits
-            valid = positions >= 0
-            rows, _ = np.nonzero(valid)
-            if valid.any():
-                scores[valid] = np.einsum("ij,ij->i", segment.codes.rows(positions[valid]), queries[rows])
+            scores = _scored(segment, queries, positions)
         return scores, _to_ids(segment, positions)
 
     def _exact_among(self, segment: Segment, positions: Ids, queries: Vectors, k: int) -> tuple[Scores, Ids]:
@@ -282,23 +279,24 @@ class SegmentedStore:
             return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
         depth = refine_depth(k)
         at_once = labels.shape[1] <= depth  # few candidates: all scored with their fine bits at once
-        valid = labels >= 0
-        scores = np.full(labels.shape, -np.inf, np.float32)
-        rows, _ = np.nonzero(valid)
-        positions = labels[valid]
-        if len(positions):
-            vectors = segment.codes.rows(positions, fine=at_once)
-            scores[valid] = np.einsum("ij,ij->i", vectors, queries[rows])
+        scores = _scored(segment, queries, labels, fine=at_once)
         if segment.codes.refined and not at_once:
             best = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
-            scores = np.take_along_axis(scores, best, axis=1)
             labels = np.take_along_axis(labels, best, axis=1)
-            valid = np.isfinite(scores) & (labels >= 0)
-            rows, _ = np.nonzero(valid)
-            if valid.any():
-                vectors = segment.codes.rows(labels[valid])
-                scores[valid] = np.einsum("ij,ij->i", vectors, queries[rows])
-        return scores, np.where(valid, np.asarray(segment.ids)[np.maximum(labels, 0)], -1)
+            scores = _scored(segment, queries, labels)
+        return scores, _to_ids(segment, labels)
+
+
+def _scored(segment: Segment, queries: Vectors, positions: Ids, *, fine: bool = True) -> Scores:
+    """Each query's candidates (positions in ``segment``, -1 for none) scored with their stored
+    codes, with their fine bits unless ``fine`` is False (-inf for none)."""
+    valid = positions >= 0
+    scores = np.full(positions.shape, -np.inf, np.float32)
+    if valid.any():
+        rows, _ = np.nonzero(valid)
+        vectors = segment.codes.rows(positions[valid], fine=fine)
+        scores[valid] = np.einsum("ij,ij->i", vectors, queries[rows])
+    return scores
 
 
 def refine_depth(k: int) -> int:

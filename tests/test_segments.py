@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from clipsearch.cli import app
 from clipsearch.encoders.encoder import l2_normalize
+from clipsearch.errors import IndexCorruptError
 from clipsearch.ingest.commit import FileRow, NewContent, NewVideo, commit_batch
 from clipsearch.ingest.scan import FileRecord
 from clipsearch.query.filters import parse_filters
@@ -608,3 +609,22 @@ def test_fine_bits_rank_as_the_floats_do_and_survive_merges_widening_and_rebuild
     assert all((tmp_path / "idx" / f"{s.name}.fine.npy").exists() for s in store.segments)
     folder.close()
     assert_tidy(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("damaged", [".ids.npy", ".codes.faiss", ".fine.npy", ".ivf.faiss", "ids of another"])
+def test_a_damaged_segment_file_is_a_clear_error_naming_the_segment(tmp_path, damaged) -> None:
+    folder = new_folder(tmp_path / "idx", "ivfpq")
+    add(folder, clustered(1500, seed=5), 0)
+    folder.optimize()
+    (name,) = [s.name for s in folder.store.segments]
+    folder.close()
+    if damaged == "ids of another":  # a whole file, not this segment's
+        np.save(tmp_path / "idx" / f"{name}.ids.npy", np.arange(3))
+        reason = "3 ids \\(int64\\) for 1500 rows of codes"
+    else:  # truncated (a copy cut short, a disk error)
+        path = tmp_path / "idx" / f"{name}{damaged}"
+        path.write_bytes(path.read_bytes()[:100])
+        reason = ""
+    message = f"vector files are damaged: segment {name} in .* cannot be read: {reason}"
+    with IndexFolder.open(tmp_path / "idx") as reader, pytest.raises(IndexCorruptError, match=message):
+        _ = reader.store

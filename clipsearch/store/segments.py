@@ -38,6 +38,10 @@ PREFIX = "seg-"
 SUFFIXES = (".ids.npy", ".codes.faiss", ".fine.npy", ".ivf.faiss", ".sa.npy")
 
 
+class DamagedSegmentError(Exception):
+    """A segment's file is there but damaged (truncated, overwritten, not what its name says)."""
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
     """A segment as the catalog lists it: its name, how many vectors it holds, whether it is the big one."""
@@ -76,16 +80,25 @@ class Segment:
 
         Raises:
             FileNotFoundError: a file is missing (a merge replaced the segment since the catalog was read).
+            DamagedSegmentError: a file is there but cannot be read as what it should hold.
         """
         self.info = info
         self.name = info.name
-        self.ids: Ids = np.load(folder / f"{info.name}.ids.npy", mmap_mode="r")
-        self.codes = CodesFile(folder / f"{info.name}.codes.faiss", folder / f"{info.name}.fine.npy")
         self.ivf: object | None = None
-        if (folder / f"{info.name}.ivf.faiss").exists():
-            self.ivf = ivf_kind.read(folder / f"{info.name}.ivf.faiss")
-        elif codec is not None:
-            self.ivf = ivf_kind.with_codes(codec, np.load(folder / f"{info.name}.sa.npy"))
+        try:
+            self.ids: Ids = np.load(folder / f"{info.name}.ids.npy", mmap_mode="r")
+            self.codes = CodesFile(folder / f"{info.name}.codes.faiss", folder / f"{info.name}.fine.npy")
+            if self.ids.shape != (self.codes.count,) or self.ids.dtype != np.int64:
+                raise ValueError(
+                    f"{self.ids.size} ids ({self.ids.dtype}) for {self.codes.count} rows of codes"
+                )
+            if (folder / f"{info.name}.ivf.faiss").exists():
+                self.ivf = ivf_kind.read(folder / f"{info.name}.ivf.faiss")
+            elif codec is not None:
+                self.ivf = ivf_kind.with_codes(codec, np.load(folder / f"{info.name}.sa.npy"))
+        except (ValueError, RuntimeError, EOFError) as exc:  # numpy's and FAISS's word for a bad file
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise DamagedSegmentError(f"segment {info.name} in {folder} cannot be read: {reason}") from exc
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -28,7 +28,7 @@ from clipsearch.store.ivf import IvfParams
 from clipsearch.store.layout import sweep_unlisted, vector_files, vectors_file
 from clipsearch.store.maintain import StoreSettings
 from clipsearch.store.segmented import SegmentedStore
-from clipsearch.store.segments import Segment, SegmentInfo
+from clipsearch.store.segments import DamagedSegmentError, Segment, SegmentInfo
 from clipsearch.store.vectors import VectorStore, create_store, load_store
 
 Ids = npt.NDArray[np.int64]
@@ -92,6 +92,8 @@ class VectorFiles:
                     store = self._open_segments(listed, meta, params)
             except FileNotFoundError:
                 continue
+            except DamagedSegmentError as exc:
+                raise IndexCorruptError(self.path, f"The index's vector files are damaged: {exc}.") from exc
             assert store is not None
             store.remove(dead)
             store.add(ids, vectors)
